@@ -5,7 +5,14 @@
 //! forward in time once; none iterates a global fixed point.
 
 pub mod activation;
+pub mod deep_linear;
+pub mod lazy;
+pub mod linalg;
 pub mod problem;
+pub mod quadrature;
+mod record;
+pub mod sampling;
+pub mod two_layer;
 
 pub use activation::Activation;
 pub use problem::*;
@@ -19,6 +26,49 @@ pub fn solve(
     options: &SolverOptions,
     progress: Progress,
 ) -> Result<Trajectory> {
-    let _ = (problem, model, schedule, options, progress);
-    Err(DmftError::Unsupported(format!("solver {solver} is being written")))
+    validate(model, schedule, solver)?;
+    match solver {
+        SolverKind::Lazy => lazy::solve(problem, model, schedule, options.quadrature, progress),
+        SolverKind::TwoLayer if options.quadrature > 0 => {
+            two_layer::solve_quadrature(problem, model, schedule, options.quadrature, progress)
+        }
+        SolverKind::TwoLayer => two_layer::solve_monte_carlo(problem, model, schedule, options, progress),
+        SolverKind::DeepLinear => deep_linear::solve(problem, model, schedule, progress),
+        SolverKind::DeepNonlinear => Err(DmftError::Unsupported("deep-nonlinear is being written".into())),
+    }
+}
+
+fn validate(model: &Model, schedule: &Schedule, solver: SolverKind) -> Result<()> {
+    let bad = |msg: String| Err(DmftError::Invalid(msg));
+    if model.depth == 0 {
+        return bad("model.depth must be ≥ 1, got 0".into());
+    }
+    if !(model.gamma0.is_finite() && model.gamma0 > 0.0) {
+        return bad(format!("model.gamma0 must be a positive number, got {}", model.gamma0));
+    }
+    if !(schedule.eta.is_finite() && schedule.eta > 0.0) {
+        return bad(format!("train.eta must be a positive number, got {}", schedule.eta));
+    }
+    if schedule.record_every == 0 {
+        return bad("train.record_every must be ≥ 1, got 0".into());
+    }
+    if solver != SolverKind::Lazy && model.parameterization == Parameterization::Ntk {
+        return bad(format!(
+            "theory.solver = {solver} needs model.parameterization = mup; the NTK parameterization's \
+             infinite-width limit is lazy (use solver = lazy or auto)"
+        ));
+    }
+    match solver {
+        SolverKind::TwoLayer if model.depth != 1 => {
+            bad(format!("theory.solver = two-layer needs model.depth = 1, got {}", model.depth))
+        }
+        SolverKind::DeepLinear if model.activation != Activation::Linear => bad(format!(
+            "theory.solver = deep-linear needs model.activation = linear, got {}",
+            model.activation
+        )),
+        SolverKind::DeepNonlinear if model.depth < 2 => bad(
+            "theory.solver = deep-nonlinear needs model.depth ≥ 2 (use two-layer for depth 1)".into(),
+        ),
+        _ => Ok(()),
+    }
 }
