@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod deep_linear;
+pub mod deep_nonlinear;
 pub mod lazy;
 pub mod linalg;
 pub mod problem;
@@ -34,7 +35,7 @@ pub fn solve(
         }
         SolverKind::TwoLayer => two_layer::solve_monte_carlo(problem, model, schedule, options, progress),
         SolverKind::DeepLinear => deep_linear::solve(problem, model, schedule, progress),
-        SolverKind::DeepNonlinear => Err(DmftError::Unsupported("deep-nonlinear is being written".into())),
+        SolverKind::DeepNonlinear => deep_nonlinear::solve(problem, model, schedule, options, progress),
     }
 }
 

@@ -2,8 +2,9 @@
 //! divergence test, and assembly of the final [`Trajectory`].
 
 use crate::linalg::eigvalsh;
+use crate::sampling::{ReplicaStats, mean3};
 use crate::{DmftError, Problem, Result, Schedule, SolverKind, Trajectory};
-use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2};
+use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, Axis};
 
 /// A run is declared divergent when its loss exceeds this multiple of max(ℒ(0), 1).
 /// Catapult transients raise the loss by a few orders of magnitude at most before it comes
@@ -148,4 +149,53 @@ fn ensure_finite(traj: &Trajectory) -> Result<()> {
     check("f_test", traj.f_test.iter())?;
     check("loss", traj.loss.iter())?;
     check("ntk", traj.ntk.iter())
+}
+
+/// Trajectory of one site population before statistics: f at recorded steps and the NTK.
+pub(crate) struct RawRun {
+    pub f_train: Array2<f64>,
+    pub f_test: Array2<f64>,
+    pub ntk: Array3<f64>,
+}
+
+impl From<Trajectory> for RawRun {
+    fn from(t: Trajectory) -> Self {
+        RawRun { f_train: t.f_train, f_test: t.f_test, ntk: t.ntk }
+    }
+}
+
+/// Combines independent replicas into one trajectory: the mean, and the standard error of
+/// the mean when there is more than one replica. The loss is that of the mean prediction.
+pub(crate) fn replica_trajectory(
+    problem: &Problem,
+    schedule: &Schedule,
+    runs: Vec<RawRun>,
+    solver: SolverKind,
+    method: String,
+) -> Result<Trajectory> {
+    let replicated = runs.len() > 1;
+    let mut rec = Recorder::new(problem, schedule, replicated);
+    let f_train = ReplicaStats::new(runs.iter().map(|r| r.f_train.view()));
+    let f_test = ReplicaStats::new(runs.iter().map(|r| r.f_test.view()));
+    let ntk = mean3(runs.iter().map(|r| &r.ntk));
+    let losses: Vec<Array2<f64>> = runs
+        .iter()
+        .map(|r| {
+            r.f_train
+                .outer_iter()
+                .map(|f| half_mse((&problem.y - &f).view()))
+                .collect::<Array1<f64>>()
+                .insert_axis(Axis(1))
+        })
+        .collect();
+    let loss_stats = ReplicaStats::new(losses.iter().map(|l| l.view()));
+    for i in 0..f_train.mean.nrows() {
+        let errors = replicated.then(|| StepErrors {
+            f_train: f_train.se.row(i),
+            f_test: f_test.se.row(i),
+            loss: loss_stats.se[[i, 0]],
+        });
+        rec.record(f_train.mean.row(i), f_test.mean.row(i), ntk.index_axis(Axis(0), i), errors);
+    }
+    rec.finish(solver, method)
 }

@@ -10,11 +10,11 @@
 
 use crate::linalg::psd_factor;
 use crate::quadrature::tensor_grid;
-use crate::record::Recorder;
-use crate::sampling::{ReplicaStats, normal_matrix, replica_rng};
+use crate::record::{RawRun, Recorder, replica_trajectory};
+use crate::sampling::{normal_matrix, replica_rng};
 use crate::{DmftError, Model, Problem, Progress, Result, Schedule, SolverOptions, Trajectory};
-use crate::{SolverKind, record::StepErrors};
-use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, s};
+use crate::SolverKind;
+use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 use rayon::prelude::*;
 
 /// Largest tensor grid accepted; each point stores P+Q+1 doubles plus work arrays.
@@ -60,13 +60,6 @@ impl SiteSet {
         let r = xi.column(factor.ncols()).to_owned();
         Ok(SiteSet { u, r, weight: Array1::from_elem(sites, 1.0 / sites as f64) })
     }
-}
-
-/// Trajectory of one site set before statistics: f at recorded steps and the train NTK.
-struct RawRun {
-    f_train: Array2<f64>,
-    f_test: Array2<f64>,
-    ntk: Array3<f64>,
 }
 
 /// Site averages of one step: f (all points, before the 1/γ₀), and when recording Φ, G.
@@ -187,8 +180,7 @@ fn march(
             });
         progress(k + 1);
     }
-    let traj = rec.finish(SolverKind::TwoLayer, String::new())?;
-    Ok(RawRun { f_train: traj.f_train, f_test: traj.f_test, ntk: traj.ntk })
+    Ok(RawRun::from(rec.finish(SolverKind::TwoLayer, String::new())?))
 }
 
 /// Lower triangle of A += w x xᵀ (mirrored once at the end of the step).
@@ -221,7 +213,13 @@ pub fn solve_quadrature(
     let sites = SiteSet::quadrature(problem.kx.view(), order)?;
     let count = sites.r.len();
     let run = march(problem, model, schedule, sites, progress)?;
-    finish(problem, schedule, vec![run], format!("gauss-hermite order {order}, {count} points"))
+    replica_trajectory(
+        problem,
+        schedule,
+        vec![run],
+        SolverKind::TwoLayer,
+        format!("gauss-hermite order {order}, {count} points"),
+    )
 }
 
 /// Monte Carlo over `options.sites` sites split into independent replicas; the spread of
@@ -245,41 +243,11 @@ pub fn solve_monte_carlo(
             march(problem, model, schedule, sites, &|k| progress((step_offset + k) / r))
         })
         .collect::<Result<Vec<_>>>()?;
-    finish(
+    replica_trajectory(
         problem,
         schedule,
         runs,
+        SolverKind::TwoLayer,
         format!("monte-carlo, {} sites in {r} replicas", options.sites),
     )
-}
-
-fn finish(problem: &Problem, schedule: &Schedule, runs: Vec<RawRun>, method: String) -> Result<Trajectory> {
-    let mut rec = Recorder::new(problem, schedule, runs.len() > 1);
-    let f_train = ReplicaStats::new(runs.iter().map(|r| r.f_train.view()));
-    let f_test = ReplicaStats::new(runs.iter().map(|r| r.f_test.view()));
-    let ntk = crate::sampling::mean3(runs.iter().map(|r| &r.ntk));
-    let losses: Vec<Array1<f64>> = runs
-        .iter()
-        .map(|r| {
-            r.f_train
-                .outer_iter()
-                .map(|f| crate::record::half_mse((&problem.y - &f).view()))
-                .collect()
-        })
-        .collect();
-    let loss_stats = ReplicaStats::new(losses.iter().map(|l| l.view().insert_axis(Axis(1))));
-    for i in 0..schedule.recorded_steps().len() {
-        let errors = (runs.len() > 1).then(|| StepErrors {
-            f_train: f_train.se.row(i),
-            f_test: f_test.se.row(i),
-            loss: loss_stats.se[[i, 0]],
-        });
-        rec.record(
-            f_train.mean.row(i),
-            f_test.mean.row(i),
-            ntk.index_axis(Axis(0), i),
-            errors,
-        );
-    }
-    rec.finish(SolverKind::TwoLayer, method)
 }

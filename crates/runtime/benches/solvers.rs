@@ -1,0 +1,46 @@
+//! Criterion benchmarks for the issue targets on a 2-core machine:
+//! deep linear L = 3, P = 10, T = 100 (< 2 s); two-layer Monte Carlo M = 10⁵, P = 10,
+//! T = 100 (< 5 s); deep nonlinear relu L = 2, P = 5, T = 50, M = 10⁴ (< 60 s).
+//! Run with `cargo bench -p dmft-runtime --bench solvers`; results in docs/performance.md.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use dmft_runtime::sampling::{normal_matrix, replica_rng};
+use dmft_runtime::*;
+use ndarray::{Array1, s};
+use std::time::Duration;
+
+fn problem(p: usize, dim: usize) -> Problem {
+    let mut rng = replica_rng(7, 0);
+    let x = normal_matrix(&mut rng, p, dim);
+    let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
+    let y: Array1<f64> = x.dot(&beta) / (dim as f64).sqrt();
+    Problem::from_inputs(x.view(), y, x.slice(s![..0, ..]), None).unwrap()
+}
+
+fn model(depth: usize, activation: Activation) -> Model {
+    Model { depth, activation, parameterization: Parameterization::Mup, gamma0: 1.0, centered: false }
+}
+
+fn bench(c: &mut Criterion) {
+    let schedule = Schedule { eta: 0.5, steps: 100, record_every: 1 };
+    let mut group = c.benchmark_group("solvers");
+    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    let p10 = problem(10, 16);
+    group.bench_function("deep_linear_L3_P10_T100", |b| {
+        b.iter(|| {
+            solve(&p10, &model(3, Activation::Linear), &schedule, SolverKind::DeepLinear,
+                &SolverOptions::default(), &no_progress).unwrap()
+        })
+    });
+    let mc = SolverOptions { sites: 100_000, quadrature: 0, seed: 0 };
+    group.bench_function("two_layer_relu_mc_M1e5_P10_T100", |b| {
+        b.iter(|| {
+            solve(&p10, &model(1, Activation::Relu), &schedule, SolverKind::TwoLayer, &mc, &no_progress)
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
