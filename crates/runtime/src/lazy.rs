@@ -36,11 +36,7 @@ pub struct PairIntegrator {
 impl PairIntegrator {
     pub fn new(act: Activation, order: usize) -> Result<Self> {
         let order = if order == 0 { DEFAULT_LAZY_ORDER } else { order };
-        let (nodes, weights) = if act.has_closed_form_kernel() {
-            (Array1::zeros(0), Array1::zeros(0))
-        } else {
-            gauss_hermite(order)?
-        };
+        let (nodes, weights) = gauss_hermite(order)?;
         Ok(PairIntegrator { act, nodes, weights })
     }
 
