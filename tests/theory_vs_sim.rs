@@ -6,7 +6,10 @@
 //! `cargo test -p dmft-validation --release -- --ignored` (README, "Validation").
 
 use dmft_runtime::sampling::{normal_matrix, replica_rng};
-use dmft_runtime::{Activation, Model, Parameterization, Schedule, SolverKind, SolverOptions, Trajectory, no_progress, solve};
+use dmft_runtime::{
+    Activation, Model, Parameterization, Schedule, SolverKind, SolverOptions, Trajectory,
+    no_progress, solve,
+};
 use dmft_sim::{Architecture, Dataset, EnsembleConfig, run_ensemble};
 use ndarray::{Array1, s};
 
@@ -28,46 +31,111 @@ fn dataset(p: usize, q: usize, dim: usize, seed: u64) -> Dataset {
 }
 
 fn model(depth: usize, activation: Activation, gamma0: f64) -> Model {
-    Model { depth, activation, parameterization: Parameterization::Mup, gamma0, centered: false }
+    Model {
+        depth,
+        activation,
+        parameterization: Parameterization::Mup,
+        gamma0,
+        centered: false,
+    }
 }
 
-fn check(label: &str, data: &Dataset, model: &Model, schedule: Schedule, theory: &Trajectory, width: usize, seeds: usize) {
+fn check(
+    label: &str,
+    data: &Dataset,
+    model: &Model,
+    schedule: Schedule,
+    theory: &Trajectory,
+    width: usize,
+    seeds: usize,
+) {
     let mut cfg = EnsembleConfig::new(Architecture::from_model(model, width), schedule, seeds);
     cfg.base_seed = 1234;
     let sim = run_ensemble(data, &cfg).unwrap();
-    assert!(sim.diverged.is_empty(), "{label}: diverged seeds {:?}", sim.diverged);
+    assert!(
+        sim.diverged.is_empty(),
+        "{label}: diverged seeds {:?}",
+        sim.diverged
+    );
     let zero = theory.f_train.mapv(|_| 0.0);
     let zero_test = theory.f_test.mapv(|_| 0.0);
     let pairs = [
-        (&sim.f_train, &theory.f_train, theory.f_train_se.as_ref().unwrap_or(&zero)),
-        (&sim.f_test, &theory.f_test, theory.f_test_se.as_ref().unwrap_or(&zero_test)),
+        (
+            &sim.f_train,
+            &theory.f_train,
+            theory.f_train_se.as_ref().unwrap_or(&zero),
+        ),
+        (
+            &sim.f_test,
+            &theory.f_test,
+            theory.f_test_se.as_ref().unwrap_or(&zero_test),
+        ),
     ];
     let mut worst: f64 = 0.0;
     for (moments, f_theory, se_theory) in pairs {
         let se_sim = moments.se_mean();
-        for (((m, se), f), se_t) in moments.mean.iter().zip(se_sim.iter()).zip(f_theory.iter()).zip(se_theory.iter()) {
+        for (((m, se), f), se_t) in moments
+            .mean
+            .iter()
+            .zip(se_sim.iter())
+            .zip(f_theory.iter())
+            .zip(se_theory.iter())
+        {
             let tol = 5.0 * (se * se + se_t * se_t).sqrt() + BIAS / width as f64;
             worst = worst.max((m - f).abs() / tol);
-            assert!((m - f).abs() <= tol, "{label}: sim {m} ± {se} vs theory {f} ± {se_t} (tol {tol})");
+            assert!(
+                (m - f).abs() <= tol,
+                "{label}: sim {m} ± {se} vs theory {f} ± {se_t} (tol {tol})"
+            );
         }
     }
     println!("{label}: worst |sim − theory| / tolerance = {worst:.2}");
 }
 
-fn theory(data: &Dataset, model: &Model, schedule: &Schedule, solver: SolverKind, sites: usize) -> Trajectory {
-    let opts = SolverOptions { sites, quadrature: 0, seed: 3 };
-    solve(&data.to_problem().unwrap(), model, schedule, solver, &opts, &no_progress).unwrap()
+fn theory(
+    data: &Dataset,
+    model: &Model,
+    schedule: &Schedule,
+    solver: SolverKind,
+    sites: usize,
+) -> Trajectory {
+    let opts = SolverOptions {
+        sites,
+        quadrature: 0,
+        seed: 3,
+    };
+    solve(
+        &data.to_problem().unwrap(),
+        model,
+        schedule,
+        solver,
+        &opts,
+        &no_progress,
+    )
+    .unwrap()
 }
 
 #[test]
 fn two_layer_networks_match_site_process() {
     let data = dataset(4, 2, 16, 1);
-    let schedule = Schedule { eta: 0.5, steps: 40, record_every: 4 };
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 40,
+        record_every: 4,
+    };
     for act in [Activation::Relu, Activation::Tanh] {
         for gamma0 in [0.1, 1.0] {
             let m = model(1, act, gamma0);
             let th = theory(&data, &m, &schedule, SolverKind::TwoLayer, 400_000);
-            check(&format!("two-layer {act} γ₀={gamma0}"), &data, &m, schedule, &th, 2048, 256);
+            check(
+                &format!("two-layer {act} γ₀={gamma0}"),
+                &data,
+                &m,
+                schedule,
+                &th,
+                2048,
+                256,
+            );
         }
     }
 }
@@ -75,7 +143,11 @@ fn two_layer_networks_match_site_process() {
 #[test]
 fn deep_linear_networks_match_closed_form() {
     let data = dataset(4, 2, 16, 2);
-    let schedule = Schedule { eta: 0.5, steps: 20, record_every: 2 };
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 20,
+        record_every: 2,
+    };
     let m = model(2, Activation::Linear, 1.0);
     let th = theory(&data, &m, &schedule, SolverKind::DeepLinear, 0);
     check("deep linear L=2", &data, &m, schedule, &th, 512, 64);
@@ -86,11 +158,23 @@ fn deep_linear_networks_match_closed_form() {
 #[test]
 fn deep_nonlinear_networks_match_sampled_dmft() {
     let data = dataset(4, 2, 16, 3);
-    let schedule = Schedule { eta: 0.5, steps: 16, record_every: 2 };
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 16,
+        record_every: 2,
+    };
     for act in [Activation::Tanh, Activation::Relu] {
         let m = model(2, act, 2.0);
         let th = theory(&data, &m, &schedule, SolverKind::DeepNonlinear, 256_000);
-        check(&format!("deep {act} L=2"), &data, &m, schedule, &th, 1024, 256);
+        check(
+            &format!("deep {act} L=2"),
+            &data,
+            &m,
+            schedule,
+            &th,
+            1024,
+            256,
+        );
     }
 }
 
@@ -98,12 +182,24 @@ fn deep_nonlinear_networks_match_sampled_dmft() {
 #[ignore = "slow validation at N = 4096; run with --ignored (README, Validation)"]
 fn slow_width_4096_matches_theory() {
     let data = dataset(4, 2, 16, 4);
-    let schedule = Schedule { eta: 0.5, steps: 40, record_every: 4 };
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 40,
+        record_every: 4,
+    };
     for act in [Activation::Relu, Activation::Tanh] {
         for gamma0 in [0.1, 1.0] {
             let m = model(1, act, gamma0);
             let th = theory(&data, &m, &schedule, SolverKind::TwoLayer, 1_000_000);
-            check(&format!("N=4096 two-layer {act} γ₀={gamma0}"), &data, &m, schedule, &th, 4096, 512);
+            check(
+                &format!("N=4096 two-layer {act} γ₀={gamma0}"),
+                &data,
+                &m,
+                schedule,
+                &th,
+                4096,
+                512,
+            );
         }
     }
     let m = model(2, Activation::Linear, 1.0);

@@ -18,25 +18,79 @@ fn problem(p: usize, dim: usize) -> Problem {
 }
 
 fn model(depth: usize, activation: Activation) -> Model {
-    Model { depth, activation, parameterization: Parameterization::Mup, gamma0: 1.0, centered: false }
+    Model {
+        depth,
+        activation,
+        parameterization: Parameterization::Mup,
+        gamma0: 1.0,
+        centered: false,
+    }
 }
 
 fn bench(c: &mut Criterion) {
-    let schedule = Schedule { eta: 0.5, steps: 100, record_every: 1 };
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 100,
+        record_every: 1,
+    };
     let mut group = c.benchmark_group("solvers");
-    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
     let p10 = problem(10, 16);
     group.bench_function("deep_linear_L3_P10_T100", |b| {
         b.iter(|| {
-            solve(&p10, &model(3, Activation::Linear), &schedule, SolverKind::DeepLinear,
-                &SolverOptions::default(), &no_progress).unwrap()
+            solve(
+                &p10,
+                &model(3, Activation::Linear),
+                &schedule,
+                SolverKind::DeepLinear,
+                &SolverOptions::default(),
+                &no_progress,
+            )
+            .unwrap()
         })
     });
-    let mc = SolverOptions { sites: 100_000, quadrature: 0, seed: 0 };
+    let mc = SolverOptions {
+        sites: 100_000,
+        quadrature: 0,
+        seed: 0,
+    };
     group.bench_function("two_layer_relu_mc_M1e5_P10_T100", |b| {
         b.iter(|| {
-            solve(&p10, &model(1, Activation::Relu), &schedule, SolverKind::TwoLayer, &mc, &no_progress)
-                .unwrap()
+            solve(
+                &p10,
+                &model(1, Activation::Relu),
+                &schedule,
+                SolverKind::TwoLayer,
+                &mc,
+                &no_progress,
+            )
+            .unwrap()
+        })
+    });
+    let p5 = problem(5, 16);
+    let deep = SolverOptions {
+        sites: 10_000,
+        quadrature: 0,
+        seed: 0,
+    };
+    let schedule50 = Schedule {
+        eta: 0.5,
+        steps: 50,
+        record_every: 1,
+    };
+    group.bench_function("deep_nonlinear_relu_L2_P5_T50_M1e4", |b| {
+        b.iter(|| {
+            solve(
+                &p5,
+                &model(2, Activation::Relu),
+                &schedule50,
+                SolverKind::DeepNonlinear,
+                &deep,
+                &no_progress,
+            )
+            .unwrap()
         })
     });
     group.finish();

@@ -4,7 +4,7 @@
 //! delta's contribution (response functions, propagator sensitivities) handle it explicitly.
 
 use serde::{Deserialize, Serialize};
-use std::f64::consts::{FRAC_2_SQRT_PI, FRAC_1_SQRT_2};
+use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 use std::fmt;
 use std::str::FromStr;
 
@@ -164,9 +164,17 @@ mod tests {
         for act in Activation::ALL {
             for &x in &[-2.3, -0.7, -0.1, 0.2, 0.9, 1.7, 3.1] {
                 let d1 = (act.phi(x + h) - act.phi(x - h)) / (2.0 * h);
-                assert!((d1 - act.d1(x)).abs() < 1e-7, "{act} d1 at {x}: {d1} vs {}", act.d1(x));
+                assert!(
+                    (d1 - act.d1(x)).abs() < 1e-7,
+                    "{act} d1 at {x}: {d1} vs {}",
+                    act.d1(x)
+                );
                 let d2 = (act.d1(x + h) - act.d1(x - h)) / (2.0 * h);
-                assert!((d2 - act.d2(x)).abs() < 1e-7, "{act} d2 at {x}: {d2} vs {}", act.d2(x));
+                assert!(
+                    (d2 - act.d2(x)).abs() < 1e-7,
+                    "{act} d2 at {x}: {d2} vs {}",
+                    act.d2(x)
+                );
             }
         }
     }

@@ -49,7 +49,12 @@ pub fn memory_bytes(problem: &Problem, model: &Model, schedule: &Schedule) -> f6
     8.0 * nt * nt * (model.depth as f64 * per_layer + n * n + p * p)
 }
 
-pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, progress: Progress) -> Result<Trajectory> {
+pub fn solve(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    progress: Progress,
+) -> Result<Trajectory> {
     Ok(solve_full(problem, model, schedule, progress)?.trajectory)
 }
 
@@ -95,8 +100,12 @@ pub fn solve_full(
         for l in 0..depth {
             let (below, rest) = layers.split_at_mut(l);
             let (layer, above) = rest.split_first_mut().unwrap();
-            let prev_phi = below.last().map_or(input_kernel.view(), |b| b.phi_kernel.view());
-            let above_grad = above.first().map_or(readout_kernel.view(), |a| a.grad_kernel.view());
+            let prev_phi = below
+                .last()
+                .map_or(input_kernel.view(), |b| b.phi_kernel.view());
+            let above_grad = above
+                .first()
+                .map_or(readout_kernel.view(), |a| a.grad_kernel.view());
             // C(k, j) = R_φ^{ℓ−1}(k, j) + c Φ^{ℓ−1}(k, j)[·, train] diag Δ(j), j < k.
             let mut c_row = Array2::<f64>::zeros((n, k * p));
             for j in 0..k {
@@ -105,15 +114,24 @@ pub fn solve_full(
                     blk.assign(&b.response_phi.slice(s![rn.clone(), j * p..(j + 1) * p]));
                 }
                 let phi_kj = prev_phi.slice(s![rn.clone(), j * n..j * n + p]);
-                blk.zip_mut_with(&scale_columns(phi_kj, delta.row(j).to_owned(), c), |a, b| *a += b);
+                blk.zip_mut_with(
+                    &scale_columns(phi_kj, delta.row(j).to_owned(), c),
+                    |a, b| *a += b,
+                );
             }
             if k > 0 {
                 let hu_new = c_row.dot(&layer.response_grad.slice(s![..k * p, ..k * n]));
                 layer.h_u.slice_mut(s![rn.clone(), ..k * n]).assign(&hu_new);
                 let hr_new = c_row.dot(&layer.z_r.slice(s![..k * p, ..k * p]));
-                layer.response_phi.slice_mut(s![rn.clone(), ..k * p]).assign(&hr_new);
+                layer
+                    .response_phi
+                    .slice_mut(s![rn.clone(), ..k * p])
+                    .assign(&hr_new);
             }
-            layer.h_u.slice_mut(s![rn.clone(), rn.clone()]).assign(&Array2::eye(n));
+            layer
+                .h_u
+                .slice_mut(s![rn.clone(), rn.clone()])
+                .assign(&Array2::eye(n));
             let w = (k + 1) * n;
             let a = layer.h_u.slice(s![rn.clone(), ..w]);
             let mut row = a
@@ -131,8 +149,12 @@ pub fn solve_full(
         for l in (0..depth).rev() {
             let (below, rest) = layers.split_at_mut(l);
             let (layer, above) = rest.split_first_mut().unwrap();
-            let prev_phi = below.last().map_or(input_kernel.view(), |b| b.phi_kernel.view());
-            let above_grad = above.first().map_or(readout_kernel.view(), |a| a.grad_kernel.view());
+            let prev_phi = below
+                .last()
+                .map_or(input_kernel.view(), |b| b.phi_kernel.view());
+            let above_grad = above
+                .first()
+                .map_or(readout_kernel.view(), |a| a.grad_kernel.view());
             // E(k, j) = R_g^{ℓ+1}(k, j) + c G^{ℓ+1}(k, j) diag Δ(j) on train columns, j < k.
             let mut e_row = Array2::<f64>::zeros((p, k * n));
             for j in 0..k {
@@ -141,15 +163,23 @@ pub fn solve_full(
                     blk.assign(&a.response_grad.slice(s![rp.clone(), j * n..j * n + p]));
                 }
                 let g_kj = above_grad.slice(s![rp.clone(), j * p..(j + 1) * p]);
-                blk.zip_mut_with(&scale_columns(g_kj, delta.row(j).to_owned(), c), |a, b| *a += b);
+                blk.zip_mut_with(&scale_columns(g_kj, delta.row(j).to_owned(), c), |a, b| {
+                    *a += b
+                });
             }
             if k > 0 {
                 let zu_new = e_row.dot(&layer.h_u.slice(s![..k * n, ..k * n]));
-                layer.response_grad.slice_mut(s![rp.clone(), ..k * n]).assign(&zu_new);
+                layer
+                    .response_grad
+                    .slice_mut(s![rp.clone(), ..k * n])
+                    .assign(&zu_new);
                 let zr_new = e_row.dot(&layer.response_phi.slice(s![..k * n, ..k * p]));
                 layer.z_r.slice_mut(s![rp.clone(), ..k * p]).assign(&zr_new);
             }
-            layer.z_r.slice_mut(s![rp.clone(), rp.clone()]).assign(&Array2::eye(p));
+            layer
+                .z_r
+                .slice_mut(s![rp.clone(), rp.clone()])
+                .assign(&Array2::eye(p));
             let w = (k + 1) * p;
             let b = layer.z_r.slice(s![rp.clone(), ..w]);
             let mut row = b
@@ -165,7 +195,11 @@ pub fn solve_full(
         }
         // f(k) = γ₀⁻¹ ⟨z^L(k) h^L(k)⟩ with the readout row of z (identical for every μ).
         let top = &layers[depth - 1];
-        let prev_phi = if depth > 1 { layers[depth - 2].phi_kernel.view() } else { input_kernel.view() };
+        let prev_phi = if depth > 1 {
+            layers[depth - 2].phi_kernel.view()
+        } else {
+            input_kernel.view()
+        };
         let zrow = k * p;
         let mut zh = top
             .response_grad
@@ -199,8 +233,15 @@ pub fn solve_full(
             progress(k);
         }
     }
-    let trajectory = rec.finish(SolverKind::DeepLinear, "closed form (block-triangular solves)".into())?;
-    Ok(DeepLinearSolution { trajectory, layers, delta })
+    let trajectory = rec.finish(
+        SolverKind::DeepLinear,
+        "closed form (block-triangular solves)".into(),
+    )?;
+    Ok(DeepLinearSolution {
+        trajectory,
+        layers,
+        delta,
+    })
 }
 
 /// K(k) = Σ_{ℓ=0}^{L} G^{ℓ+1}(k,k) ⊙ Φ^ℓ(k,k) on train points.
@@ -209,7 +250,8 @@ fn equal_time_ntk(problem: &Problem, layers: &[LayerFields], k: usize) -> Array2
     let n = problem.n_all();
     let rn = k * n..k * n + p;
     let rp = k * p..(k + 1) * p;
-    let mut ntk = problem.kx.slice(s![..p, ..p]).to_owned() * &layers[0].grad_kernel.slice(s![rp.clone(), rp.clone()]);
+    let mut ntk =
+        &problem.kx.slice(s![..p, ..p]) * &layers[0].grad_kernel.slice(s![rp.clone(), rp.clone()]);
     for (l, layer) in layers.iter().enumerate() {
         let phi = layer.phi_kernel.slice(s![rn.clone(), rn.clone()]);
         match layers.get(l + 1) {
@@ -246,7 +288,8 @@ fn tile(kx: ArrayView2<f64>, nt: usize) -> Array2<f64> {
     let mut out = Array2::zeros((nt * n, nt * n));
     for a in 0..nt {
         for b in 0..nt {
-            out.slice_mut(s![a * n..(a + 1) * n, b * n..(b + 1) * n]).assign(&kx);
+            out.slice_mut(s![a * n..(a + 1) * n, b * n..(b + 1) * n])
+                .assign(&kx);
         }
     }
     out

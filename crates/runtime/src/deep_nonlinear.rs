@@ -16,7 +16,9 @@
 use crate::linalg::{RANK_TOL, eigh, psd_factor, symmetrize};
 use crate::record::{RawRun, Recorder, replica_trajectory};
 use crate::sampling::{normal_matrix, replica_rng, replica_sizes};
-use crate::{DmftError, Model, Problem, Progress, Result, Schedule, SolverKind, SolverOptions, Trajectory};
+use crate::{
+    DmftError, Model, Problem, Progress, Result, Schedule, SolverKind, SolverOptions, Trajectory,
+};
 use ndarray::{Array1, Array2, ArrayView2, Axis, concatenate, s};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -35,7 +37,14 @@ struct GrowingFactor {
 
 impl GrowingFactor {
     fn new(block: usize) -> Self {
-        GrowingFactor { block, rows: vec![], starts: vec![], ranks: vec![], pinv_t: vec![], cols: 0 }
+        GrowingFactor {
+            block,
+            rows: vec![],
+            starts: vec![],
+            ranks: vec![],
+            pinv_t: vec![],
+            cols: 0,
+        }
     }
 
     /// Adds block row k from Cov(k, ≤k) (b × (k+1)b) and returns the number of new columns.
@@ -46,15 +55,22 @@ impl GrowingFactor {
             let (start, r) = (self.starts[j], self.ranks[j]);
             let mut rhs = cov_row.slice(s![.., j * b..(j + 1) * b]).to_owned();
             if start > 0 {
-                rhs -= &x.slice(s![.., ..start]).dot(&self.rows[j].slice(s![.., ..start]).t());
+                rhs -= &x
+                    .slice(s![.., ..start])
+                    .dot(&self.rows[j].slice(s![.., ..start]).t());
             }
-            x.slice_mut(s![.., start..start + r]).assign(&rhs.dot(&self.pinv_t[j]));
+            x.slice_mut(s![.., start..start + r])
+                .assign(&rhs.dot(&self.pinv_t[j]));
         }
         let mut schur = cov_row.slice(s![.., k * b..(k + 1) * b]).to_owned() - x.dot(&x.t());
         symmetrize(&mut schur);
-        let scale = (0..b).map(|i| cov_row[[i, k * b + i]]).fold(0.0_f64, f64::max);
+        let scale = (0..b)
+            .map(|i| cov_row[[i, k * b + i]])
+            .fold(0.0_f64, f64::max);
         let (vals, vecs) = eigh(schur.view())?;
-        let keep: Vec<usize> = (0..b).filter(|&i| vals[i] > 1e2 * RANK_TOL * scale).collect();
+        let keep: Vec<usize> = (0..b)
+            .filter(|&i| vals[i] > 1e2 * RANK_TOL * scale)
+            .collect();
         let r = keep.len();
         let mut diag = Array2::zeros((b, r));
         let mut pinv_t = Array2::zeros((b, r));
@@ -82,7 +98,9 @@ impl GrowingFactor {
         let start = self.starts[k];
         let mut resid = x_k.to_owned();
         if start > 0 {
-            resid -= &zeta.slice(s![.., ..start]).dot(&self.rows[k].slice(s![.., ..start]).t());
+            resid -= &zeta
+                .slice(s![.., ..start])
+                .dot(&self.rows[k].slice(s![.., ..start]).t());
         }
         resid.dot(&self.pinv_t[k])
     }
@@ -125,7 +143,14 @@ struct Population<'a> {
 }
 
 impl<'a> Population<'a> {
-    fn new(problem: &'a Problem, model: &'a Model, schedule: &Schedule, m: usize, seed: u64, replica: u64) -> Result<Self> {
+    fn new(
+        problem: &'a Problem,
+        model: &'a Model,
+        schedule: &Schedule,
+        m: usize,
+        seed: u64,
+        replica: u64,
+    ) -> Result<Self> {
         let (n, p, depth) = (problem.n_all(), problem.n_train(), model.depth);
         let nt = schedule.steps + 1;
         let mut rng = replica_rng(seed, replica);
@@ -166,7 +191,8 @@ impl<'a> Population<'a> {
     fn draw(rng: &mut Xoshiro256PlusPlus, xi: &mut Array2<f64>, at: usize, count: usize) {
         if count > 0 {
             let m = xi.nrows();
-            xi.slice_mut(s![.., at..at + count]).assign(&normal_matrix(rng, m, count));
+            xi.slice_mut(s![.., at..at + count])
+                .assign(&normal_matrix(rng, m, count));
         }
     }
 
@@ -184,7 +210,10 @@ impl<'a> Population<'a> {
             self.u_first.clone()
         } else {
             // u^ℓ(k) from Φ^{ℓ−1}(k, ≤k), then R_φ^{ℓ−1}(k,·) g^ℓ(<k) by Stein.
-            let cov_row = self.layers[l - 1].phi_kernel.slice(s![k * n..(k + 1) * n, ..(k + 1) * n]).to_owned();
+            let cov_row = self.layers[l - 1]
+                .phi_kernel
+                .slice(s![k * n..(k + 1) * n, ..(k + 1) * n])
+                .to_owned();
             let at = self.u_factor[l - 1].cols;
             let added = self.u_factor[l - 1].extend(cov_row.view())?;
             Self::draw(&mut self.rng, &mut self.layers[l].xi_u, at, added);
@@ -193,7 +222,10 @@ impl<'a> Population<'a> {
             if k > 0 && rf.cols > 0 {
                 let below = &self.layers[l - 1];
                 let stein = self.stein(below.h_phi(k, n), below.xi_r.slice(s![.., ..rf.cols]));
-                h += &self.layers[l].zeta_g.slice(s![.., ..rf.cols]).dot(&stein.t());
+                h += &self.layers[l]
+                    .zeta_g
+                    .slice(s![.., ..rf.cols])
+                    .dot(&stein.t());
             }
             h
         };
@@ -206,7 +238,10 @@ impl<'a> Population<'a> {
                     let col = if l == 0 {
                         self.problem.kx.column(a).to_owned()
                     } else {
-                        self.layers[l - 1].phi_kernel.slice(s![k * n..(k + 1) * n, j * n + a]).to_owned()
+                        self.layers[l - 1]
+                            .phi_kernel
+                            .slice(s![k * n..(k + 1) * n, j * n + a])
+                            .to_owned()
                     };
                     drive.row_mut(j * p + a).assign(&(col * w));
                 }
@@ -214,7 +249,10 @@ impl<'a> Population<'a> {
             h += &self.layers[l].g_hist.slice(s![.., ..k * p]).dot(&drive);
         }
         let layer = &mut self.layers[l];
-        layer.phi_hist.slice_mut(s![.., k * n..(k + 1) * n]).assign(&h.mapv(|v| act.phi(v)));
+        layer
+            .phi_hist
+            .slice_mut(s![.., k * n..(k + 1) * n])
+            .assign(&h.mapv(|v| act.phi(v)));
         layer.h = h;
         let phi_k = layer.phi_hist.slice(s![.., k * n..(k + 1) * n]);
         let row = phi_k.t().dot(&layer.phi_hist.slice(s![.., ..(k + 1) * n])) / m as f64;
@@ -236,20 +274,36 @@ impl<'a> Population<'a> {
             }
             z
         } else {
-            let cov_row = self.layers[l + 1].grad_kernel.slice(s![k * p..(k + 1) * p, ..(k + 1) * p]).to_owned();
+            let cov_row = self.layers[l + 1]
+                .grad_kernel
+                .slice(s![k * p..(k + 1) * p, ..(k + 1) * p])
+                .to_owned();
             let at = self.r_factor[l].cols;
             let added = self.r_factor[l].extend(cov_row.view())?;
             Self::draw(&mut self.rng, &mut self.layers[l].xi_r, at, added);
             // The new r^ℓ factor block fixes the coordinates of layer ℓ+1's g(k).
             let above = &self.layers[l + 1];
-            let zeta = self.r_factor[l].coords(k, above.g_hist.slice(s![.., k * p..(k + 1) * p]), above.zeta_g.view());
-            self.layers[l + 1].zeta_g.slice_mut(s![.., at..at + added]).assign(&zeta);
+            let zeta = self.r_factor[l].coords(
+                k,
+                above.g_hist.slice(s![.., k * p..(k + 1) * p]),
+                above.zeta_g.view(),
+            );
+            self.layers[l + 1]
+                .zeta_g
+                .slice_mut(s![.., at..at + added])
+                .assign(&zeta);
             let mut z = self.r_factor[l].sample(k, self.layers[l].xi_r.view());
             // R_g^{ℓ+1}(k, ≤k) φ(h^ℓ(≤k)) by Stein over layer ℓ+1's u-sources (equal time included).
             let uf = &self.u_factor[l];
             let above = &self.layers[l + 1];
-            let stein = self.stein(above.g_hist.slice(s![.., k * p..(k + 1) * p]), above.xi_u.slice(s![.., ..uf.cols]));
-            z += &self.layers[l].zeta_phi.slice(s![.., ..uf.cols]).dot(&stein.t());
+            let stein = self.stein(
+                above.g_hist.slice(s![.., k * p..(k + 1) * p]),
+                above.xi_u.slice(s![.., ..uf.cols]),
+            );
+            z += &self.layers[l]
+                .zeta_phi
+                .slice(s![.., ..uf.cols])
+                .dot(&stein.t());
             z
         };
         if k > 0 {
@@ -262,7 +316,9 @@ impl<'a> Population<'a> {
                         drive.row_mut(j * n + a).fill(w);
                     } else {
                         let g = &self.layers[l + 1].grad_kernel;
-                        drive.row_mut(j * n + a).assign(&(g.slice(s![k * p..(k + 1) * p, j * p + a]).to_owned() * w));
+                        drive
+                            .row_mut(j * n + a)
+                            .assign(&(g.slice(s![k * p..(k + 1) * p, j * p + a]).to_owned() * w));
                     }
                 }
             }
@@ -270,8 +326,13 @@ impl<'a> Population<'a> {
         }
         let layer = &mut self.layers[l];
         let mut g = z;
-        ndarray::Zip::from(&mut g).and(layer.h.slice(s![.., ..p])).for_each(|g, &h| *g *= act.d1(h));
-        layer.g_hist.slice_mut(s![.., k * p..(k + 1) * p]).assign(&g);
+        ndarray::Zip::from(&mut g)
+            .and(layer.h.slice(s![.., ..p]))
+            .for_each(|g, &h| *g *= act.d1(h));
+        layer
+            .g_hist
+            .slice_mut(s![.., k * p..(k + 1) * p])
+            .assign(&g);
         let row = g.t().dot(&layer.g_hist.slice(s![.., ..(k + 1) * p])) / m as f64;
         write_symmetric_row(&mut layer.grad_kernel, k, p, row.view());
         Ok(())
@@ -295,11 +356,14 @@ impl<'a> Population<'a> {
     fn ntk(&self, k: usize) -> Array2<f64> {
         let (n, p) = (self.n, self.p);
         let (rn, rp) = (k * n..k * n + p, k * p..(k + 1) * p);
-        let mut ntk = &self.problem.kx.slice(s![..p, ..p]) * &self.layers[0].grad_kernel.slice(s![rp.clone(), rp.clone()]);
+        let mut ntk = &self.problem.kx.slice(s![..p, ..p])
+            * &self.layers[0].grad_kernel.slice(s![rp.clone(), rp.clone()]);
         for (l, layer) in self.layers.iter().enumerate() {
             let phi = layer.phi_kernel.slice(s![rn.clone(), rn.clone()]);
             match self.layers.get(l + 1) {
-                Some(above) => ntk += &(&phi * &above.grad_kernel.slice(s![rp.clone(), rp.clone()])),
+                Some(above) => {
+                    ntk += &(&phi * &above.grad_kernel.slice(s![rp.clone(), rp.clone()]))
+                }
                 None => ntk += &phi,
             }
         }
@@ -319,7 +383,15 @@ fn write_symmetric_row(mat: &mut Array2<f64>, k: usize, b: usize, row: ArrayView
     mat.slice_mut(s![..w, k * b..w]).assign(&row.t());
 }
 
-fn march(problem: &Problem, model: &Model, schedule: &Schedule, m: usize, seed: u64, replica: u64, progress: Progress) -> Result<RawRun> {
+fn march(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    m: usize,
+    seed: u64,
+    replica: u64,
+    progress: Progress,
+) -> Result<RawRun> {
     let mut pop = Population::new(problem, model, schedule, m, seed, replica)?;
     let (p, depth) = (problem.n_train(), model.depth);
     let mut rec = Recorder::new(problem, schedule, false);
@@ -334,7 +406,10 @@ fn march(problem: &Problem, model: &Model, schedule: &Schedule, m: usize, seed: 
             let layer = &pop.layers[l];
             let zeta = pop.u_factor[l].coords(k, layer.h_phi(k, pop.n), layer.zeta_phi.view());
             let r = zeta.ncols();
-            pop.layers[l].zeta_phi.slice_mut(s![.., at..at + r]).assign(&zeta);
+            pop.layers[l]
+                .zeta_phi
+                .slice_mut(s![.., at..at + r])
+                .assign(&zeta);
         }
         for l in (0..depth).rev() {
             pop.backward(l, k)?;
@@ -361,7 +436,9 @@ fn march(problem: &Problem, model: &Model, schedule: &Schedule, m: usize, seed: 
             progress(k);
         }
     }
-    Ok(RawRun::from(rec.finish(SolverKind::DeepNonlinear, String::new())?))
+    Ok(RawRun::from(
+        rec.finish(SolverKind::DeepNonlinear, String::new())?,
+    ))
 }
 
 pub fn solve(
@@ -383,7 +460,9 @@ pub fn solve(
         .enumerate()
         .map(|(i, &m)| {
             let offset = i * schedule.steps;
-            march(problem, model, schedule, m, options.seed, i as u64, &|k| progress((offset + k) / r))
+            march(problem, model, schedule, m, options.seed, i as u64, &|k| {
+                progress((offset + k) / r)
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     replica_trajectory(
@@ -391,6 +470,9 @@ pub fn solve(
         schedule,
         runs,
         SolverKind::DeepNonlinear,
-        format!("monte-carlo with Stein responses, {} sites per layer in {r} replicas", options.sites),
+        format!(
+            "monte-carlo with Stein responses, {} sites per layer in {r} replicas",
+            options.sites
+        ),
     )
 }

@@ -35,9 +35,17 @@ pub struct PairIntegrator {
 
 impl PairIntegrator {
     pub fn new(act: Activation, order: usize) -> Result<Self> {
-        let order = if order == 0 { DEFAULT_LAZY_ORDER } else { order };
+        let order = if order == 0 {
+            DEFAULT_LAZY_ORDER
+        } else {
+            order
+        };
         let (nodes, weights) = gauss_hermite(order)?;
-        Ok(PairIntegrator { act, nodes, weights })
+        Ok(PairIntegrator {
+            act,
+            nodes,
+            weights,
+        })
     }
 
     pub fn pair(&self, qa: f64, qb: f64, c: f64) -> (f64, f64) {
@@ -109,7 +117,10 @@ fn relu_pair(qa: f64, qb: f64, c: f64) -> (f64, f64) {
 fn erf_pair(qa: f64, qb: f64, c: f64) -> (f64, f64) {
     let prod = (1.0 + 2.0 * qa) * (1.0 + 2.0 * qb);
     let arg = (2.0 * c / prod.sqrt()).clamp(-1.0, 1.0);
-    (2.0 / PI * arg.asin(), 4.0 / PI / (prod - 4.0 * c * c).sqrt())
+    (
+        2.0 / PI * arg.asin(),
+        4.0 / PI / (prod - 4.0 * c * c).sqrt(),
+    )
 }
 
 /// The frozen kernels of a depth-L network on the problem's points.
@@ -131,7 +142,11 @@ pub fn lazy_kernels(problem: &Problem, model: &Model, order: usize) -> Result<La
     for l in 0..=model.depth {
         ntk += &(&grad_kernel[l] * &phi_kernel[l]);
     }
-    Ok(LazyKernels { phi_kernel, grad_kernel, ntk })
+    Ok(LazyKernels {
+        phi_kernel,
+        grad_kernel,
+        ntk,
+    })
 }
 
 /// Linear prediction dynamics with the frozen NTK, f(0) = 0.
@@ -169,7 +184,11 @@ pub fn solve(
     } else {
         format!(
             "gauss-hermite kernels, order {}",
-            if order == 0 { DEFAULT_LAZY_ORDER } else { order }
+            if order == 0 {
+                DEFAULT_LAZY_ORDER
+            } else {
+                order
+            }
         )
     };
     rec.finish(SolverKind::Lazy, method)

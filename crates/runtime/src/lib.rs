@@ -33,9 +33,13 @@ pub fn solve(
         SolverKind::TwoLayer if options.quadrature > 0 => {
             two_layer::solve_quadrature(problem, model, schedule, options.quadrature, progress)
         }
-        SolverKind::TwoLayer => two_layer::solve_monte_carlo(problem, model, schedule, options, progress),
+        SolverKind::TwoLayer => {
+            two_layer::solve_monte_carlo(problem, model, schedule, options, progress)
+        }
         SolverKind::DeepLinear => deep_linear::solve(problem, model, schedule, progress),
-        SolverKind::DeepNonlinear => deep_nonlinear::solve(problem, model, schedule, options, progress),
+        SolverKind::DeepNonlinear => {
+            deep_nonlinear::solve(problem, model, schedule, options, progress)
+        }
     }
 }
 
@@ -45,10 +49,16 @@ fn validate(model: &Model, schedule: &Schedule, solver: SolverKind) -> Result<()
         return bad("model.depth must be ≥ 1, got 0".into());
     }
     if !(model.gamma0.is_finite() && model.gamma0 > 0.0) {
-        return bad(format!("model.gamma0 must be a positive number, got {}", model.gamma0));
+        return bad(format!(
+            "model.gamma0 must be a positive number, got {}",
+            model.gamma0
+        ));
     }
     if !(schedule.eta.is_finite() && schedule.eta > 0.0) {
-        return bad(format!("train.eta must be a positive number, got {}", schedule.eta));
+        return bad(format!(
+            "train.eta must be a positive number, got {}",
+            schedule.eta
+        ));
     }
     if schedule.record_every == 0 {
         return bad("train.record_every must be ≥ 1, got 0".into());
@@ -60,15 +70,17 @@ fn validate(model: &Model, schedule: &Schedule, solver: SolverKind) -> Result<()
         ));
     }
     match solver {
-        SolverKind::TwoLayer if model.depth != 1 => {
-            bad(format!("theory.solver = two-layer needs model.depth = 1, got {}", model.depth))
-        }
+        SolverKind::TwoLayer if model.depth != 1 => bad(format!(
+            "theory.solver = two-layer needs model.depth = 1, got {}",
+            model.depth
+        )),
         SolverKind::DeepLinear if model.activation != Activation::Linear => bad(format!(
             "theory.solver = deep-linear needs model.activation = linear, got {}",
             model.activation
         )),
         SolverKind::DeepNonlinear if model.depth < 2 => bad(
-            "theory.solver = deep-nonlinear needs model.depth ≥ 2 (use two-layer for depth 1)".into(),
+            "theory.solver = deep-nonlinear needs model.depth ≥ 2 (use two-layer for depth 1)"
+                .into(),
         ),
         _ => Ok(()),
     }

@@ -37,9 +37,13 @@ pub fn psd_factor(a: ArrayView2<f64>) -> Result<Array2<f64>> {
     let (vals, vecs) = eigh(sym.view())?;
     let lmax = vals.iter().cloned().fold(0.0_f64, f64::max);
     if !lmax.is_finite() {
-        return Err(DmftError::Numerical("covariance has non-finite entries".into()));
+        return Err(DmftError::Numerical(
+            "covariance has non-finite entries".into(),
+        ));
     }
-    let keep: Vec<usize> = (0..n).filter(|&i| vals[i] > RANK_TOL * lmax && lmax > 0.0).collect();
+    let keep: Vec<usize> = (0..n)
+        .filter(|&i| vals[i] > RANK_TOL * lmax && lmax > 0.0)
+        .collect();
     let mut f = Array2::zeros((n, keep.len()));
     for (col, &i) in keep.iter().enumerate() {
         let s = vals[i].sqrt();

@@ -13,7 +13,11 @@ pub enum DmftError {
     #[error(
         "training diverged at step {step} (loss {loss:.3e}); reduce train.eta (largest stable eta ≈ {eta_max:.3e} for the initial NTK)"
     )]
-    Diverged { step: usize, loss: f64, eta_max: f64 },
+    Diverged {
+        step: usize,
+        loss: f64,
+        eta_max: f64,
+    },
     #[error("{0}")]
     Unsupported(String),
     #[error("numerical failure: {0}")]
@@ -82,7 +86,11 @@ impl Problem {
             x.slice_mut(s![p.., ..]).assign(&x_test);
         }
         let kx = x.dot(&x.t()) / d as f64;
-        Ok(Problem { kx, y: y_train, y_test })
+        Ok(Problem {
+            kx,
+            y: y_train,
+            y_test,
+        })
     }
 
     pub fn n_train(&self) -> usize {
@@ -208,7 +216,11 @@ pub struct SolverOptions {
 
 impl Default for SolverOptions {
     fn default() -> Self {
-        SolverOptions { sites: 100_000, quadrature: 0, seed: 0 }
+        SolverOptions {
+            sites: 100_000,
+            quadrature: 0,
+            seed: 0,
+        }
     }
 }
 

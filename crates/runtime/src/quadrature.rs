@@ -61,10 +61,21 @@ mod tests {
         for n in [5, 12, 40] {
             let (x, w) = gauss_hermite(n).unwrap();
             for m in 0..n.min(8) as u32 {
-                let got: f64 = x.iter().zip(&w).map(|(x, w)| w * x.powi(2 * m as i32)).sum();
+                let got: f64 = x
+                    .iter()
+                    .zip(&w)
+                    .map(|(x, w)| w * x.powi(2 * m as i32))
+                    .sum();
                 let want = double_factorial_odd(m);
-                assert!((got - want).abs() < 1e-10 * want, "n={n} m={m}: {got} vs {want}");
-                let odd: f64 = x.iter().zip(&w).map(|(x, w)| w * x.powi(2 * m as i32 + 1)).sum();
+                assert!(
+                    (got - want).abs() < 1e-10 * want,
+                    "n={n} m={m}: {got} vs {want}"
+                );
+                let odd: f64 = x
+                    .iter()
+                    .zip(&w)
+                    .map(|(x, w)| w * x.powi(2 * m as i32 + 1))
+                    .sum();
                 assert!(odd.abs() < 1e-10 * want.max(1.0));
             }
         }
@@ -76,7 +87,9 @@ mod tests {
         assert_eq!(nodes.dim(), (64, 3));
         assert!((w.sum() - 1.0).abs() < 1e-14);
         // E[ξ₀² ξ₂²] = 1 for independent standard normals.
-        let m: f64 = (0..64).map(|i| w[i] * nodes[[i, 0]].powi(2) * nodes[[i, 2]].powi(2)).sum();
+        let m: f64 = (0..64)
+            .map(|i| w[i] * nodes[[i, 0]].powi(2) * nodes[[i, 2]].powi(2))
+            .sum();
         assert!((m - 1.0).abs() < 1e-12);
     }
 }

@@ -54,7 +54,13 @@ impl Recorder {
             loss: Array1::zeros(n),
             test_loss: problem.y_test.as_ref().map(|_| Array1::zeros(n)),
             ntk: Array3::zeros((n, p, p)),
-            se: with_errors.then(|| (Array2::zeros((n, p)), Array2::zeros((n, q)), Array1::zeros(n))),
+            se: with_errors.then(|| {
+                (
+                    Array2::zeros((n, p)),
+                    Array2::zeros((n, q)),
+                    Array1::zeros(n),
+                )
+            }),
             steps,
         }
     }
@@ -69,7 +75,11 @@ impl Recorder {
         let loss = half_mse(delta);
         let loss0 = *self.loss0.get_or_insert(loss);
         if !loss.is_finite() || loss > DIVERGENCE_FACTOR * loss0.max(1.0) {
-            return Err(DmftError::Diverged { step: k, loss, eta_max: self.eta_max });
+            return Err(DmftError::Diverged {
+                step: k,
+                loss,
+                eta_max: self.eta_max,
+            });
         }
         Ok(loss)
     }
@@ -160,7 +170,11 @@ pub(crate) struct RawRun {
 
 impl From<Trajectory> for RawRun {
     fn from(t: Trajectory) -> Self {
-        RawRun { f_train: t.f_train, f_test: t.f_test, ntk: t.ntk }
+        RawRun {
+            f_train: t.f_train,
+            f_test: t.f_test,
+            ntk: t.ntk,
+        }
     }
 }
 
@@ -195,7 +209,12 @@ pub(crate) fn replica_trajectory(
             f_test: f_test.se.row(i),
             loss: loss_stats.se[[i, 0]],
         });
-        rec.record(f_train.mean.row(i), f_test.mean.row(i), ntk.index_axis(Axis(0), i), errors);
+        rec.record(
+            f_train.mean.row(i),
+            f_test.mean.row(i),
+            ntk.index_axis(Axis(0), i),
+            errors,
+        );
     }
     rec.finish(solver, method)
 }

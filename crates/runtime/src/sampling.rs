@@ -44,7 +44,9 @@ pub fn replica_sizes(sites: usize) -> Result<Vec<usize>> {
     }
     let base = sites / MC_REPLICAS;
     let extra = sites % MC_REPLICAS;
-    Ok((0..MC_REPLICAS).map(|i| base + usize::from(i < extra)).collect())
+    Ok((0..MC_REPLICAS)
+        .map(|i| base + usize::from(i < extra))
+        .collect())
 }
 
 /// Mean and standard error of the mean over replicas of equally shaped matrices.

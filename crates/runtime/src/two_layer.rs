@@ -8,12 +8,12 @@
 //! O(M P (P+Q)) work per step. Averages are weighted sums over a [`SiteSet`]: a
 //! Gauss–Hermite tensor grid over (u, r) (deterministic) or Monte Carlo draws.
 
+use crate::SolverKind;
 use crate::linalg::psd_factor;
 use crate::quadrature::tensor_grid;
 use crate::record::{RawRun, Recorder, replica_trajectory};
 use crate::sampling::{normal_matrix, replica_rng};
 use crate::{DmftError, Model, Problem, Progress, Result, Schedule, SolverOptions, Trajectory};
-use crate::SolverKind;
 use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 use rayon::prelude::*;
 
@@ -58,7 +58,11 @@ impl SiteSet {
         let xi = normal_matrix(&mut rng, sites, factor.ncols() + 1);
         let u = xi.slice(s![.., ..factor.ncols()]).dot(&factor.t());
         let r = xi.column(factor.ncols()).to_owned();
-        Ok(SiteSet { u, r, weight: Array1::from_elem(sites, 1.0 / sites as f64) })
+        Ok(SiteSet {
+            u,
+            r,
+            weight: Array1::from_elem(sites, 1.0 / sites as f64),
+        })
     }
 }
 
@@ -81,7 +85,11 @@ fn march(
     let m = sites.r.len();
     let c = schedule.eta * model.gamma0 / p as f64;
     let kx_train_rows = problem.kx.slice(s![..p, ..]).to_owned();
-    let SiteSet { u: mut h, r: mut z, weight } = sites;
+    let SiteSet {
+        u: mut h,
+        r: mut z,
+        weight,
+    } = sites;
     let mut phi = Array2::<f64>::zeros((m, n));
     let mut g = Array2::<f64>::zeros((m, p));
     let mut rec = Recorder::new(problem, schedule, false);
@@ -180,7 +188,9 @@ fn march(
             });
         progress(k + 1);
     }
-    Ok(RawRun::from(rec.finish(SolverKind::TwoLayer, String::new())?))
+    Ok(RawRun::from(
+        rec.finish(SolverKind::TwoLayer, String::new())?,
+    ))
 }
 
 /// Lower triangle of A += w x xᵀ (mirrored once at the end of the step).
@@ -240,7 +250,9 @@ pub fn solve_monte_carlo(
         .map(|(i, &m)| {
             let sites = SiteSet::monte_carlo(problem.kx.view(), m, options.seed, i as u64)?;
             let step_offset = i * schedule.steps;
-            march(problem, model, schedule, sites, &|k| progress((step_offset + k) / r))
+            march(problem, model, schedule, sites, &|k| {
+                progress((step_offset + k) / r)
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     replica_trajectory(

@@ -20,9 +20,19 @@ pub fn gaussian_problem(p: usize, q: usize, dim: usize, seed: u64) -> Problem {
 }
 
 pub fn mup(depth: usize, activation: Activation, gamma0: f64) -> Model {
-    Model { depth, activation, parameterization: Parameterization::Mup, gamma0, centered: false }
+    Model {
+        depth,
+        activation,
+        parameterization: Parameterization::Mup,
+        gamma0,
+        centered: false,
+    }
 }
 
 pub fn schedule(eta: f64, steps: usize) -> Schedule {
-    Schedule { eta, steps, record_every: 1 }
+    Schedule {
+        eta,
+        steps,
+        record_every: 1,
+    }
 }

@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use dmft_runtime::{Activation, DmftError, Parameterization, SolverKind, SolverOptions, no_progress, solve};
+use dmft_runtime::{
+    Activation, DmftError, Parameterization, SolverKind, SolverOptions, no_progress, solve,
+};
 
 /// The Monte Carlo solver with Stein responses, run on a linear network, reproduces the
 /// closed form (which has exact responses) within 4 replica standard errors at every step,
@@ -15,15 +17,38 @@ fn sampled_responses_reproduce_deep_linear_closed_form() {
     for (depth, gamma0) in [(2, 1.0), (3, 1.0), (2, 2.5)] {
         let model = mup(depth, Activation::Linear, gamma0);
         let sch = schedule(0.5, 15);
-        let exact = solve(&prob, &model, &sch, SolverKind::DeepLinear, &SolverOptions::default(), &no_progress).unwrap();
-        let opts = SolverOptions { sites: 32_000, seed: 4, ..Default::default() };
-        let mc = solve(&prob, &model, &sch, SolverKind::DeepNonlinear, &opts, &no_progress).unwrap();
+        let exact = solve(
+            &prob,
+            &model,
+            &sch,
+            SolverKind::DeepLinear,
+            &SolverOptions::default(),
+            &no_progress,
+        )
+        .unwrap();
+        let opts = SolverOptions {
+            sites: 32_000,
+            seed: 4,
+            ..Default::default()
+        };
+        let mc = solve(
+            &prob,
+            &model,
+            &sch,
+            SolverKind::DeepNonlinear,
+            &opts,
+            &no_progress,
+        )
+        .unwrap();
         for (f, se, want) in [
             (&mc.f_train, mc.f_train_se.as_ref().unwrap(), &exact.f_train),
             (&mc.f_test, mc.f_test_se.as_ref().unwrap(), &exact.f_test),
         ] {
             for ((a, e), b) in f.iter().zip(se.iter()).zip(want.iter()) {
-                assert!((a - b).abs() <= 4.0 * e + 1e-9, "L={depth} γ₀={gamma0}: {a} vs {b} ± {e}");
+                assert!(
+                    (a - b).abs() <= 4.0 * e + 1e-9,
+                    "L={depth} γ₀={gamma0}: {a} vs {b} ± {e}"
+                );
             }
         }
     }
@@ -39,11 +64,39 @@ fn deep_nonlinear_converges_to_lazy_limit() {
         let mut model = mup(2, act, gamma0);
         model.centered = true;
         let sch = schedule(0.5, 12);
-        let opts = SolverOptions { sites: 32_000, seed: 6, ..Default::default() };
-        let rich = solve(&prob, &model, &sch, SolverKind::DeepNonlinear, &opts, &no_progress).unwrap();
-        let lazy = solve(&prob, &model, &sch, SolverKind::Lazy, &SolverOptions::default(), &no_progress).unwrap();
-        for ((a, e), b) in rich.f_train.iter().zip(rich.f_train_se.as_ref().unwrap().iter()).zip(lazy.f_train.iter()) {
-            assert!((a - b).abs() <= 4.0 * e + 2.0 * gamma0 * gamma0, "{act}: {a} vs lazy {b} ± {e}");
+        let opts = SolverOptions {
+            sites: 32_000,
+            seed: 6,
+            ..Default::default()
+        };
+        let rich = solve(
+            &prob,
+            &model,
+            &sch,
+            SolverKind::DeepNonlinear,
+            &opts,
+            &no_progress,
+        )
+        .unwrap();
+        let lazy = solve(
+            &prob,
+            &model,
+            &sch,
+            SolverKind::Lazy,
+            &SolverOptions::default(),
+            &no_progress,
+        )
+        .unwrap();
+        for ((a, e), b) in rich
+            .f_train
+            .iter()
+            .zip(rich.f_train_se.as_ref().unwrap().iter())
+            .zip(lazy.f_train.iter())
+        {
+            assert!(
+                (a - b).abs() <= 4.0 * e + 2.0 * gamma0 * gamma0,
+                "{act}: {a} vs lazy {b} ± {e}"
+            );
         }
     }
 }
@@ -53,10 +106,21 @@ fn divergence_is_reported_with_step_and_stable_step_size() {
     let prob = gaussian_problem(4, 0, 8, 23);
     let model = mup(2, Activation::Linear, 1.0);
     for solver in [SolverKind::Lazy, SolverKind::DeepLinear] {
-        let err = solve(&prob, &model, &schedule(40.0, 60), solver, &SolverOptions::default(), &no_progress).unwrap_err();
+        let err = solve(
+            &prob,
+            &model,
+            &schedule(40.0, 60),
+            solver,
+            &SolverOptions::default(),
+            &no_progress,
+        )
+        .unwrap_err();
         match err {
             DmftError::Diverged { step, eta_max, .. } => {
-                assert!(step > 0 && step <= 60 && eta_max < 40.0, "{solver}: step {step}, eta_max {eta_max}")
+                assert!(
+                    step > 0 && step <= 60 && eta_max < 40.0,
+                    "{solver}: step {step}, eta_max {eta_max}"
+                )
             }
             other => panic!("{solver}: expected divergence, got {other}"),
         }
@@ -68,21 +132,62 @@ fn invalid_combinations_name_the_key() {
     let prob = gaussian_problem(3, 0, 8, 24);
     let sch = schedule(0.5, 5);
     let cases = [
-        (mup(2, Activation::Relu, 1.0), SolverKind::TwoLayer, SolverOptions::default(), "model.depth"),
-        (mup(1, Activation::Relu, 1.0), SolverKind::DeepLinear, SolverOptions::default(), "model.activation"),
-        (mup(1, Activation::Relu, 1.0), SolverKind::DeepNonlinear, SolverOptions::default(), "model.depth"),
-        (mup(1, Activation::Relu, -1.0), SolverKind::Lazy, SolverOptions::default(), "model.gamma0"),
-        (mup(1, Activation::Relu, 1.0), SolverKind::TwoLayer, SolverOptions { quadrature: 60, ..Default::default() }, "theory.quadrature"),
-        (mup(1, Activation::Relu, 1.0), SolverKind::TwoLayer, SolverOptions { sites: 5, ..Default::default() }, "theory.sites"),
         (
-            dmft_runtime::Model { parameterization: Parameterization::Ntk, ..mup(1, Activation::Relu, 1.0) },
+            mup(2, Activation::Relu, 1.0),
+            SolverKind::TwoLayer,
+            SolverOptions::default(),
+            "model.depth",
+        ),
+        (
+            mup(1, Activation::Relu, 1.0),
+            SolverKind::DeepLinear,
+            SolverOptions::default(),
+            "model.activation",
+        ),
+        (
+            mup(1, Activation::Relu, 1.0),
+            SolverKind::DeepNonlinear,
+            SolverOptions::default(),
+            "model.depth",
+        ),
+        (
+            mup(1, Activation::Relu, -1.0),
+            SolverKind::Lazy,
+            SolverOptions::default(),
+            "model.gamma0",
+        ),
+        (
+            mup(1, Activation::Relu, 1.0),
+            SolverKind::TwoLayer,
+            SolverOptions {
+                quadrature: 60,
+                ..Default::default()
+            },
+            "theory.quadrature",
+        ),
+        (
+            mup(1, Activation::Relu, 1.0),
+            SolverKind::TwoLayer,
+            SolverOptions {
+                sites: 5,
+                ..Default::default()
+            },
+            "theory.sites",
+        ),
+        (
+            dmft_runtime::Model {
+                parameterization: Parameterization::Ntk,
+                ..mup(1, Activation::Relu, 1.0)
+            },
             SolverKind::TwoLayer,
             SolverOptions::default(),
             "model.parameterization",
         ),
     ];
     for (model, solver, opts, key) in cases {
-        let msg = solve(&prob, &model, &sch, solver, &opts, &no_progress).unwrap_err().to_string();
+        let msg = solve(&prob, &model, &sch, solver, &opts, &no_progress)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains(key) && !msg.contains('\n'), "{solver}: {msg}");
     }
 }

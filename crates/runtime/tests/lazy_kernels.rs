@@ -19,7 +19,7 @@ fn normal_cdf(x: f64) -> f64 {
 }
 
 /// Composite Simpson on [a, b] with n (even) intervals.
-fn simpson(f: impl Fn(f64) -> f64, a: f64, b: f64, n: usize) -> f64 {
+fn simpson(f: &impl Fn(f64) -> f64, a: f64, b: f64, n: usize) -> f64 {
     let h = (b - a) / n as f64;
     let mut s = f(a) + f(b);
     for i in 1..n {
@@ -42,7 +42,8 @@ fn conditioned(act: Activation, qa: f64, qb: f64, c: f64) -> (f64, f64) {
     let sa = qa.sqrt();
     let m = c / sa;
     let s = (qb - m * m).max(0.0).sqrt();
-    let (inner_phi, inner_d): (Box<dyn Fn(f64) -> f64>, Box<dyn Fn(f64) -> f64>) = match act {
+    type Inner = Box<dyn Fn(f64) -> f64>;
+    let (inner_phi, inner_d): (Inner, Inner) = match act {
         Activation::Relu => (
             Box::new(move |a: f64| a * normal_cdf(a / s) + s * normal_pdf(a / s)),
             Box::new(move |a: f64| normal_cdf(a / s)),
@@ -79,8 +80,14 @@ fn closed_forms_match_conditioned_integrals() {
         for (qa, qb, c) in PAIRS {
             let (pp, dd) = integrator.pair(qa, qb, c);
             let (pp_ref, dd_ref) = conditioned(act, qa, qb, c);
-            assert!((pp - pp_ref).abs() < 1e-10, "{act} ⟨φφ⟩ at {qa},{qb},{c}: {pp} vs {pp_ref}");
-            assert!((dd - dd_ref).abs() < 1e-10, "{act} ⟨φ'φ'⟩ at {qa},{qb},{c}: {dd} vs {dd_ref}");
+            assert!(
+                (pp - pp_ref).abs() < 1e-10,
+                "{act} ⟨φφ⟩ at {qa},{qb},{c}: {pp} vs {pp_ref}"
+            );
+            assert!(
+                (dd - dd_ref).abs() < 1e-10,
+                "{act} ⟨φ'φ'⟩ at {qa},{qb},{c}: {dd} vs {dd_ref}"
+            );
         }
     }
 }
@@ -93,7 +100,10 @@ fn gauss_hermite_path_matches_erf_closed_form() {
     for (qa, qb, c) in PAIRS {
         let (pp, dd) = integrator.pair(qa, qb, c);
         let (pq, dq) = integrator.quadrature_pair(qa, qb, c);
-        assert!((pp - pq).abs() < 1e-10 && (dd - dq).abs() < 1e-10, "{qa},{qb},{c}: {pp} {pq} {dd} {dq}");
+        assert!(
+            (pp - pq).abs() < 1e-10 && (dd - dq).abs() < 1e-10,
+            "{qa},{qb},{c}: {pp} {pq} {dd} {dq}"
+        );
     }
 }
 
@@ -107,7 +117,11 @@ fn ntk_recursion_matches_hand_formulas() {
     let want = &phi + &(&dphi * &prob.kx);
     assert!((&relu.ntk - &want).iter().all(|v| v.abs() < 1e-14));
     let lin = lazy_kernels(&prob, &mup(3, Activation::Linear, 1.0), 0).unwrap();
-    assert!((&lin.ntk - &(&prob.kx * 4.0)).iter().all(|v| v.abs() < 1e-13));
+    assert!(
+        (&lin.ntk - &(&prob.kx * 4.0))
+            .iter()
+            .all(|v| v.abs() < 1e-13)
+    );
 }
 
 /// Lazy predictions follow Δ(k) = (I − ηK/P)^k y exactly, checked against an
@@ -117,15 +131,29 @@ fn lazy_dynamics_match_spectral_solution() {
     let prob = gaussian_problem(5, 2, 7, 4);
     let model = mup(2, Activation::Tanh, 1.0);
     let sch = schedule(0.7, 30);
-    let traj = solve(&prob, &model, &sch, SolverKind::Lazy, &SolverOptions::default(), &no_progress).unwrap();
-    let k = lazy_kernels(&prob, &model, 0).unwrap().ntk.slice(ndarray::s![..5, ..5]).to_owned();
+    let traj = solve(
+        &prob,
+        &model,
+        &sch,
+        SolverKind::Lazy,
+        &SolverOptions::default(),
+        &no_progress,
+    )
+    .unwrap();
+    let k = lazy_kernels(&prob, &model, 0)
+        .unwrap()
+        .ntk
+        .slice(ndarray::s![..5, ..5])
+        .to_owned();
     let (vals, vecs) = dmft_runtime::linalg::eigh(k.view()).unwrap();
     let y_modes = vecs.t().dot(&prob.y);
     for step in [0, 7, 30] {
         let decay = vals.mapv(|l| (1.0 - 0.7 * l / 5.0).powi(step as i32));
         let delta = vecs.dot(&(&y_modes * &decay));
         let f = &prob.y - &delta;
-        let err = (&f - &traj.f_train.row(step)).iter().fold(0.0_f64, |a, v| a.max(v.abs()));
+        let err = (&f - &traj.f_train.row(step))
+            .iter()
+            .fold(0.0_f64, |a, v| a.max(v.abs()));
         assert!(err < 1e-12, "step {step}: {err}");
     }
 }

@@ -4,15 +4,35 @@
 mod common;
 
 use common::*;
-use dmft_runtime::{Activation, Problem, SolverKind, SolverOptions, Trajectory, no_progress, solve};
+use dmft_runtime::{
+    Activation, Model, Problem, SolverKind, SolverOptions, Trajectory, no_progress, solve,
+};
 use ndarray::{Array1, s};
 
-fn run(prob: &Problem, depth: usize, act: Activation, gamma0: f64, eta: f64, steps: usize, solver: SolverKind, opts: SolverOptions) -> Trajectory {
-    solve(prob, &mup(depth, act, gamma0), &schedule(eta, steps), solver, &opts, &no_progress).unwrap()
+fn run(
+    prob: &Problem,
+    model: Model,
+    eta: f64,
+    steps: usize,
+    solver: SolverKind,
+    opts: SolverOptions,
+) -> Trajectory {
+    solve(
+        prob,
+        &model,
+        &schedule(eta, steps),
+        solver,
+        &opts,
+        &no_progress,
+    )
+    .unwrap()
 }
 
 fn quad(order: usize) -> SolverOptions {
-    SolverOptions { quadrature: order, ..Default::default() }
+    SolverOptions {
+        quadrature: order,
+        ..Default::default()
+    }
 }
 
 fn max_abs(a: impl IntoIterator<Item = f64>) -> f64 {
@@ -26,15 +46,40 @@ fn max_abs(a: impl IntoIterator<Item = f64>) -> f64 {
 #[test]
 fn quadrature_agrees_with_monte_carlo() {
     let prob = gaussian_problem(2, 1, 6, 11);
-    for (act, gamma0) in [(Activation::Relu, 0.5), (Activation::Relu, 2.0), (Activation::Tanh, 1.0)] {
-        let q = run(&prob, 1, act, gamma0, 0.5, 20, SolverKind::TwoLayer, quad(20));
-        let mc = run(&prob, 1, act, gamma0, 0.5, 20, SolverKind::TwoLayer, SolverOptions { sites: 200_000, seed: 5, ..Default::default() });
+    for (act, gamma0) in [
+        (Activation::Relu, 0.5),
+        (Activation::Relu, 2.0),
+        (Activation::Tanh, 1.0),
+    ] {
+        let q = run(
+            &prob,
+            mup(1, act, gamma0),
+            0.5,
+            20,
+            SolverKind::TwoLayer,
+            quad(20),
+        );
+        let mc = run(
+            &prob,
+            mup(1, act, gamma0),
+            0.5,
+            20,
+            SolverKind::TwoLayer,
+            SolverOptions {
+                sites: 200_000,
+                seed: 5,
+                ..Default::default()
+            },
+        );
         for (f_q, f_mc, se) in [
             (&q.f_train, &mc.f_train, mc.f_train_se.as_ref().unwrap()),
             (&q.f_test, &mc.f_test, mc.f_test_se.as_ref().unwrap()),
         ] {
             for ((a, b), e) in f_q.iter().zip(f_mc.iter()).zip(se.iter()) {
-                assert!((a - b).abs() <= 4.0 * e + 1e-5, "{act} γ₀={gamma0}: quad {a} vs mc {b} ± {e}");
+                assert!(
+                    (a - b).abs() <= 4.0 * e + 1e-5,
+                    "{act} γ₀={gamma0}: quad {a} vs mc {b} ± {e}"
+                );
             }
         }
     }
@@ -46,18 +91,46 @@ fn quadrature_agrees_with_monte_carlo() {
 fn deep_linear_closed_form_matches_two_layer_quadrature() {
     let prob = gaussian_problem(4, 2, 9, 12);
     for gamma0 in [0.3, 1.0, 3.0] {
-        let q = run(&prob, 1, Activation::Linear, gamma0, 0.4, 40, SolverKind::TwoLayer, quad(3));
-        let dl = run(&prob, 1, Activation::Linear, gamma0, 0.4, 40, SolverKind::DeepLinear, SolverOptions::default());
-        let err = max_abs((&q.f_train - &dl.f_train).into_iter().chain(&q.f_test - &dl.f_test));
+        let q = run(
+            &prob,
+            mup(1, Activation::Linear, gamma0),
+            0.4,
+            40,
+            SolverKind::TwoLayer,
+            quad(3),
+        );
+        let dl = run(
+            &prob,
+            mup(1, Activation::Linear, gamma0),
+            0.4,
+            40,
+            SolverKind::DeepLinear,
+            SolverOptions::default(),
+        );
+        let err = max_abs(
+            (&q.f_train - &dl.f_train)
+                .into_iter()
+                .chain(&q.f_test - &dl.f_test),
+        );
         let ntk_err = max_abs(&q.ntk - &dl.ntk);
-        assert!(err < 1e-9 && ntk_err < 1e-9, "γ₀={gamma0}: f {err:e}, ntk {ntk_err:e}");
+        assert!(
+            err < 1e-9 && ntk_err < 1e-9,
+            "γ₀={gamma0}: f {err:e}, ntk {ntk_err:e}"
+        );
     }
 }
 
 /// Residual of f(k+1) − f(k) = (η/P) K(k) Δ(k) at t = kη = 1, for η and η/2.
-fn first_order_residual(prob: &Problem, depth: usize, act: Activation, solver: SolverKind, opts: SolverOptions, eta: f64) -> f64 {
+fn first_order_residual(
+    prob: &Problem,
+    depth: usize,
+    act: Activation,
+    solver: SolverKind,
+    opts: SolverOptions,
+    eta: f64,
+) -> f64 {
     let k = (1.0 / eta).round() as usize;
-    let traj = run(prob, depth, act, 1.5, eta, k + 1, solver, opts);
+    let traj = run(prob, mup(depth, act, 1.5), eta, k + 1, solver, opts);
     let p = prob.n_train() as f64;
     let delta: Array1<f64> = &prob.y - &traj.f_train.row(k);
     let predicted = traj.ntk.slice(s![k, .., ..]).dot(&delta) * (eta / p);
@@ -77,14 +150,27 @@ fn one_step_change_is_ntk_times_error_to_second_order() {
     let cases = [
         (1, Activation::Tanh, SolverKind::TwoLayer, quad(12)),
         (1, Activation::Erf, SolverKind::TwoLayer, quad(12)),
-        (2, Activation::Linear, SolverKind::DeepLinear, SolverOptions::default()),
-        (3, Activation::Linear, SolverKind::DeepLinear, SolverOptions::default()),
+        (
+            2,
+            Activation::Linear,
+            SolverKind::DeepLinear,
+            SolverOptions::default(),
+        ),
+        (
+            3,
+            Activation::Linear,
+            SolverKind::DeepLinear,
+            SolverOptions::default(),
+        ),
     ];
     for (depth, act, solver, opts) in cases {
         let r1 = first_order_residual(&prob, depth, act, solver, opts, 0.1);
         let r2 = first_order_residual(&prob, depth, act, solver, opts, 0.05);
         let ratio = r1 / r2;
-        assert!((3.0..5.0).contains(&ratio), "{solver} L={depth} {act}: residuals {r1:e}, {r2:e}, ratio {ratio}");
+        assert!(
+            (3.0..5.0).contains(&ratio),
+            "{solver} L={depth} {act}: residuals {r1:e}, {r2:e}, ratio {ratio}"
+        );
     }
 }
 
@@ -94,20 +180,42 @@ fn one_step_change_is_ntk_times_error_to_second_order() {
 #[test]
 fn exact_solvers_converge_to_lazy_limit_as_gamma0_squared() {
     let prob = gaussian_problem(2, 1, 32, 14);
-    for (depth, solver, opts) in
-        [(1, SolverKind::TwoLayer, quad(3)), (3, SolverKind::DeepLinear, SolverOptions::default())]
-    {
-        let lazy = run(&prob, depth, Activation::Linear, 1.0, 0.5, 30, SolverKind::Lazy, SolverOptions::default());
+    for (depth, solver, opts) in [
+        (1, SolverKind::TwoLayer, quad(3)),
+        (3, SolverKind::DeepLinear, SolverOptions::default()),
+    ] {
+        let lazy = run(
+            &prob,
+            mup(depth, Activation::Linear, 1.0),
+            0.5,
+            30,
+            SolverKind::Lazy,
+            SolverOptions::default(),
+        );
         let errs: Vec<f64> = [0.1, 0.05, 0.025]
             .iter()
             .map(|&g| {
-                let rich = run(&prob, depth, Activation::Linear, g, 0.5, 30, solver, opts);
-                max_abs((&rich.f_train - &lazy.f_train).into_iter().chain(&rich.f_test - &lazy.f_test))
+                let rich = run(
+                    &prob,
+                    mup(depth, Activation::Linear, g),
+                    0.5,
+                    30,
+                    solver,
+                    opts,
+                );
+                max_abs(
+                    (&rich.f_train - &lazy.f_train)
+                        .into_iter()
+                        .chain(&rich.f_test - &lazy.f_test),
+                )
             })
             .collect();
         for w in errs.windows(2) {
             let ratio = w[0] / w[1];
-            assert!((3.5..4.5).contains(&ratio), "{solver} L={depth}: errors {errs:?}");
+            assert!(
+                (3.5..4.5).contains(&ratio),
+                "{solver} L={depth}: errors {errs:?}"
+            );
         }
     }
 }
@@ -123,15 +231,42 @@ fn two_layer_monte_carlo_converges_to_lazy_limit() {
         let mut model = mup(1, act, gamma0);
         model.centered = true;
         let sch = schedule(0.5, 30);
-        let opts = SolverOptions { sites: 200_000, seed: 9, ..Default::default() };
-        let rich = solve(&prob, &model, &sch, SolverKind::TwoLayer, &opts, &no_progress).unwrap();
-        let lazy = solve(&prob, &model, &sch, SolverKind::Lazy, &SolverOptions::default(), &no_progress).unwrap();
+        let opts = SolverOptions {
+            sites: 200_000,
+            seed: 9,
+            ..Default::default()
+        };
+        let rich = solve(
+            &prob,
+            &model,
+            &sch,
+            SolverKind::TwoLayer,
+            &opts,
+            &no_progress,
+        )
+        .unwrap();
+        let lazy = solve(
+            &prob,
+            &model,
+            &sch,
+            SolverKind::Lazy,
+            &SolverOptions::default(),
+            &no_progress,
+        )
+        .unwrap();
         for (f, se, f_lazy) in [
-            (&rich.f_train, rich.f_train_se.as_ref().unwrap(), &lazy.f_train),
+            (
+                &rich.f_train,
+                rich.f_train_se.as_ref().unwrap(),
+                &lazy.f_train,
+            ),
             (&rich.f_test, rich.f_test_se.as_ref().unwrap(), &lazy.f_test),
         ] {
             for ((a, e), b) in f.iter().zip(se.iter()).zip(f_lazy.iter()) {
-                assert!((a - b).abs() <= 4.0 * e + 2.0 * gamma0 * gamma0, "{act}: {a} vs lazy {b} ± {e}");
+                assert!(
+                    (a - b).abs() <= 4.0 * e + 2.0 * gamma0 * gamma0,
+                    "{act}: {a} vs lazy {b} ± {e}"
+                );
             }
         }
     }
