@@ -134,13 +134,15 @@ pub fn solve_full(
                 .assign(&Array2::eye(n));
             let w = (k + 1) * n;
             let a = layer.h_u.slice(s![rn.clone(), ..w]);
+            // Φ^{ℓ−1} and G^{ℓ+1} are symmetric; multiplying by their transpose takes
+            // the faster BLAS path (no repacking of the large operand).
             let mut row = a
-                .dot(&prev_phi.slice(s![..w, ..w]))
+                .dot(&prev_phi.slice(s![..w, ..w]).t())
                 .dot(&layer.h_u.slice(s![..w, ..w]).t());
             if k > 0 {
                 let b = layer.response_phi.slice(s![rn.clone(), ..k * p]);
                 row += &b
-                    .dot(&above_grad.slice(s![..k * p, ..k * p]))
+                    .dot(&above_grad.slice(s![..k * p, ..k * p]).t())
                     .dot(&layer.response_phi.slice(s![..w, ..k * p]).t());
             }
             write_symmetric_row(&mut layer.phi_kernel, k, n, row.view());
@@ -183,12 +185,12 @@ pub fn solve_full(
             let w = (k + 1) * p;
             let b = layer.z_r.slice(s![rp.clone(), ..w]);
             let mut row = b
-                .dot(&above_grad.slice(s![..w, ..w]))
+                .dot(&above_grad.slice(s![..w, ..w]).t())
                 .dot(&layer.z_r.slice(s![..w, ..w]).t());
             if k > 0 {
                 let a = layer.response_grad.slice(s![rp.clone(), ..k * n]);
                 row += &a
-                    .dot(&prev_phi.slice(s![..k * n, ..k * n]))
+                    .dot(&prev_phi.slice(s![..k * n, ..k * n]).t())
                     .dot(&layer.response_grad.slice(s![..w, ..k * n]).t());
             }
             write_symmetric_row(&mut layer.grad_kernel, k, p, row.view());
