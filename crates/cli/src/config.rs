@@ -1,0 +1,586 @@
+//! The TOML experiment config: its schema, defaults and validation.
+//!
+//! Key names are a contract with users' config files and with tools reading the config echo
+//! in `summary.json`: keys may be added, never renamed. Every key has a default.
+//!
+//! Parsing is two-pass. The raw TOML table is first checked against [`SCHEMA`], which gives
+//! one-line errors naming the exact key (serde's own messages name neither the table nor the
+//! key for a type error). The checked table is then deserialized into [`Config`] with
+//! `deny_unknown_fields`, and cross-key rules are checked last.
+
+use dmft_data::Teacher;
+use dmft_runtime::{Activation, Model, Parameterization, Schedule, SolverKind, SolverOptions};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub theory: TheoryConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataKind {
+    Gaussian,
+    Npz,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    pub kind: DataKind,
+    pub p_train: usize,
+    pub p_test: usize,
+    pub dim: usize,
+    pub teacher: Teacher,
+    pub seed: u64,
+    /// The `.npz` file for `kind = "npz"`, relative to the config file's folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            kind: DataKind::Gaussian,
+            p_train: 4,
+            p_test: 2,
+            dim: 16,
+            teacher: Teacher::Linear,
+            seed: 0,
+            path: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub depth: usize,
+    pub activation: Activation,
+    pub parameterization: Parameterization,
+    pub gamma0: f64,
+    pub centered: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            depth: 1,
+            activation: Activation::Relu,
+            parameterization: Parameterization::Mup,
+            gamma0: 1.0,
+            centered: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub eta: f64,
+    pub steps: usize,
+    pub record_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            eta: 0.5,
+            steps: 100,
+            record_every: 1,
+        }
+    }
+}
+
+/// The solver named in the config: one of the runtime's, or `auto` to let the model decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SolverChoice {
+    Auto,
+    Lazy,
+    TwoLayer,
+    DeepLinear,
+    DeepNonlinear,
+}
+
+impl SolverChoice {
+    pub fn resolve(self, model: &Model) -> SolverKind {
+        match self {
+            SolverChoice::Auto => SolverKind::auto(model),
+            SolverChoice::Lazy => SolverKind::Lazy,
+            SolverChoice::TwoLayer => SolverKind::TwoLayer,
+            SolverChoice::DeepLinear => SolverKind::DeepLinear,
+            SolverChoice::DeepNonlinear => SolverKind::DeepNonlinear,
+        }
+    }
+}
+
+impl fmt::Display for SolverChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SolverChoice::Auto => f.write_str("auto"),
+            SolverChoice::Lazy => f.write_str("lazy"),
+            SolverChoice::TwoLayer => f.write_str("two-layer"),
+            SolverChoice::DeepLinear => f.write_str("deep-linear"),
+            SolverChoice::DeepNonlinear => f.write_str("deep-nonlinear"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TheoryConfig {
+    pub solver: SolverChoice,
+    pub sites: usize,
+    pub quadrature: usize,
+    pub seed: u64,
+}
+
+impl Default for TheoryConfig {
+    fn default() -> Self {
+        TheoryConfig {
+            solver: SolverChoice::Auto,
+            sites: 100_000,
+            quadrature: 0,
+            seed: 0,
+        }
+    }
+}
+
+/// The value type a key accepts, with its range; the range check lives here so that the
+/// message can name the key.
+#[derive(Clone, Copy, Debug)]
+enum Type {
+    /// A TOML integer ≥ `min`.
+    Int {
+        min: i64,
+    },
+    /// A finite number > 0 (TOML integers are accepted too: `eta = 1`).
+    Positive,
+    Bool,
+    Text,
+    /// One of the listed strings.
+    Choice(&'static [&'static str]),
+}
+
+type Section = (&'static str, &'static [(&'static str, Type)]);
+
+/// Every table and key the config accepts. A unit test checks this against the serde types.
+const SCHEMA: &[Section] = &[
+    (
+        "data",
+        &[
+            ("kind", Type::Choice(&["gaussian", "npz"])),
+            ("p_train", Type::Int { min: 1 }),
+            ("p_test", Type::Int { min: 0 }),
+            ("dim", Type::Int { min: 1 }),
+            ("teacher", Type::Choice(&["linear", "relu-neuron"])),
+            ("seed", Type::Int { min: 0 }),
+            ("path", Type::Text),
+        ],
+    ),
+    (
+        "model",
+        &[
+            ("depth", Type::Int { min: 1 }),
+            (
+                "activation",
+                Type::Choice(&["linear", "relu", "tanh", "erf", "gelu", "softplus"]),
+            ),
+            ("parameterization", Type::Choice(&["mup", "ntk"])),
+            ("gamma0", Type::Positive),
+            ("centered", Type::Bool),
+        ],
+    ),
+    (
+        "train",
+        &[
+            ("eta", Type::Positive),
+            ("steps", Type::Int { min: 1 }),
+            ("record_every", Type::Int { min: 1 }),
+        ],
+    ),
+    (
+        "theory",
+        &[
+            (
+                "solver",
+                Type::Choice(&["auto", "lazy", "two-layer", "deep-linear", "deep-nonlinear"]),
+            ),
+            ("sites", Type::Int { min: 1 }),
+            ("quadrature", Type::Int { min: 0 }),
+            ("seed", Type::Int { min: 0 }),
+        ],
+    ),
+];
+
+/// Keys that only mean something for synthetic data; giving them with `kind = "npz"` is
+/// almost certainly a mistake, so it is refused rather than silently ignored.
+const GAUSSIAN_ONLY: &[&str] = &["p_train", "p_test", "dim", "teacher", "seed"];
+
+impl Config {
+    /// Parses and validates config text. Errors are one line, without the file name.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
+        check_schema(&table)?;
+        check_data_keys(&table)?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| one_line(e.message()))?;
+        config.check_combinations()?;
+        Ok(config)
+    }
+
+    /// Rules that involve more than one key.
+    fn check_combinations(&self) -> Result<(), String> {
+        if self.data.kind == DataKind::Npz && self.data.path.is_none() {
+            return Err("data.path is required when data.kind = \"npz\"".into());
+        }
+        let m = &self.model;
+        let solver = self.theory.solver;
+        if solver != SolverChoice::Lazy
+            && solver != SolverChoice::Auto
+            && m.parameterization == Parameterization::Ntk
+        {
+            return Err(format!(
+                "theory.solver = \"{solver}\" needs model.parameterization = \"mup\"; the NTK parameterization's infinite-width limit is lazy (use \"lazy\" or \"auto\")"
+            ));
+        }
+        match solver {
+            SolverChoice::TwoLayer if m.depth != 1 => Err(format!(
+                "theory.solver = \"two-layer\" needs model.depth = 1, got {}",
+                m.depth
+            )),
+            SolverChoice::DeepLinear if m.activation != Activation::Linear => Err(format!(
+                "theory.solver = \"deep-linear\" needs model.activation = \"linear\", got \"{}\"",
+                m.activation
+            )),
+            SolverChoice::DeepNonlinear if m.depth < 2 => Err(format!(
+                "theory.solver = \"deep-nonlinear\" needs model.depth ≥ 2, got {} (use \"two-layer\" for depth 1)",
+                m.depth
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn model(&self) -> Model {
+        Model {
+            depth: self.model.depth,
+            activation: self.model.activation,
+            parameterization: self.model.parameterization,
+            gamma0: self.model.gamma0,
+            centered: self.model.centered,
+        }
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            eta: self.train.eta,
+            steps: self.train.steps,
+            record_every: self.train.record_every,
+        }
+    }
+
+    pub fn solver_options(&self) -> SolverOptions {
+        SolverOptions {
+            sites: self.theory.sites,
+            quadrature: self.theory.quadrature,
+            seed: self.theory.seed,
+        }
+    }
+
+    pub fn solver(&self) -> SolverKind {
+        self.theory.solver.resolve(&self.model())
+    }
+}
+
+fn check_schema(table: &toml::Table) -> Result<(), String> {
+    let section_names: Vec<&str> = SCHEMA.iter().map(|(name, _)| *name).collect();
+    for (name, value) in table {
+        let Some((section, keys)) = SCHEMA.iter().find(|(s, _)| s == name) else {
+            let hint = suggestion(name, &section_names);
+            return Err(if value.is_table() {
+                format!(
+                    "unknown table [{name}]{hint}; expected [data], [model], [train] or [theory]"
+                )
+            } else {
+                format!(
+                    "unknown key {name:?} at the top level{hint}; keys belong in [data], [model], [train] or [theory]"
+                )
+            });
+        };
+        let toml::Value::Table(entries) = value else {
+            return Err(format!(
+                "[{section}] must be a table, got {}",
+                describe(value)
+            ));
+        };
+        let key_names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+        for (key, value) in entries {
+            let Some((_, ty)) = keys.iter().find(|(k, _)| k == key) else {
+                let hint = suggestion(key, &key_names);
+                return Err(format!("unknown key {key:?} in [{section}]{hint}"));
+            };
+            check_type(&format!("{section}.{key}"), *ty, value)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_type(path: &str, ty: Type, value: &toml::Value) -> Result<(), String> {
+    use toml::Value as V;
+    match (ty, value) {
+        (Type::Int { min }, V::Integer(i)) if *i < min => {
+            Err(format!("{path} must be ≥ {min}, got {i}"))
+        }
+        (Type::Int { .. }, V::Integer(_)) => Ok(()),
+        (Type::Int { min }, v) => Err(format!(
+            "{path} must be an integer ≥ {min}, got {}",
+            describe(v)
+        )),
+        (Type::Positive, V::Integer(i)) if *i <= 0 => Err(format!("{path} must be > 0, got {i}")),
+        (Type::Positive, V::Integer(_)) => Ok(()),
+        (Type::Positive, V::Float(x)) if !(x.is_finite() && *x > 0.0) => {
+            Err(format!("{path} must be a finite number > 0, got {x}"))
+        }
+        (Type::Positive, V::Float(_)) => Ok(()),
+        (Type::Positive, v) => Err(format!("{path} must be a number > 0, got {}", describe(v))),
+        (Type::Bool, V::Boolean(_)) => Ok(()),
+        (Type::Bool, v) => Err(format!("{path} must be true or false, got {}", describe(v))),
+        (Type::Text, V::String(_)) => Ok(()),
+        (Type::Text, v) => Err(format!("{path} must be a string, got {}", describe(v))),
+        (Type::Choice(options), V::String(s)) if options.contains(&s.as_str()) => Ok(()),
+        (Type::Choice(options), v) => {
+            let list = options
+                .iter()
+                .map(|o| format!("{o:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let what = match v {
+                V::String(s) => format!("unknown {path} {s:?}"),
+                v => format!("{path} must be a string, got {}", describe(v)),
+            };
+            Err(format!("{what}; expected one of {list}"))
+        }
+    }
+}
+
+/// Refuses keys that do not apply to the chosen data kind.
+fn check_data_keys(table: &toml::Table) -> Result<(), String> {
+    let Some(toml::Value::Table(data)) = table.get("data") else {
+        return Ok(());
+    };
+    let npz = data.get("kind").and_then(|k| k.as_str()) == Some("npz");
+    if npz {
+        if let Some(key) = GAUSSIAN_ONLY.iter().find(|k| data.contains_key(**k)) {
+            return Err(format!(
+                "data.{key} applies only to data.kind = \"gaussian\"; with \"npz\" the sizes come from the file"
+            ));
+        }
+    } else if data.contains_key("path") {
+        return Err("data.path applies only to data.kind = \"npz\"".into());
+    }
+    Ok(())
+}
+
+/// A short description of a TOML value for error messages.
+fn describe(value: &toml::Value) -> String {
+    use toml::Value as V;
+    match value {
+        V::String(s) => format!("{s:?}"),
+        V::Integer(i) => i.to_string(),
+        V::Float(x) => x.to_string(),
+        V::Boolean(b) => b.to_string(),
+        V::Datetime(d) => format!("the date {d}"),
+        V::Array(_) => "an array".into(),
+        V::Table(_) => "a table".into(),
+    }
+}
+
+/// ` (did you mean "x"?)` for the closest known name within two edits, else nothing.
+fn suggestion(name: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// A TOML syntax error as "invalid TOML at line L, column C: message".
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let message = one_line(e.message());
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("invalid TOML at line {line}, column {column}: {message}")
+        }
+        None => format!("invalid TOML: {message}"),
+    }
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema that produces the error messages and the serde types that hold the values
+    /// must list the same keys with matching types.
+    #[test]
+    fn schema_matches_the_serde_types() {
+        let mut full = Config::default();
+        full.data.path = Some("x.npz".into());
+        let toml::Value::Table(table) = toml::Value::try_from(&full).unwrap() else {
+            panic!("config serializes to a table");
+        };
+        assert_eq!(table.len(), SCHEMA.len());
+        for (section, keys) in SCHEMA {
+            let entries = table[*section].as_table().unwrap();
+            let mut names: Vec<&str> = entries.keys().map(String::as_str).collect();
+            let mut expected: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+            names.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(names, expected, "[{section}]");
+            for (key, ty) in *keys {
+                let value = &entries[*key];
+                check_type(&format!("{section}.{key}"), *ty, value)
+                    .unwrap_or_else(|e| panic!("default fails its own schema: {e}"));
+                if let Type::Choice(options) = ty {
+                    for option in *options {
+                        let text = format!("[{section}]\n{key} = {option:?}\n");
+                        let parsed = toml::from_str::<Config>(&text);
+                        assert!(
+                            parsed.is_ok(),
+                            "{section}.{key} = {option:?} does not deserialize"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            Activation::ALL.len(),
+            6,
+            "update the activation choices in SCHEMA"
+        );
+    }
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.data.p_train, 4);
+        assert_eq!(c.train.eta, 0.5);
+        assert_eq!(c.theory.sites, 100_000);
+        assert_eq!(c.solver(), SolverKind::TwoLayer);
+    }
+
+    #[test]
+    fn built_in_default_parses() {
+        let c = Config::parse(crate::DEFAULT_CONFIG).unwrap();
+        assert_eq!((c.data.p_train, c.data.p_test, c.data.dim), (8, 4, 16));
+        assert_eq!(
+            (c.train.eta, c.train.steps, c.train.record_every),
+            (1.0, 200, 2)
+        );
+        assert_eq!(c.solver(), SolverKind::TwoLayer);
+    }
+
+    #[test]
+    fn integers_are_accepted_for_numbers() {
+        let c = Config::parse("[train]\neta = 1\n[model]\ngamma0 = 2").unwrap();
+        assert_eq!((c.train.eta, c.model.gamma0), (1.0, 2.0));
+    }
+
+    fn err(text: &str) -> String {
+        let e = Config::parse(text).unwrap_err();
+        assert!(!e.contains('\n'), "multi-line: {e}");
+        e
+    }
+
+    #[test]
+    fn messages_name_the_key() {
+        assert_eq!(err("[model]\ndepth = 0"), "model.depth must be ≥ 1, got 0");
+        assert_eq!(
+            err("[model]\ndepht = 2"),
+            "unknown key \"depht\" in [model] (did you mean \"depth\"?)"
+        );
+        assert!(
+            err("[modle]\ndepth = 2")
+                .starts_with("unknown table [modle] (did you mean \"model\"?)")
+        );
+        assert!(err("depth = 2").contains("unknown key \"depth\" at the top level"));
+        assert_eq!(err("[train]\neta = -1"), "train.eta must be > 0, got -1");
+        assert_eq!(
+            err("[train]\neta = nan"),
+            "train.eta must be a finite number > 0, got NaN"
+        );
+        assert_eq!(
+            err("[model]\ndepth = \"two\""),
+            "model.depth must be an integer ≥ 1, got \"two\""
+        );
+        assert!(
+            err("[model]\nactivation = \"sigmoid\"")
+                .starts_with("unknown model.activation \"sigmoid\"; expected one of")
+        );
+        assert!(err("model = 3").starts_with("[model] must be a table"));
+        assert!(err("[model\ndepth = 1").starts_with("invalid TOML at line 1, column"));
+    }
+
+    #[test]
+    fn cross_key_rules() {
+        assert_eq!(
+            err("[model]\ndepth = 2\n[theory]\nsolver = \"two-layer\""),
+            "theory.solver = \"two-layer\" needs model.depth = 1, got 2"
+        );
+        assert!(
+            err("[theory]\nsolver = \"deep-linear\"")
+                .contains("needs model.activation = \"linear\", got \"relu\"")
+        );
+        assert!(err("[data]\nkind = \"npz\"").contains("data.path is required"));
+        assert!(
+            err("[data]\nkind = \"npz\"\npath = \"a.npz\"\ndim = 3")
+                .contains("data.dim applies only")
+        );
+        assert!(err("[data]\npath = \"a.npz\"").contains("data.path applies only"));
+        assert!(
+            err("[model]\nparameterization = \"ntk\"\n[theory]\nsolver = \"two-layer\"")
+                .contains("lazy")
+        );
+    }
+
+    #[test]
+    fn suggestions_need_a_close_match() {
+        assert_eq!(
+            suggestion("depht", &["depth", "activation"]),
+            " (did you mean \"depth\"?)"
+        );
+        assert_eq!(suggestion("colour", &["depth", "activation"]), "");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}

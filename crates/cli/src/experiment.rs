@@ -1,0 +1,118 @@
+//! One experiment from config to written results: load the data, run the solver with a
+//! progress bar, write the results folder.
+
+use crate::config::{Config, DataKind};
+use crate::failure::Failure;
+use crate::progress::Bar;
+use crate::results::{self, Metrics};
+use dmft_data::{Dataset, GaussianTask};
+use dmft_runtime::Trajectory;
+use std::path::Path;
+use std::time::Instant;
+
+/// Where a config came from, for error messages and the summary echo.
+pub struct Source<'a> {
+    /// Shown at the start of error messages: the config file as given, or a description.
+    pub name: &'a str,
+    /// Folder that a relative `data.path` is resolved against.
+    pub base_dir: &'a Path,
+}
+
+/// Arrays above this many f64 values in total (2 GiB) are refused before any work: the
+/// machine would swap or abort, and a config asking for it is almost surely a typo.
+const MAX_VALUES: u128 = 1 << 28;
+
+pub fn load_data(config: &Config, source: &Source) -> Result<Dataset, Failure> {
+    let d = &config.data;
+    match d.kind {
+        DataKind::Gaussian => {
+            let values = (d.p_train as u128 + d.p_test as u128) * d.dim as u128;
+            if values > MAX_VALUES {
+                return Err(Failure::Input(format!(
+                    "{}: data.p_train + data.p_test = {} points of data.dim = {} would hold {values} input values; the limit is {MAX_VALUES}",
+                    source.name,
+                    d.p_train as u128 + d.p_test as u128,
+                    d.dim
+                )));
+            }
+            let task = GaussianTask {
+                p_train: d.p_train,
+                p_test: d.p_test,
+                dim: d.dim,
+                teacher: d.teacher,
+                seed: d.seed,
+            };
+            Ok(task.generate())
+        }
+        DataKind::Npz => {
+            let relative = d.path.as_deref().ok_or_else(|| {
+                Failure::Input(format!(
+                    "{}: data.path is required when data.kind = \"npz\"",
+                    source.name
+                ))
+            })?;
+            let path = source.base_dir.join(relative);
+            dmft_data::load_npz(&path).map_err(|e| Failure::Input(e.to_string()))
+        }
+    }
+}
+
+/// Refuses runs whose recorded arrays would not fit in memory, naming the sizes involved.
+fn check_result_size(config: &Config, data: &Dataset, source: &Source) -> Result<(), Failure> {
+    let (p, q) = (data.n_train() as u128, data.n_test() as u128);
+    let t_rec = (config.train.steps / config.train.record_every) as u128 + 2;
+    let values = t_rec * (p * p + 2 * (p + q) + 4) + (p + q) * (p + q);
+    if values > MAX_VALUES {
+        return Err(Failure::Input(format!(
+            "{}: recording {t_rec} steps of a {p}×{p} NTK would hold {values} values; the limit is {MAX_VALUES} (raise train.record_every or use fewer points)",
+            source.name
+        )));
+    }
+    Ok(())
+}
+
+/// A finished run: what was computed and how long it took.
+pub struct Outcome {
+    pub trajectory: Trajectory,
+    pub metrics: Metrics,
+}
+
+/// Solves the config on `data` and writes the results folder `out` (see `results`).
+pub fn run_and_write(
+    config: &Config,
+    data: &Dataset,
+    source: &Source,
+    out: &Path,
+    label: &str,
+    quiet: bool,
+) -> Result<Outcome, Failure> {
+    check_result_size(config, data, source)?;
+    let problem = data
+        .to_problem()
+        .map_err(|e| Failure::from_solver(source.name, e))?;
+    let bar = Bar::new(config.train.steps, label, quiet);
+    let started = Instant::now();
+    let solved = dmft_runtime::solve(
+        &problem,
+        &config.model(),
+        &config.schedule(),
+        config.solver(),
+        &config.solver_options(),
+        &|k| bar.advance(k),
+    );
+    bar.finish();
+    let trajectory = solved.map_err(|e| Failure::from_solver(source.name, e))?;
+    let wall_time = started.elapsed().as_secs_f64();
+    let record = results::Record {
+        config,
+        source: source.name,
+        data,
+        trajectory: &trajectory,
+        wall_time,
+    };
+    let metrics = results::write(out, &record)?;
+    Ok(Outcome {
+        trajectory,
+        metrics,
+    })
+}

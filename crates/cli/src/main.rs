@@ -1,0 +1,149 @@
+//! `dmft`: infinite-width DMFT experiments from the command line.
+//!
+//! `dmft` alone runs a built-in two-layer experiment at three feature strengths;
+//! `dmft run CONFIG.toml --out DIR` runs one experiment described in TOML (docs/config.md)
+//! and writes its results folder. Errors are one line on stderr; the exit code is 2 for bad
+//! input (config, data, output folder) and 1 when the run itself fails.
+
+mod config;
+mod default_run;
+mod experiment;
+mod failure;
+mod plots;
+mod progress;
+mod results;
+
+use clap::{Parser, Subcommand};
+use config::Config;
+use experiment::Source;
+use failure::Failure;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The built-in experiment, also the documented example config.
+pub(crate) const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+#[derive(Parser)]
+#[command(
+    name = "dmft",
+    version,
+    about = "Infinite-width DMFT of wide neural networks trained by gradient descent",
+    long_about = "Infinite-width DMFT of wide neural networks trained by gradient descent.\n\n\
+                  Without a command, runs the built-in two-layer experiment at γ₀ = 0.1, 1, 3 \
+                  and writes dmft-out/default/."
+)]
+struct Cli {
+    /// Hide the progress bar (it is also hidden when stderr is not a terminal).
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the experiment described by a TOML config and write its results folder.
+    Run {
+        /// The experiment config (see docs/config.md).
+        config: PathBuf,
+        /// Results folder; replaced if it holds a previous result, refused if it holds
+        /// anything else.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    // A bug must still end in one line, not a backtrace dumped on the user.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error{place}: {}",
+            message.replace('\n', " ")
+        );
+    }));
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        None => default_run::run(cli.quiet),
+        Some(Command::Run { config, out }) => run(config, out, cli.quiet),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn run(config_path: &Path, out: &Path, quiet: bool) -> Result<(), Failure> {
+    let name = config_path.display().to_string();
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| Failure::Input(format!("{name}: cannot read the config: {e}")))?;
+    let config = Config::parse(&text).map_err(|e| Failure::Input(format!("{name}: {e}")))?;
+    results::check_destination(out)?;
+    let base_dir = match config_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let source = Source {
+        name: &name,
+        base_dir,
+    };
+    let data = experiment::load_data(&config, &source)?;
+    let outcome = experiment::run_and_write(&config, &data, &source, out, &name, quiet)?;
+    let (traj, m) = (&outcome.trajectory, &outcome.metrics);
+    let test = m
+        .test_loss_final
+        .map_or(String::new(), |v| format!(", test loss {v:.3e}"));
+    let change = m.ntk_change.map_or(String::new(), |v| {
+        format!(", ‖K(T)−K(0)‖_F/‖K(0)‖_F = {v:.4}")
+    });
+    println!(
+        "{} solver ({}), P = {}, Q = {}, D = {}: train loss {:.3e} → {:.3e} at t = {}{test}{change}",
+        traj.solver,
+        traj.method,
+        data.n_train(),
+        data.n_test(),
+        data.dim(),
+        m.train_loss_initial,
+        m.train_loss_final,
+        m.t_final
+    );
+    println!("results in {}", out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Runs a Python script with numpy, passing `dir` as its argument; returns its stdout, or
+    /// None when python3 or numpy is unavailable. A failing script fails the test.
+    pub fn python(script: &str, dir: &Path) -> Option<String> {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(dir)
+            .output()
+            .ok()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            if stderr.contains("No module named 'numpy'") {
+                return None;
+            }
+            panic!("python failed: {stderr}");
+        }
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}

@@ -1,0 +1,467 @@
+//! The `dmft` binary end to end: one-line errors and exit codes for bad input, and the
+//! results contract of good runs (these need the runtime's solvers).
+
+use ndarray::{Array1, Array2};
+use ndarray_npy::NpzWriter;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A fresh folder under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("dmft-cli-test-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.0.join(relative)
+    }
+
+    fn write(&self, relative: &str, text: &str) -> PathBuf {
+        let path = self.path(relative);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `dmft` in `cwd`. RUST_BACKTRACE is set so that a panic would show its backtrace
+/// and fail the no-backtrace checks.
+fn dmft(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dmft"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("the dmft binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Checks a failed run: the exit code, and exactly one stderr line starting "error: ".
+fn failure(out: &Output, code: i32) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "panic: {err}"
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    lines[0].to_string()
+}
+
+/// Runs `dmft run config.toml --out out` on `config` and expects a bad-input failure whose
+/// message contains `expected`. Nothing may be written.
+fn rejects(config: &str, expected: &str) -> String {
+    let dir = TempDir::new();
+    dir.write("config.toml", config);
+    let out = dmft(&dir.0, &["run", "config.toml", "--out", "out"]);
+    let line = failure(&out, 2);
+    assert!(line.contains(expected), "expected {expected:?} in: {line}");
+    assert!(
+        !dir.path("out").exists(),
+        "bad input must not create the output"
+    );
+    line
+}
+
+#[test]
+fn error_names_the_file_and_key() {
+    let line = rejects("[model]\ndepth = 0\n", "model.depth");
+    assert_eq!(line, "error: config.toml: model.depth must be ≥ 1, got 0");
+}
+
+#[test]
+fn unknown_key_is_named_with_its_table() {
+    rejects("[model]\ndepht = 2\n", "unknown key \"depht\" in [model]");
+    rejects("[modle]\ndepth = 2\n", "unknown table [modle]");
+    rejects("seed = 3\n", "unknown key \"seed\" at the top level");
+}
+
+#[test]
+fn unknown_activation() {
+    rejects(
+        "[model]\nactivation = \"sigmoid\"\n",
+        "unknown model.activation \"sigmoid\"; expected one of",
+    );
+}
+
+#[test]
+fn non_positive_sizes() {
+    for (config, message) in [
+        ("[data]\np_train = 0", "data.p_train must be ≥ 1, got 0"),
+        ("[data]\ndim = 0", "data.dim must be ≥ 1, got 0"),
+        ("[data]\np_test = -1", "data.p_test must be ≥ 0, got -1"),
+        ("[train]\nsteps = 0", "train.steps must be ≥ 1, got 0"),
+        (
+            "[train]\nrecord_every = 0",
+            "train.record_every must be ≥ 1, got 0",
+        ),
+        ("[theory]\nsites = 0", "theory.sites must be ≥ 1, got 0"),
+        ("[theory]\nseed = -5", "theory.seed must be ≥ 0, got -5"),
+    ] {
+        rejects(config, message);
+    }
+}
+
+#[test]
+fn bad_learning_rate_and_gamma0() {
+    for (config, message) in [
+        ("[train]\neta = 0", "train.eta must be > 0, got 0"),
+        (
+            "[train]\neta = -0.5",
+            "train.eta must be a finite number > 0, got -0.5",
+        ),
+        (
+            "[train]\neta = inf",
+            "train.eta must be a finite number > 0, got inf",
+        ),
+        (
+            "[train]\neta = nan",
+            "train.eta must be a finite number > 0, got NaN",
+        ),
+        (
+            "[train]\neta = \"fast\"",
+            "train.eta must be a number > 0, got \"fast\"",
+        ),
+        (
+            "[model]\ngamma0 = 0.0",
+            "model.gamma0 must be a finite number > 0, got 0",
+        ),
+        ("[model]\ngamma0 = -1", "model.gamma0 must be > 0, got -1"),
+    ] {
+        rejects(config, message);
+    }
+}
+
+#[test]
+fn solver_model_mismatches() {
+    rejects(
+        "[model]\ndepth = 2\n[theory]\nsolver = \"two-layer\"\n",
+        "theory.solver = \"two-layer\" needs model.depth = 1, got 2",
+    );
+    rejects(
+        "[model]\nactivation = \"tanh\"\n[theory]\nsolver = \"deep-linear\"\n",
+        "theory.solver = \"deep-linear\" needs model.activation = \"linear\", got \"tanh\"",
+    );
+    rejects(
+        "[theory]\nsolver = \"fastest\"\n",
+        "unknown theory.solver \"fastest\"",
+    );
+}
+
+#[test]
+fn wrong_types_and_syntax() {
+    rejects(
+        "[model]\ndepth = \"two\"\n",
+        "model.depth must be an integer ≥ 1, got \"two\"",
+    );
+    rejects(
+        "[model]\ncentered = 1\n",
+        "model.centered must be true or false, got 1",
+    );
+    rejects("[model]\ndepth = 1\ndepth = 2\n", "invalid TOML at line 3");
+    rejects("[train\n", "invalid TOML at line 1");
+    rejects("model = 1\n", "[model] must be a table");
+}
+
+#[test]
+fn oversized_task_is_refused_before_allocating() {
+    rejects(
+        "[data]\np_train = 100000000\ndim = 100000\n",
+        "the limit is",
+    );
+}
+
+#[test]
+fn npz_problems_name_the_file() {
+    rejects(
+        "[data]\nkind = \"npz\"\n",
+        "data.path is required when data.kind = \"npz\"",
+    );
+    rejects(
+        "[data]\nkind = \"npz\"\npath = \"d.npz\"\np_train = 3\n",
+        "data.p_train applies only",
+    );
+    rejects(
+        "[data]\npath = \"d.npz\"\n",
+        "data.path applies only to data.kind = \"npz\"",
+    );
+
+    // The path is relative to the config's folder, and the message shows the resolved path.
+    let dir = TempDir::new();
+    dir.write(
+        "cfg/config.toml",
+        "[data]\nkind = \"npz\"\npath = \"missing.npz\"\n",
+    );
+    let line = failure(
+        &dmft(&dir.0, &["run", "cfg/config.toml", "--out", "out"]),
+        2,
+    );
+    assert!(
+        line.starts_with("error: cfg/missing.npz: cannot open"),
+        "{line}"
+    );
+
+    dir.write("cfg/text.npz", "not a zip archive\n");
+    dir.write(
+        "cfg/bad.toml",
+        "[data]\nkind = \"npz\"\npath = \"text.npz\"\n",
+    );
+    let line = failure(&dmft(&dir.0, &["run", "cfg/bad.toml", "--out", "out"]), 2);
+    assert!(
+        line.starts_with("error: cfg/text.npz: not a NumPy .npz archive"),
+        "{line}"
+    );
+
+    let mut npz = NpzWriter::new(fs::File::create(dir.path("cfg/partial.npz")).unwrap());
+    npz.add_array("x_train", &Array2::<f64>::ones((3, 2)))
+        .unwrap();
+    npz.add_array("y_train", &Array1::<f64>::ones(4)).unwrap();
+    npz.add_array("x_test", &Array2::<f64>::ones((1, 2)))
+        .unwrap();
+    npz.finish().unwrap();
+    dir.write(
+        "cfg/partial.toml",
+        "[data]\nkind = \"npz\"\npath = \"partial.npz\"\n",
+    );
+    let line = failure(
+        &dmft(&dir.0, &["run", "cfg/partial.toml", "--out", "out"]),
+        2,
+    );
+    assert!(
+        line.contains("cfg/partial.npz: array \"y_train\" must be 1-dimensional with 3 entries"),
+        "{line}"
+    );
+    assert!(!dir.path("out").exists());
+}
+
+#[test]
+fn missing_config_file() {
+    let dir = TempDir::new();
+    let line = failure(&dmft(&dir.0, &["run", "absent.toml", "--out", "out"]), 2);
+    assert!(
+        line.starts_with("error: absent.toml: cannot read the config"),
+        "{line}"
+    );
+}
+
+#[test]
+fn refuses_to_replace_a_folder_that_is_not_a_result() {
+    let dir = TempDir::new();
+    dir.write("config.toml", "");
+    dir.write("out/notes.txt", "keep me");
+    let line = failure(&dmft(&dir.0, &["run", "config.toml", "--out", "out"]), 2);
+    assert!(
+        line.contains("out: exists and is not a dmft result folder"),
+        "{line}"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.path("out/notes.txt")).unwrap(),
+        "keep me"
+    );
+}
+
+/// A small two-layer Monte Carlo config: fast, and it exercises the standard-error files.
+const SMALL: &str = r#"
+[data]
+p_train = 4
+p_test = 3
+dim = 8
+[train]
+eta = 0.5
+steps = 20
+record_every = 5
+[theory]
+solver = "two-layer"
+sites = 4000
+"#;
+
+/// Needs the runtime's two-layer solver.
+#[test]
+fn run_writes_results_contract() {
+    let dir = TempDir::new();
+    dir.write("config.toml", SMALL);
+    let out = dmft(&dir.0, &["run", "config.toml", "--out", "res", "--quiet"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).is_empty(),
+        "nothing on stderr without a terminal: {}",
+        stderr(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("results in res"), "{stdout}");
+
+    let res = dir.path("res");
+    for file in [
+        "summary.json",
+        "theory/t.npy",
+        "theory/f_train.npy",
+        "theory/f_test.npy",
+        "theory/loss.npy",
+        "theory/ntk.npy",
+        "theory/test_loss.npy",
+        "theory/f_train_se.npy",
+        "theory/f_test_se.npy",
+        "theory/loss_se.npy",
+        "plots/loss.svg",
+        "plots/predictions.svg",
+        "plots/ntk_eigenvalues.svg",
+    ] {
+        assert!(res.join(file).is_file(), "missing {file}");
+    }
+    for svg in ["loss", "predictions", "ntk_eigenvalues"] {
+        let text = fs::read_to_string(res.join(format!("plots/{svg}.svg"))).unwrap();
+        assert!(
+            text.starts_with("<?xml") && text.trim_end().ends_with("</svg>"),
+            "{svg}.svg"
+        );
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(res.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["solver"], "two-layer");
+    assert!(summary["method"].as_str().is_some_and(|m| !m.is_empty()));
+    assert_eq!(summary["sizes"]["p_train"], 4);
+    assert_eq!(summary["sizes"]["p_test"], 3);
+    assert_eq!(summary["sizes"]["recorded_steps"], 5);
+    assert_eq!(summary["config"]["train"]["steps"], 20);
+    assert_eq!(summary["config_file"], "config.toml");
+    assert!(summary["final"]["train_loss"].is_f64());
+    assert!(summary["final"]["test_loss"].is_f64());
+    assert!(summary["wall_time_seconds"].is_f64());
+    assert!(summary["monte_carlo"].is_object());
+
+    // A second run replaces the first result, leaving nothing else behind.
+    let again = dmft(&dir.0, &["--quiet", "run", "config.toml", "--out", "res"]);
+    assert!(again.status.success(), "stderr: {}", stderr(&again));
+    let mut names: Vec<String> = fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["config.toml", "res"]);
+}
+
+/// Needs the runtime's lazy solver. An absurd step size must end in a one-line divergence
+/// report with exit code 1, and no results folder.
+#[test]
+fn divergence_is_a_runtime_failure() {
+    let dir = TempDir::new();
+    dir.write(
+        "config.toml",
+        "[train]\neta = 1000.0\nsteps = 50\n[theory]\nsolver = \"lazy\"\n",
+    );
+    let line = failure(&dmft(&dir.0, &["run", "config.toml", "--out", "out"]), 1);
+    assert!(line.contains("diverged"), "{line}");
+    assert!(!dir.path("out").exists());
+}
+
+/// Needs the runtime's two-layer solver, and python3 with numpy (skipped with a notice when
+/// numpy is not importable). Loads every written .npy with NumPy and checks its shape.
+#[test]
+fn written_npy_files_load_in_numpy() {
+    let dir = TempDir::new();
+    dir.write("config.toml", SMALL);
+    let out = dmft(&dir.0, &["run", "config.toml", "--out", "res", "--quiet"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let script = r#"
+import sys, os, json
+try:
+    import numpy as np
+except ImportError:
+    print("skip")
+    sys.exit(0)
+d = sys.argv[1]
+s = json.load(open(os.path.join(d, "summary.json")))
+T, P, Q = s["sizes"]["recorded_steps"], s["sizes"]["p_train"], s["sizes"]["p_test"]
+expected = {"t": (T,), "loss": (T,), "test_loss": (T,), "loss_se": (T,), "f_train": (T, P),
+            "f_train_se": (T, P), "f_test": (T, Q), "f_test_se": (T, Q), "ntk": (T, P, P)}
+written = sorted(f[:-4] for f in os.listdir(os.path.join(d, "theory")))
+assert written == sorted(expected), written
+for name, shape in expected.items():
+    a = np.load(os.path.join(d, "theory", name + ".npy"))
+    assert a.shape == shape, (name, a.shape, shape)
+    assert a.dtype == np.float64 and np.isfinite(a).all(), name
+t = np.load(os.path.join(d, "theory", "t.npy"))
+assert np.allclose(t, 0.5 * np.array([0, 5, 10, 15, 20])), t
+ntk = np.load(os.path.join(d, "theory", "ntk.npy"))
+assert np.allclose(ntk, ntk.transpose(0, 2, 1)), "NTK is symmetric"
+print("ok")
+"#;
+    let py = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(dir.path("res"))
+        .output();
+    let py = match py {
+        Ok(py) => py,
+        Err(e) => {
+            println!("skipped: python3 is not runnable ({e})");
+            return;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&py.stdout);
+    assert!(
+        py.status.success(),
+        "numpy check failed: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    if stdout.trim() == "skip" {
+        println!("skipped: numpy is not importable");
+        return;
+    }
+    assert_eq!(stdout.trim(), "ok");
+}
+
+/// Needs the runtime's two-layer solver; takes some seconds (three runs of 200 steps with
+/// 100000 sites).
+#[test]
+fn default_experiment_writes_three_runs_and_a_table() {
+    let dir = TempDir::new();
+    let out = dmft(&dir.0, &["--quiet"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("gamma0") && stdout.contains("train loss(T)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dmft-out/default"), "{stdout}");
+    let root = dir.path("dmft-out/default");
+    for g in ["0.1", "1", "3"] {
+        let run = root.join(format!("gamma0_{g}"));
+        assert!(
+            run.join("summary.json").is_file(),
+            "missing run for gamma0 = {g}"
+        );
+        assert!(run.join("theory/ntk.npy").is_file());
+        let summary: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(
+            summary["config"]["model"]["gamma0"]
+                .as_f64()
+                .unwrap()
+                .to_string(),
+            g
+        );
+        assert_eq!(summary["sizes"]["p_train"], 8);
+    }
+    assert!(root.join("loss.svg").is_file());
+}
