@@ -221,7 +221,7 @@ impl<'a> Population<'a> {
             let rf = &self.r_factor[l - 1];
             if k > 0 && rf.cols > 0 {
                 let below = &self.layers[l - 1];
-                let stein = self.stein(below.h_phi(k, n), below.xi_r.slice(s![.., ..rf.cols]));
+                let stein = self.stein(below.phi_at(k, n), below.xi_r.slice(s![.., ..rf.cols]));
                 h += &self.layers[l]
                     .zeta_g
                     .slice(s![.., ..rf.cols])
@@ -372,7 +372,7 @@ impl<'a> Population<'a> {
 }
 
 impl Layer {
-    fn h_phi(&self, k: usize, n: usize) -> ArrayView2<'_, f64> {
+    fn phi_at(&self, k: usize, n: usize) -> ArrayView2<'_, f64> {
         self.phi_hist.slice(s![.., k * n..(k + 1) * n])
     }
 }
@@ -404,7 +404,7 @@ fn march(
         for l in 0..depth - 1 {
             let at = pop.u_factor[l].starts[k];
             let layer = &pop.layers[l];
-            let zeta = pop.u_factor[l].coords(k, layer.h_phi(k, pop.n), layer.zeta_phi.view());
+            let zeta = pop.u_factor[l].coords(k, layer.phi_at(k, pop.n), layer.zeta_phi.view());
             let r = zeta.ncols();
             pop.layers[l]
                 .zeta_phi

@@ -191,3 +191,50 @@ fn invalid_combinations_name_the_key() {
         assert!(msg.contains(key) && !msg.contains('\n'), "{solver}: {msg}");
     }
 }
+
+/// The full deep-linear solution: at t = 0 every Φ^ℓ is K^x and every G^ℓ is 1 (a linear
+/// network's kernels at initialization), responses vanish at equal time, and the two-time
+/// kernels over the whole run are symmetric positive semi-definite (they are covariances).
+#[test]
+fn deep_linear_two_time_kernels_are_covariances() {
+    let prob = gaussian_problem(3, 2, 8, 25);
+    let (n, p) = (5, 3);
+    let sol = dmft_runtime::deep_linear::solve_full(
+        &prob,
+        &mup(3, Activation::Linear, 1.5),
+        &schedule(0.4, 12),
+        &no_progress,
+    )
+    .unwrap();
+    for layer in &sol.layers {
+        let phi0 = layer.phi_kernel.slice(ndarray::s![..n, ..n]);
+        assert!((&phi0 - &prob.kx).iter().all(|v| v.abs() < 1e-13));
+        assert!(
+            layer
+                .grad_kernel
+                .slice(ndarray::s![..p, ..p])
+                .iter()
+                .all(|v| (v - 1.0).abs() < 1e-13)
+        );
+        assert!(
+            layer
+                .response_phi
+                .slice(ndarray::s![..n, ..])
+                .iter()
+                .all(|&v| v == 0.0)
+        );
+        for kernel in [&layer.phi_kernel, &layer.grad_kernel] {
+            let asym = (kernel - &kernel.t())
+                .iter()
+                .fold(0.0_f64, |m, v| m.max(v.abs()));
+            let vals = dmft_runtime::linalg::eigvalsh(kernel.view()).unwrap();
+            let top = vals[vals.len() - 1];
+            assert!(
+                asym < 1e-12 * top && vals[0] > -1e-10 * top,
+                "asym {asym:e}, min eig {:e}",
+                vals[0]
+            );
+        }
+    }
+    assert_eq!(sol.delta.nrows(), 13);
+}
