@@ -10,6 +10,7 @@ pub mod deep_nonlinear;
 pub mod lazy;
 pub mod linalg;
 pub mod problem;
+pub mod propagator;
 pub mod quadrature;
 mod record;
 pub mod sampling;

@@ -14,7 +14,7 @@ use crate::quadrature::tensor_grid;
 use crate::record::{RawRun, Recorder, replica_trajectory};
 use crate::sampling::{normal_matrix, replica_rng};
 use crate::{DmftError, Model, Problem, Progress, Result, Schedule, SolverOptions, Trajectory};
-use ndarray::{Array1, Array2, ArrayView2, Axis, s};
+use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, s};
 use rayon::prelude::*;
 
 /// Largest tensor grid accepted; each point stores P+Q+1 doubles plus work arrays.
@@ -73,23 +73,43 @@ struct StepSums {
     grad: Option<Array2<f64>>,
 }
 
-fn march(
+/// Extra outputs and interventions of a march, for linear-response computations.
+#[derive(Default)]
+pub(crate) struct Probe {
+    /// Drive the sites with this Δ(k) (rows k = 0..=T) instead of y − f(k): open loop,
+    /// so a shift's effect is the partial derivative with every other Δ(j) held fixed.
+    pub open_loop: Option<Array2<f64>>,
+    /// Add `ε` to Δ_α(j) before step j's update: (j, α, ε).
+    pub shift: Option<(usize, usize, f64)>,
+    /// Keep every site's ψ(k) = z(k) φ(h(k)) / γ₀ over all points and steps.
+    pub keep_psi: bool,
+}
+
+/// A march's trajectory, f at every step (all points), and the per-site ψ when asked.
+pub(crate) struct Marched {
+    pub run: RawRun,
+    pub f_all: Array2<f64>,
+    pub psi: Option<Array3<f64>>,
+}
+
+pub(crate) fn march(
     problem: &Problem,
     model: &Model,
     schedule: &Schedule,
-    sites: SiteSet,
+    sites: &SiteSet,
+    probe: &Probe,
     progress: Progress,
-) -> Result<RawRun> {
+) -> Result<Marched> {
     let act = model.activation;
     let (p, n) = (problem.n_train(), problem.n_all());
     let m = sites.r.len();
     let c = schedule.eta * model.gamma0 / p as f64;
     let kx_train_rows = problem.kx.slice(s![..p, ..]).to_owned();
-    let SiteSet {
-        u: mut h,
-        r: mut z,
-        weight,
-    } = sites;
+    let (mut h, mut z, weight) = (sites.u.clone(), sites.r.clone(), &sites.weight);
+    let mut f_all = Array2::<f64>::zeros((schedule.steps + 1, n));
+    let mut psi = probe
+        .keep_psi
+        .then(|| Array3::<f64>::zeros((m, schedule.steps + 1, n)));
     let mut phi = Array2::<f64>::zeros((m, n));
     let mut g = Array2::<f64>::zeros((m, p));
     let mut rec = Recorder::new(problem, schedule, false);
@@ -146,7 +166,15 @@ fn march(
             let f_init = f0.get_or_insert_with(|| f.clone());
             f -= &*f_init;
         }
-        let delta = &problem.y - &f.slice(s![..p]);
+        f_all.row_mut(k).assign(&f);
+        if let Some(psi) = psi.as_mut() {
+            let zphi = &phi * &z.view().insert_axis(Axis(1)) / model.gamma0;
+            psi.index_axis_mut(Axis(1), k).assign(&zphi);
+        }
+        let mut delta = match &probe.open_loop {
+            Some(path) => path.row(k).to_owned(),
+            None => &problem.y - &f.slice(s![..p]),
+        };
         if let (Some(pk), Some(gk)) = (phi_kernel.as_mut(), grad_kernel.as_mut()) {
             mirror_lower(pk);
             mirror_lower(gk);
@@ -163,6 +191,11 @@ fn march(
         }
         if k == schedule.steps {
             break;
+        }
+        if let Some((j, alpha, eps)) = probe.shift
+            && j == k
+        {
+            delta[alpha] += eps;
         }
         // Pass 2: h += c K^x[·, train] (Δ ⊙ g), z += c Σ_α Δ_α φ_α.
         let cd: Array1<f64> = &delta * c;
@@ -188,9 +221,8 @@ fn march(
             });
         progress(k + 1);
     }
-    Ok(RawRun::from(
-        rec.finish(SolverKind::TwoLayer, String::new())?,
-    ))
+    let run = RawRun::from(rec.finish(SolverKind::TwoLayer, String::new())?);
+    Ok(Marched { run, f_all, psi })
 }
 
 /// Lower triangle of A += w x xᵀ (mirrored once at the end of the step).
@@ -222,7 +254,15 @@ pub fn solve_quadrature(
 ) -> Result<Trajectory> {
     let sites = SiteSet::quadrature(problem.kx.view(), order)?;
     let count = sites.r.len();
-    let run = march(problem, model, schedule, sites, progress)?;
+    let run = march(
+        problem,
+        model,
+        schedule,
+        &sites,
+        &Probe::default(),
+        progress,
+    )?
+    .run;
     replica_trajectory(
         problem,
         schedule,
@@ -250,9 +290,11 @@ pub fn solve_monte_carlo(
         .map(|(i, &m)| {
             let sites = SiteSet::monte_carlo(problem.kx.view(), m, options.seed, i as u64)?;
             let step_offset = i * schedule.steps;
-            march(problem, model, schedule, sites, &|k| {
+            let probe = Probe::default();
+            march(problem, model, schedule, &sites, &probe, &|k| {
                 progress((step_offset + k) / r)
             })
+            .map(|marched| marched.run)
         })
         .collect::<Result<Vec<_>>>()?;
     replica_trajectory(
