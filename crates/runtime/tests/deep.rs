@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use dmft_runtime::{
-    Activation, DmftError, Parameterization, SolverKind, SolverOptions, no_progress, solve,
+    Activation, DmftError, Model, Parameterization, SolverKind, SolverOptions, no_progress, solve,
 };
 
 /// The Monte Carlo solver with Stein responses, run on a linear network, reproduces the
@@ -14,43 +14,29 @@ use dmft_runtime::{
 #[test]
 fn sampled_responses_reproduce_deep_linear_closed_form() {
     let prob = gaussian_problem(3, 1, 8, 21);
+    let mc = SolverOptions {
+        sites: 32_000,
+        seed: 4,
+        ..Default::default()
+    };
     for (depth, gamma0) in [(2, 1.0), (3, 1.0), (2, 2.5)] {
         let model = mup(depth, Activation::Linear, gamma0);
         let sch = schedule(0.5, 15);
-        let exact = solve(
+        let exact = run_solver(
             &prob,
             &model,
             &sch,
             SolverKind::DeepLinear,
-            &SolverOptions::default(),
-            &no_progress,
-        )
-        .unwrap();
-        let opts = SolverOptions {
-            sites: 32_000,
-            seed: 4,
-            ..Default::default()
-        };
-        let mc = solve(
-            &prob,
-            &model,
-            &sch,
-            SolverKind::DeepNonlinear,
-            &opts,
-            &no_progress,
-        )
-        .unwrap();
-        for (f, se, want) in [
-            (&mc.f_train, mc.f_train_se.as_ref().unwrap(), &exact.f_train),
-            (&mc.f_test, mc.f_test_se.as_ref().unwrap(), &exact.f_test),
-        ] {
-            for ((a, e), b) in f.iter().zip(se.iter()).zip(want.iter()) {
-                assert!(
-                    (a - b).abs() <= 4.0 * e + 1e-9,
-                    "L={depth} γ₀={gamma0}: {a} vs {b} ± {e}"
-                );
-            }
-        }
+            SolverOptions::default(),
+        );
+        let sampled = run_solver(&prob, &model, &sch, SolverKind::DeepNonlinear, mc);
+        assert_within_se(
+            &format!("L={depth} γ₀={gamma0}"),
+            &sampled,
+            &exact,
+            4.0,
+            1e-9,
+        );
     }
 }
 
@@ -60,44 +46,26 @@ fn sampled_responses_reproduce_deep_linear_closed_form() {
 fn deep_nonlinear_converges_to_lazy_limit() {
     let prob = gaussian_problem(3, 1, 16, 22);
     let gamma0 = 0.02;
+    let mc = SolverOptions {
+        sites: 32_000,
+        seed: 6,
+        ..Default::default()
+    };
     for act in [Activation::Relu, Activation::Tanh] {
-        let mut model = mup(2, act, gamma0);
-        model.centered = true;
-        let sch = schedule(0.5, 12);
-        let opts = SolverOptions {
-            sites: 32_000,
-            seed: 6,
-            ..Default::default()
+        let model = Model {
+            centered: true,
+            ..mup(2, act, gamma0)
         };
-        let rich = solve(
-            &prob,
-            &model,
-            &sch,
-            SolverKind::DeepNonlinear,
-            &opts,
-            &no_progress,
-        )
-        .unwrap();
-        let lazy = solve(
+        let sch = schedule(0.5, 12);
+        let rich = run_solver(&prob, &model, &sch, SolverKind::DeepNonlinear, mc);
+        let lazy = run_solver(
             &prob,
             &model,
             &sch,
             SolverKind::Lazy,
-            &SolverOptions::default(),
-            &no_progress,
-        )
-        .unwrap();
-        for ((a, e), b) in rich
-            .f_train
-            .iter()
-            .zip(rich.f_train_se.as_ref().unwrap().iter())
-            .zip(lazy.f_train.iter())
-        {
-            assert!(
-                (a - b).abs() <= 4.0 * e + 2.0 * gamma0 * gamma0,
-                "{act}: {a} vs lazy {b} ± {e}"
-            );
-        }
+            SolverOptions::default(),
+        );
+        assert_within_se(&format!("{act}"), &rich, &lazy, 4.0, 2.0 * gamma0 * gamma0);
     }
 }
 

@@ -4,9 +4,7 @@
 mod common;
 
 use common::*;
-use dmft_runtime::{
-    Activation, Model, Problem, SolverKind, SolverOptions, Trajectory, no_progress, solve,
-};
+use dmft_runtime::{Activation, Model, Problem, SolverKind, SolverOptions, Trajectory};
 use ndarray::{Array1, s};
 
 fn run(
@@ -17,15 +15,7 @@ fn run(
     solver: SolverKind,
     opts: SolverOptions,
 ) -> Trajectory {
-    solve(
-        prob,
-        &model,
-        &schedule(eta, steps),
-        solver,
-        &opts,
-        &no_progress,
-    )
-    .unwrap()
+    run_solver(prob, &model, &schedule(eta, steps), solver, opts)
 }
 
 fn quad(order: usize) -> SolverOptions {
@@ -46,6 +36,11 @@ fn max_abs(a: impl IntoIterator<Item = f64>) -> f64 {
 #[test]
 fn quadrature_agrees_with_monte_carlo() {
     let prob = gaussian_problem(2, 1, 6, 11);
+    let mc = SolverOptions {
+        sites: 200_000,
+        seed: 5,
+        ..Default::default()
+    };
     for (act, gamma0) in [
         (Activation::Relu, 0.5),
         (Activation::Relu, 2.0),
@@ -59,29 +54,15 @@ fn quadrature_agrees_with_monte_carlo() {
             SolverKind::TwoLayer,
             quad(20),
         );
-        let mc = run(
+        let sampled = run(
             &prob,
             mup(1, act, gamma0),
             0.5,
             20,
             SolverKind::TwoLayer,
-            SolverOptions {
-                sites: 200_000,
-                seed: 5,
-                ..Default::default()
-            },
+            mc,
         );
-        for (f_q, f_mc, se) in [
-            (&q.f_train, &mc.f_train, mc.f_train_se.as_ref().unwrap()),
-            (&q.f_test, &mc.f_test, mc.f_test_se.as_ref().unwrap()),
-        ] {
-            for ((a, b), e) in f_q.iter().zip(f_mc.iter()).zip(se.iter()) {
-                assert!(
-                    (a - b).abs() <= 4.0 * e + 1e-5,
-                    "{act} γ₀={gamma0}: quad {a} vs mc {b} ± {e}"
-                );
-            }
-        }
+        assert_within_se(&format!("{act} γ₀={gamma0}"), &sampled, &q, 4.0, 1e-5);
     }
 }
 
@@ -227,47 +208,25 @@ fn exact_solvers_converge_to_lazy_limit_as_gamma0_squared() {
 fn two_layer_monte_carlo_converges_to_lazy_limit() {
     let prob = gaussian_problem(3, 2, 16, 15);
     let gamma0 = 0.02;
+    let mc = SolverOptions {
+        sites: 200_000,
+        seed: 9,
+        ..Default::default()
+    };
     for act in [Activation::Relu, Activation::Tanh, Activation::Erf] {
-        let mut model = mup(1, act, gamma0);
-        model.centered = true;
-        let sch = schedule(0.5, 30);
-        let opts = SolverOptions {
-            sites: 200_000,
-            seed: 9,
-            ..Default::default()
+        let model = Model {
+            centered: true,
+            ..mup(1, act, gamma0)
         };
-        let rich = solve(
-            &prob,
-            &model,
-            &sch,
-            SolverKind::TwoLayer,
-            &opts,
-            &no_progress,
-        )
-        .unwrap();
-        let lazy = solve(
+        let sch = schedule(0.5, 30);
+        let rich = run_solver(&prob, &model, &sch, SolverKind::TwoLayer, mc);
+        let lazy = run_solver(
             &prob,
             &model,
             &sch,
             SolverKind::Lazy,
-            &SolverOptions::default(),
-            &no_progress,
-        )
-        .unwrap();
-        for (f, se, f_lazy) in [
-            (
-                &rich.f_train,
-                rich.f_train_se.as_ref().unwrap(),
-                &lazy.f_train,
-            ),
-            (&rich.f_test, rich.f_test_se.as_ref().unwrap(), &lazy.f_test),
-        ] {
-            for ((a, e), b) in f.iter().zip(se.iter()).zip(f_lazy.iter()) {
-                assert!(
-                    (a - b).abs() <= 4.0 * e + 2.0 * gamma0 * gamma0,
-                    "{act}: {a} vs lazy {b} ± {e}"
-                );
-            }
-        }
+            SolverOptions::default(),
+        );
+        assert_within_se(&format!("{act}"), &rich, &lazy, 4.0, 2.0 * gamma0 * gamma0);
     }
 }
