@@ -2,25 +2,12 @@
 //! at width N must match Σ_f(k,k) within 3 standard errors of the ensemble variance (from its
 //! fourth moment) or 10 %, whichever is larger, at every recorded step, train and test.
 
-use dmft_runtime::propagator::two_layer_prediction_fluctuations;
-use dmft_runtime::sampling::{normal_matrix, replica_rng};
-use dmft_runtime::{Activation, Model, Parameterization, Schedule, SolverOptions};
-use dmft_sim::{Architecture, Dataset, EnsembleConfig, run_ensemble};
-use ndarray::{Array1, s};
+mod common;
 
-fn dataset(p: usize, q: usize, dim: usize, seed: u64) -> Dataset {
-    let mut rng = replica_rng(seed, 78);
-    let x = normal_matrix(&mut rng, p + q, dim);
-    let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
-    let y: Array1<f64> = x.dot(&beta) / (dim as f64).sqrt();
-    Dataset::new(
-        x.slice(s![..p, ..]).to_owned(),
-        y.slice(s![..p]).to_owned(),
-        x.slice(s![p.., ..]).to_owned(),
-        Some(y.slice(s![p..]).to_owned()),
-    )
-    .unwrap()
-}
+use common::dataset;
+use dmft_runtime::propagator::two_layer_prediction_fluctuations;
+use dmft_runtime::{Activation, Model, Parameterization, Schedule, SolverOptions};
+use dmft_sim::{Architecture, EnsembleConfig, run_ensemble};
 
 #[test]
 fn two_layer_variance_matches_ensembles() {

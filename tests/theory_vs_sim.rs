@@ -5,30 +5,17 @@
 //! Widths here keep `cargo test` under a minute; `slow_` tests at N = 4096 run with
 //! `cargo test -p dmft-validation --release -- --ignored` (README, "Validation").
 
-use dmft_runtime::sampling::{normal_matrix, replica_rng};
+mod common;
+
+use common::dataset;
 use dmft_runtime::{
     Activation, Model, Parameterization, Schedule, SolverKind, SolverOptions, Trajectory,
     no_progress, solve,
 };
 use dmft_sim::{Architecture, Dataset, EnsembleConfig, run_ensemble};
-use ndarray::{Array1, s};
 
 /// Allowance for the O(1/N) mean shift, in units of 1/N.
 const BIAS: f64 = 4.0;
-
-fn dataset(p: usize, q: usize, dim: usize, seed: u64) -> Dataset {
-    let mut rng = replica_rng(seed, 77);
-    let x = normal_matrix(&mut rng, p + q, dim);
-    let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
-    let y: Array1<f64> = x.dot(&beta) / (dim as f64).sqrt();
-    Dataset::new(
-        x.slice(s![..p, ..]).to_owned(),
-        y.slice(s![..p]).to_owned(),
-        x.slice(s![p.., ..]).to_owned(),
-        Some(y.slice(s![p..]).to_owned()),
-    )
-    .unwrap()
-}
 
 fn model(depth: usize, activation: Activation, gamma0: f64) -> Model {
     Model {
