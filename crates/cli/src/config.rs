@@ -10,6 +10,7 @@
 
 use dmft_data::Teacher;
 use dmft_runtime::{Activation, Model, Parameterization, Schedule, SolverKind, SolverOptions};
+use dmft_sim::digits::ClassSplit;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -20,6 +21,9 @@ pub struct Config {
     pub model: ModelConfig,
     pub train: TrainConfig,
     pub theory: TheoryConfig,
+    /// Finite-width networks for `dmft sweep`; `dmft run` accepts and ignores it, so one
+    /// file serves both commands.
+    pub sim: SimConfig,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +31,18 @@ pub struct Config {
 pub enum DataKind {
     Gaussian,
     Npz,
+    /// The 8×8 handwritten digits shipped with the project, as a ±1 task.
+    Digits,
+}
+
+impl fmt::Display for DataKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DataKind::Gaussian => "gaussian",
+            DataKind::Npz => "npz",
+            DataKind::Digits => "digits",
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,6 +57,34 @@ pub struct DataConfig {
     /// The `.npz` file for `kind = "npz"`, relative to the config file's folder.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// digits: the class that is +1 and the class that is −1. None when `one_vs_rest` is
+    /// given (the two exclude each other).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<[u8; 2]>,
+    /// digits: this class is +1, every other class −1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_vs_rest: Option<u8>,
+    /// digits: training images.
+    pub n_train: usize,
+    /// digits: test images. The default 150 leaves room for the default 200 training
+    /// images in every pair of classes (the rarest pair, 2 and 8, has 351 images).
+    pub n_test: usize,
+}
+
+/// The digits task's default pair: 3 (+1) against 8 (−1), two similar-looking digits.
+const DEFAULT_CLASSES: [u8; 2] = [3, 8];
+
+impl DataConfig {
+    /// Which digits are +1 and which −1 for `kind = "digits"`.
+    pub fn class_split(&self) -> ClassSplit {
+        match self.one_vs_rest {
+            Some(c) => ClassSplit::OneVsRest(i64::from(c)),
+            None => {
+                let [a, b] = self.classes.unwrap_or(DEFAULT_CLASSES);
+                ClassSplit::Pair(i64::from(a), i64::from(b))
+            }
+        }
+    }
 }
 
 impl Default for DataConfig {
@@ -53,6 +97,10 @@ impl Default for DataConfig {
             teacher: Teacher::Linear,
             seed: 0,
             path: None,
+            classes: Some(DEFAULT_CLASSES),
+            one_vs_rest: None,
+            n_train: 200,
+            n_test: 150,
         }
     }
 }
@@ -152,6 +200,53 @@ impl Default for TheoryConfig {
     }
 }
 
+/// How the finite-width networks are trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainingChoice {
+    /// Full-batch gradient descent on the P training points, as the theory assumes.
+    Gd,
+    /// A fresh batch from the Gaussian task's teacher every step.
+    OnlineSgd,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// Hidden widths N of the simulated networks.
+    pub widths: Vec<usize>,
+    /// Seeds S per width.
+    pub seeds: usize,
+    /// Sizes E of the seed-averaged predictors whose loss is reported.
+    pub ensemble_sizes: Vec<usize>,
+    pub base_seed: u64,
+    /// Also solve the infinite-width theory of [theory] and [model].
+    pub theory: bool,
+    /// Refuse to start when the estimated peak memory exceeds this many GiB.
+    pub memory_gib: f64,
+    pub training: TrainingChoice,
+    /// Online-SGD batch size B.
+    pub batch: usize,
+    /// A seed whose loss exceeds this (or is not finite) is stopped and left out.
+    pub divergence_threshold: f64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            widths: vec![256, 1024, 4096],
+            seeds: 64,
+            ensemble_sizes: vec![1, 4, 16],
+            base_seed: 0,
+            theory: true,
+            memory_gib: 16.0,
+            training: TrainingChoice::Gd,
+            batch: 32,
+            divergence_threshold: dmft_sim::ensemble::DEFAULT_DIVERGENCE_THRESHOLD,
+        }
+    }
+}
+
 /// The value type a key accepts, with its range; the range check lives here so that the
 /// message can name the key.
 #[derive(Clone, Copy, Debug)]
@@ -166,6 +261,15 @@ enum Type {
     Text,
     /// One of the listed strings.
     Choice(&'static [&'static str]),
+    /// A list of integers, each ≥ `min`; empty only if `empty_ok`.
+    Ints {
+        min: i64,
+        empty_ok: bool,
+    },
+    /// An integer 0–9 naming a digit class.
+    Digit,
+    /// Two different digits 0–9.
+    DigitPair,
 }
 
 type Section = (&'static str, &'static [(&'static str, Type)]);
@@ -175,13 +279,17 @@ const SCHEMA: &[Section] = &[
     (
         "data",
         &[
-            ("kind", Type::Choice(&["gaussian", "npz"])),
+            ("kind", Type::Choice(&["gaussian", "npz", "digits"])),
             ("p_train", Type::Int { min: 1 }),
             ("p_test", Type::Int { min: 0 }),
             ("dim", Type::Int { min: 1 }),
             ("teacher", Type::Choice(&["linear", "relu-neuron"])),
             ("seed", Type::Int { min: 0 }),
             ("path", Type::Text),
+            ("classes", Type::DigitPair),
+            ("one_vs_rest", Type::Digit),
+            ("n_train", Type::Int { min: 1 }),
+            ("n_test", Type::Int { min: 0 }),
         ],
     ),
     (
@@ -217,11 +325,48 @@ const SCHEMA: &[Section] = &[
             ("seed", Type::Int { min: 0 }),
         ],
     ),
+    (
+        "sim",
+        &[
+            (
+                "widths",
+                Type::Ints {
+                    min: 1,
+                    empty_ok: false,
+                },
+            ),
+            ("seeds", Type::Int { min: 2 }),
+            (
+                "ensemble_sizes",
+                Type::Ints {
+                    min: 1,
+                    empty_ok: true,
+                },
+            ),
+            ("base_seed", Type::Int { min: 0 }),
+            ("theory", Type::Bool),
+            ("memory_gib", Type::Positive),
+            ("training", Type::Choice(&["gd", "online-sgd"])),
+            ("batch", Type::Int { min: 1 }),
+            ("divergence_threshold", Type::Positive),
+        ],
+    ),
 ];
 
-/// Keys that only mean something for synthetic data; giving them with `kind = "npz"` is
+/// The data kinds each [data] key applies to. Giving a key that the chosen kind ignores is
 /// almost certainly a mistake, so it is refused rather than silently ignored.
-const GAUSSIAN_ONLY: &[&str] = &["p_train", "p_test", "dim", "teacher", "seed"];
+const DATA_KEY_KINDS: &[(&str, &[&str])] = &[
+    ("p_train", &["gaussian"]),
+    ("p_test", &["gaussian"]),
+    ("dim", &["gaussian"]),
+    ("teacher", &["gaussian"]),
+    ("seed", &["gaussian", "digits"]),
+    ("path", &["npz"]),
+    ("classes", &["digits"]),
+    ("one_vs_rest", &["digits"]),
+    ("n_train", &["digits"]),
+    ("n_test", &["digits"]),
+];
 
 impl Config {
     /// Parses and validates config text. Errors are one line, without the file name.
@@ -229,11 +374,48 @@ impl Config {
         let table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
         check_schema(&table)?;
         check_data_keys(&table)?;
-        let config: Config = toml::Value::Table(table)
+        check_sim_keys(&table)?;
+        let mut config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| one_line(e.message()))?;
+        if config.data.one_vs_rest.is_some() {
+            // The default pair does not apply; echoing it would misstate the task.
+            config.data.classes = None;
+        }
         config.check_combinations()?;
+        config.check_sim()?;
         Ok(config)
+    }
+
+    /// Rules of the [sim] table that involve more than one key or a whole list.
+    fn check_sim(&self) -> Result<(), String> {
+        let sim = &self.sim;
+        if let Some(w) = repeated(&sim.widths) {
+            return Err(format!("sim.widths lists {w} more than once"));
+        }
+        if let Some(e) = repeated(&sim.ensemble_sizes) {
+            return Err(format!("sim.ensemble_sizes lists {e} more than once"));
+        }
+        if let Some(&e) = sim.ensemble_sizes.iter().find(|&&e| 2 * e > sim.seeds) {
+            return Err(format!(
+                "sim.ensemble_sizes contains {e}, more than sim.seeds/2 = {}; the loss of an average over E seeds needs at least two disjoint groups of E",
+                sim.seeds / 2
+            ));
+        }
+        if sim.training == TrainingChoice::OnlineSgd {
+            if self.data.kind != DataKind::Gaussian {
+                return Err(format!(
+                    "sim.training = \"online-sgd\" needs data.kind = \"gaussian\", whose teacher labels the fresh points; got data.kind = \"{}\"",
+                    self.data.kind
+                ));
+            }
+            if sim.theory {
+                return Err(
+                    "sim.training = \"online-sgd\" needs sim.theory = false: the infinite-width solvers describe full-batch gradient descent on the training points".into(),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Rules that involve more than one key.
@@ -241,6 +423,7 @@ impl Config {
         if self.data.kind == DataKind::Npz && self.data.path.is_none() {
             return Err("data.path is required when data.kind = \"npz\"".into());
         }
+
         let m = &self.model;
         let solver = self.theory.solver;
         if solver != SolverChoice::Lazy
@@ -306,11 +489,11 @@ fn check_schema(table: &toml::Table) -> Result<(), String> {
             let hint = suggestion(name, &section_names);
             return Err(if value.is_table() {
                 format!(
-                    "unknown table [{name}]{hint}; expected [data], [model], [train] or [theory]"
+                    "unknown table [{name}]{hint}; expected [data], [model], [train], [theory] or [sim]"
                 )
             } else {
                 format!(
-                    "unknown key {name:?} at the top level{hint}; keys belong in [data], [model], [train] or [theory]"
+                    "unknown key {name:?} at the top level{hint}; keys belong in [data], [model], [train], [theory] or [sim]"
                 )
             });
         };
@@ -355,6 +538,49 @@ fn check_type(path: &str, ty: Type, value: &toml::Value) -> Result<(), String> {
         (Type::Text, V::String(_)) => Ok(()),
         (Type::Text, v) => Err(format!("{path} must be a string, got {}", describe(v))),
         (Type::Choice(options), V::String(s)) if options.contains(&s.as_str()) => Ok(()),
+        (Type::Ints { min, empty_ok }, V::Array(items)) => {
+            if items.is_empty() && !empty_ok {
+                return Err(format!(
+                    "{path} must be a non-empty list of integers ≥ {min}, got []"
+                ));
+            }
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    V::Integer(v) if *v < min => {
+                        return Err(format!("{path}[{i}] must be ≥ {min}, got {v}"));
+                    }
+                    V::Integer(_) => {}
+                    v => {
+                        return Err(format!(
+                            "{path}[{i}] must be an integer ≥ {min}, got {}",
+                            describe(v)
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        (Type::Ints { min, .. }, v) => Err(format!(
+            "{path} must be a list of integers ≥ {min} such as [256, 1024], got {}",
+            describe(v)
+        )),
+        (Type::Digit, V::Integer(d)) if (0..=9).contains(d) => Ok(()),
+        (Type::Digit, v) => Err(format!("{path} must be a digit 0–9, got {}", describe(v))),
+        (Type::DigitPair, V::Array(items))
+            if matches!(
+                items.as_slice(),
+                [V::Integer(a), V::Integer(b)] if a != b && (0..=9).contains(a) && (0..=9).contains(b)
+            ) =>
+        {
+            Ok(())
+        }
+        (Type::DigitPair, v) => Err(format!(
+            "{path} must be two different digits 0–9 such as [3, 8], got {}",
+            match v {
+                V::Array(_) => v.to_string(),
+                v => describe(v),
+            }
+        )),
         (Type::Choice(options), v) => {
             let list = options
                 .iter()
@@ -375,17 +601,60 @@ fn check_data_keys(table: &toml::Table) -> Result<(), String> {
     let Some(toml::Value::Table(data)) = table.get("data") else {
         return Ok(());
     };
-    let npz = data.get("kind").and_then(|k| k.as_str()) == Some("npz");
-    if npz {
-        if let Some(key) = GAUSSIAN_ONLY.iter().find(|k| data.contains_key(**k)) {
-            return Err(format!(
-                "data.{key} applies only to data.kind = \"gaussian\"; with \"npz\" the sizes come from the file"
-            ));
+    let kind = data
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("gaussian");
+    for (key, kinds) in DATA_KEY_KINDS {
+        if !data.contains_key(*key) || kinds.contains(&kind) {
+            continue;
         }
-    } else if data.contains_key("path") {
-        return Err("data.path applies only to data.kind = \"npz\"".into());
+        let allowed = kinds
+            .iter()
+            .map(|k| format!("{k:?}"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let hint = match (kind, *key) {
+            ("npz", _) => "; with \"npz\" the sizes come from the file",
+            ("digits", "p_train" | "p_test") => {
+                "; with \"digits\" use data.n_train and data.n_test"
+            }
+            ("gaussian", "n_train" | "n_test") => {
+                "; with \"gaussian\" use data.p_train and data.p_test"
+            }
+            _ => "",
+        };
+        return Err(format!(
+            "data.{key} applies only to data.kind = {allowed}{hint}"
+        ));
+    }
+    if data.contains_key("classes") && data.contains_key("one_vs_rest") {
+        return Err(
+            "data.classes and data.one_vs_rest exclude each other: give two digits (+1 vs −1) or one digit against the rest".into(),
+        );
     }
     Ok(())
+}
+
+/// Refuses [sim] keys that do not apply to the chosen training.
+fn check_sim_keys(table: &toml::Table) -> Result<(), String> {
+    let Some(toml::Value::Table(sim)) = table.get("sim") else {
+        return Ok(());
+    };
+    let online = sim.get("training").and_then(|t| t.as_str()) == Some("online-sgd");
+    if sim.contains_key("batch") && !online {
+        return Err("sim.batch applies only to sim.training = \"online-sgd\"".into());
+    }
+    Ok(())
+}
+
+/// A value listed more than once, if any.
+fn repeated(values: &[usize]) -> Option<usize> {
+    values
+        .iter()
+        .enumerate()
+        .find(|(i, v)| values[..*i].contains(v))
+        .map(|(_, v)| *v)
 }
 
 /// A short description of a TOML value for error messages.
@@ -456,6 +725,7 @@ mod tests {
     fn schema_matches_the_serde_types() {
         let mut full = Config::default();
         full.data.path = Some("x.npz".into());
+        full.data.one_vs_rest = Some(0);
         let toml::Value::Table(table) = toml::Value::try_from(&full).unwrap() else {
             panic!("config serializes to a table");
         };
@@ -509,6 +779,8 @@ mod tests {
             (1.0, 200, 2)
         );
         assert_eq!(c.solver(), SolverKind::TwoLayer);
+        // The annotated [sim] table shows the defaults.
+        assert_eq!(c.sim, SimConfig::default());
     }
 
     #[test]
@@ -571,6 +843,76 @@ mod tests {
         assert!(
             err("[model]\nparameterization = \"ntk\"\n[theory]\nsolver = \"two-layer\"")
                 .contains("lazy")
+        );
+    }
+
+    #[test]
+    fn sim_defaults_and_values() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.sim.widths, [256, 1024, 4096]);
+        assert_eq!((c.sim.seeds, c.sim.base_seed), (64, 0));
+        assert_eq!(c.sim.ensemble_sizes, [1, 4, 16]);
+        assert!(c.sim.theory);
+        assert_eq!(c.sim.memory_gib, 16.0);
+        assert_eq!(c.sim.training, TrainingChoice::Gd);
+        let c = Config::parse(
+            "[sim]\nwidths = [8]\nseeds = 4\nensemble_sizes = []\ntheory = false\n\
+             training = \"online-sgd\"\nbatch = 3\nmemory_gib = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!((c.sim.widths.as_slice(), c.sim.batch), (&[8][..], 3));
+        assert!(c.sim.ensemble_sizes.is_empty());
+    }
+
+    #[test]
+    fn sim_messages_name_the_key() {
+        assert_eq!(
+            err("[sim]\nwidths = [4, 0]"),
+            "sim.widths[1] must be ≥ 1, got 0"
+        );
+        assert_eq!(
+            err("[sim]\nwidths = [4, \"x\"]"),
+            "sim.widths[1] must be an integer ≥ 1, got \"x\""
+        );
+        assert_eq!(err("[sim]\nseeds = 1"), "sim.seeds must be ≥ 2, got 1");
+        assert_eq!(
+            err("[sim]\nwidths = [64, 64]"),
+            "sim.widths lists 64 more than once"
+        );
+        assert!(
+            err("[sim]\nseeds = 8\nensemble_sizes = [5]")
+                .starts_with("sim.ensemble_sizes contains 5, more than sim.seeds/2 = 4")
+        );
+        assert!(err("[sim]\nsedes = 8").contains("(did you mean \"seeds\"?)"));
+        assert!(
+            err("[data]\nkind = \"digits\"\n[sim]\ntraining = \"online-sgd\"\ntheory = false")
+                .contains("got data.kind = \"digits\"")
+        );
+    }
+
+    #[test]
+    fn digits_keys() {
+        let c = Config::parse("[data]\nkind = \"digits\"").unwrap();
+        assert_eq!((c.data.n_train, c.data.n_test), (200, 150));
+        assert_eq!(c.data.class_split(), ClassSplit::Pair(3, 8));
+        let c = Config::parse("[data]\nkind = \"digits\"\none_vs_rest = 4\nseed = 9").unwrap();
+        assert_eq!(c.data.class_split(), ClassSplit::OneVsRest(4));
+        assert_eq!((c.data.classes, c.data.seed), (None, 9));
+        assert_eq!(
+            err("[data]\nkind = \"digits\"\nclasses = [1]"),
+            "data.classes must be two different digits 0–9 such as [3, 8], got [1]"
+        );
+        assert_eq!(
+            err("[data]\nkind = \"digits\"\ndim = 3"),
+            "data.dim applies only to data.kind = \"gaussian\""
+        );
+        assert_eq!(
+            err("[data]\nn_train = 3"),
+            "data.n_train applies only to data.kind = \"digits\"; with \"gaussian\" use data.p_train and data.p_test"
+        );
+        assert!(
+            err("[data]\nkind = \"npz\"\npath = \"a.npz\"\nseed = 1")
+                .starts_with("data.seed applies only to data.kind = \"gaussian\" or \"digits\"")
         );
     }
 

@@ -7,8 +7,15 @@ use crate::progress::Bar;
 use crate::results::{self, Metrics};
 use dmft_data::{Dataset, GaussianTask};
 use dmft_runtime::Trajectory;
+use dmft_sim::digits::{self, ClassSplit};
 use std::path::Path;
 use std::time::Instant;
+
+/// The shipped digits (data/digits.npz, see scripts/export_digits.py), embedded in the
+/// binary so that `data.kind = "digits"` works from any working directory.
+const DIGITS_NPZ: &[u8] = include_bytes!("../../../data/digits.npz");
+/// How the embedded file is named in error messages.
+const DIGITS_NAME: &str = "data/digits.npz (embedded)";
 
 /// Where a config came from, for error messages and the summary echo.
 pub struct Source<'a> {
@@ -54,7 +61,45 @@ pub fn load_data(config: &Config, source: &Source) -> Result<Dataset, Failure> {
             let path = source.base_dir.join(relative);
             dmft_data::load_npz(&path).map_err(|e| Failure::Input(e.to_string()))
         }
+        DataKind::Digits => load_digits(config, source),
     }
+}
+
+/// The ±1 digits task of the config (module docs of `dmft_sim::digits`: a seeded choice of
+/// images, centred and scaled so the training inputs have mean x·x/D = 1).
+fn load_digits(config: &Config, source: &Source) -> Result<Dataset, Failure> {
+    let d = &config.data;
+    // A damaged embedded file is a broken build, not the user's input.
+    let all =
+        digits::from_bytes(DIGITS_NPZ, DIGITS_NAME).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let split = d.class_split();
+    let which = match split {
+        ClassSplit::Pair(a, b) => format!("images of digits {a} and {b}"),
+        ClassSplit::OneVsRest(_) => "images".to_string(),
+    };
+    let eligible = all
+        .label
+        .iter()
+        .filter(|&&l| match split {
+            ClassSplit::Pair(a, b) => l == a || l == b,
+            ClassSplit::OneVsRest(_) => true,
+        })
+        .count();
+    let wanted = d.n_train as u128 + d.n_test as u128;
+    if wanted > eligible as u128 {
+        return Err(Failure::Input(format!(
+            "{}: data.n_train + data.n_test = {wanted} exceeds the {eligible} {which} in the shipped digits set",
+            source.name
+        )));
+    }
+    let task = digits::binary_task(&all, split, d.n_train, d.n_test, d.seed)
+        .map_err(|e| Failure::Input(format!("{}: {e}", source.name)))?;
+    Ok(Dataset {
+        x_train: task.x_train().to_owned(),
+        y_train: task.y_train().to_owned(),
+        x_test: task.x_test().to_owned(),
+        y_test: task.y_test().map(|y| y.to_owned()),
+    })
 }
 
 /// Refuses runs whose recorded arrays would not fit in memory, naming the sizes involved.
@@ -77,6 +122,42 @@ pub struct Outcome {
     pub metrics: Metrics,
 }
 
+/// A solved infinite-width trajectory and the seconds the solver took.
+pub struct Solved {
+    pub trajectory: Trajectory,
+    pub wall_time: f64,
+}
+
+/// Runs the infinite-width solver of the config on `data` with a progress bar.
+pub fn solve(
+    config: &Config,
+    data: &Dataset,
+    source: &Source,
+    label: &str,
+    quiet: bool,
+) -> Result<Solved, Failure> {
+    check_result_size(config, data, source)?;
+    let problem = data
+        .to_problem()
+        .map_err(|e| Failure::from_solver(source.name, e))?;
+    let bar = Bar::new(config.train.steps as u64, "steps", label, quiet);
+    let started = Instant::now();
+    let solved = dmft_runtime::solve(
+        &problem,
+        &config.model(),
+        &config.schedule(),
+        config.solver(),
+        &config.solver_options(),
+        &|k| bar.advance(k as u64),
+    );
+    bar.finish();
+    let trajectory = solved.map_err(|e| Failure::from_solver(source.name, e))?;
+    Ok(Solved {
+        trajectory,
+        wall_time: started.elapsed().as_secs_f64(),
+    })
+}
+
 /// Solves the config on `data` and writes the results folder `out` (see `results`).
 pub fn run_and_write(
     config: &Config,
@@ -86,23 +167,10 @@ pub fn run_and_write(
     label: &str,
     quiet: bool,
 ) -> Result<Outcome, Failure> {
-    check_result_size(config, data, source)?;
-    let problem = data
-        .to_problem()
-        .map_err(|e| Failure::from_solver(source.name, e))?;
-    let bar = Bar::new(config.train.steps, label, quiet);
-    let started = Instant::now();
-    let solved = dmft_runtime::solve(
-        &problem,
-        &config.model(),
-        &config.schedule(),
-        config.solver(),
-        &config.solver_options(),
-        &|k| bar.advance(k),
-    );
-    bar.finish();
-    let trajectory = solved.map_err(|e| Failure::from_solver(source.name, e))?;
-    let wall_time = started.elapsed().as_secs_f64();
+    let Solved {
+        trajectory,
+        wall_time,
+    } = solve(config, data, source, label, quiet)?;
     let record = results::Record {
         config,
         source: source.name,

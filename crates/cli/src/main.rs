@@ -2,8 +2,10 @@
 //!
 //! `dmft` alone runs a built-in two-layer experiment at three feature strengths;
 //! `dmft run CONFIG.toml --out DIR` runs one experiment described in TOML (docs/config.md)
-//! and writes its results folder. Errors are one line on stderr; the exit code is 2 for bad
-//! input (config, data, output folder) and 1 when the run itself fails.
+//! and writes its results folder; `dmft sweep CONFIG.toml --out DIR` trains finite-width
+//! networks of the same config over widths and seeds and reports them next to the theory
+//! (docs/sweep.md). Errors are one line on stderr; the exit code is 2 for bad input
+//! (config, data, output folder) and 1 when the run itself fails.
 
 mod config;
 mod default_run;
@@ -12,6 +14,7 @@ mod failure;
 mod plots;
 mod progress;
 mod results;
+mod sweep;
 
 use clap::{Parser, Subcommand};
 use config::Config;
@@ -51,6 +54,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Train finite-width networks of the config over widths and seeds (the [sim] table),
+    /// solve its infinite-width theory, and write arrays, figures and a report comparing
+    /// them.
+    Sweep {
+        /// The experiment config with a [sim] table (see docs/sweep.md).
+        config: PathBuf,
+        /// Results folder; replaced if it holds a previous result, refused if it holds
+        /// anything else.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +89,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         None => default_run::run(cli.quiet),
         Some(Command::Run { config, out }) => run(config, out, cli.quiet),
+        Some(Command::Sweep { config, out }) => sweep::run(config, out, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,19 +100,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config_path: &Path, out: &Path, quiet: bool) -> Result<(), Failure> {
+/// Reads and validates the config file; returns it with its name as given.
+pub(crate) fn read_config(config_path: &Path) -> Result<(Config, String), Failure> {
     let name = config_path.display().to_string();
     let text = std::fs::read_to_string(config_path)
         .map_err(|e| Failure::Input(format!("{name}: cannot read the config: {e}")))?;
     let config = Config::parse(&text).map_err(|e| Failure::Input(format!("{name}: {e}")))?;
-    results::check_destination(out)?;
-    let base_dir = match config_path.parent() {
+    Ok((config, name))
+}
+
+/// The folder a config's relative `data.path` is resolved against: the config's own.
+pub(crate) fn config_dir(config_path: &Path) -> &Path {
+    match config_path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
+    }
+}
+
+fn run(config_path: &Path, out: &Path, quiet: bool) -> Result<(), Failure> {
+    let (config, name) = read_config(config_path)?;
+    results::check_destination(out)?;
     let source = Source {
         name: &name,
-        base_dir,
+        base_dir: config_dir(config_path),
     };
     let data = experiment::load_data(&config, &source)?;
     let outcome = experiment::run_and_write(&config, &data, &source, out, &name, quiet)?;

@@ -106,32 +106,9 @@ pub fn write(dir: &Path, record: &Record) -> Result<Metrics, Failure> {
     let predictions_svg = plots::predictions(traj, record.data).to_svg();
     let eigen_svg = plots::ntk_eigenvalues(traj)?.to_svg();
     write_atomically(dir, |tmp| {
-        let theory = tmp.join("theory");
         let plot_dir = tmp.join("plots");
-        create_dir(&theory)?;
+        let mut files = write_theory(tmp, traj)?;
         create_dir(&plot_dir)?;
-        let mut files = Vec::new();
-        let mut npy = |name: &str, result: Result<(), Failure>| {
-            files.push(format!("theory/{name}.npy"));
-            result
-        };
-        npy("t", save(&theory, "t", &traj.t))?;
-        npy("f_train", save(&theory, "f_train", &traj.f_train))?;
-        npy("f_test", save(&theory, "f_test", &traj.f_test))?;
-        npy("loss", save(&theory, "loss", &traj.loss))?;
-        npy("ntk", save(&theory, "ntk", &traj.ntk))?;
-        if let Some(a) = &traj.test_loss {
-            npy("test_loss", save(&theory, "test_loss", a))?;
-        }
-        if let Some(a) = &traj.f_train_se {
-            npy("f_train_se", save(&theory, "f_train_se", a))?;
-        }
-        if let Some(a) = &traj.f_test_se {
-            npy("f_test_se", save(&theory, "f_test_se", a))?;
-        }
-        if let Some(a) = &traj.loss_se {
-            npy("loss_se", save(&theory, "loss_se", a))?;
-        }
         for (name, svg) in [
             ("loss", &loss_svg),
             ("predictions", &predictions_svg),
@@ -146,6 +123,37 @@ pub fn write(dir: &Path, record: &Record) -> Result<Metrics, Failure> {
         write_file(&tmp.join("summary.json"), format!("{text}\n").as_bytes())
     })?;
     Ok(metrics)
+}
+
+/// Writes the trajectory's arrays into `root/theory/` (the layout of module docs) and
+/// returns the files written, relative to `root`. The trajectory must have passed
+/// [`check_trajectory`].
+pub fn write_theory(root: &Path, traj: &Trajectory) -> Result<Vec<String>, Failure> {
+    let theory = root.join("theory");
+    create_dir(&theory)?;
+    let mut files = Vec::new();
+    let mut npy = |name: &str, result: Result<(), Failure>| {
+        files.push(format!("theory/{name}.npy"));
+        result
+    };
+    npy("t", save(&theory, "t", &traj.t))?;
+    npy("f_train", save(&theory, "f_train", &traj.f_train))?;
+    npy("f_test", save(&theory, "f_test", &traj.f_test))?;
+    npy("loss", save(&theory, "loss", &traj.loss))?;
+    npy("ntk", save(&theory, "ntk", &traj.ntk))?;
+    if let Some(a) = &traj.test_loss {
+        npy("test_loss", save(&theory, "test_loss", a))?;
+    }
+    if let Some(a) = &traj.f_train_se {
+        npy("f_train_se", save(&theory, "f_train_se", a))?;
+    }
+    if let Some(a) = &traj.f_test_se {
+        npy("f_test_se", save(&theory, "f_test_se", a))?;
+    }
+    if let Some(a) = &traj.loss_se {
+        npy("loss_se", save(&theory, "loss_se", a))?;
+    }
+    Ok(files)
 }
 
 fn summary(record: &Record, metrics: &Metrics, files: &[String]) -> serde_json::Value {
@@ -228,8 +236,24 @@ fn check<S: Data<Elem = f64>, D: Dimension>(
     shape: &[usize],
     t: &ndarray::Array1<f64>,
 ) -> Result<(), Failure> {
+    check_array("the solver", name, a, shape, t)
+}
+
+/// Checks that array `name`, computed by `origin` (e.g. "the solver"), has `shape` and only
+/// finite values; a non-finite value is reported with its recorded step (the first axis)
+/// and time.
+pub fn check_array<S: Data<Elem = f64>, D: Dimension>(
+    origin: &str,
+    name: &str,
+    a: &ArrayBase<S, D>,
+    shape: &[usize],
+    t: &ndarray::Array1<f64>,
+) -> Result<(), Failure> {
     if a.shape() != shape {
-        return Err(shape_error(name, a.shape(), shape));
+        return Err(Failure::Runtime(format!(
+            "{origin} returned {name} with shape {:?}, expected {shape:?}; no results were written",
+            a.shape()
+        )));
     }
     let per_step = a.len() / shape[0].max(1);
     if let Some((i, v)) = a.iter().enumerate().find(|(_, v)| !v.is_finite()) {
@@ -240,7 +264,7 @@ fn check<S: Data<Elem = f64>, D: Dimension>(
             .map(|t| format!(", t = {t}"))
             .unwrap_or_default();
         return Err(Failure::Runtime(format!(
-            "the solver returned {v} in {name} at recorded step {k}{at}; no results were written"
+            "{origin} returned {v} in {name} at recorded step {k}{at}; no results were written"
         )));
     }
     Ok(())
@@ -252,7 +276,11 @@ fn shape_error(name: &str, got: &[usize], expected: &[usize]) -> Failure {
     ))
 }
 
-fn save<S: Data, D: Dimension>(dir: &Path, name: &str, a: &ArrayBase<S, D>) -> Result<(), Failure>
+pub fn save<S: Data, D: Dimension>(
+    dir: &Path,
+    name: &str,
+    a: &ArrayBase<S, D>,
+) -> Result<(), Failure>
 where
     S::Elem: WritableElement,
 {
@@ -261,19 +289,19 @@ where
         .map_err(|e| Failure::Runtime(format!("cannot write {}: {e}", path.display())))
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     fs::write(path, bytes)
         .map_err(|e| Failure::Runtime(format!("cannot write {}: {e}", path.display())))
 }
 
-fn create_dir(path: &Path) -> Result<(), Failure> {
+pub fn create_dir(path: &Path) -> Result<(), Failure> {
     fs::create_dir_all(path)
         .map_err(|e| Failure::Runtime(format!("cannot create folder {}: {e}", path.display())))
 }
 
 /// Runs `fill` on a fresh hidden sibling of `dir`, then moves it into place. On failure the
 /// partial folder is removed and `dir` is left as it was.
-fn write_atomically(
+pub fn write_atomically(
     dir: &Path,
     fill: impl FnOnce(&Path) -> Result<(), Failure>,
 ) -> Result<(), Failure> {

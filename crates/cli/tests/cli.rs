@@ -1,72 +1,12 @@
 //! The `dmft` binary end to end: one-line errors and exit codes for bad input, and the
 //! results contract of good runs (these need the runtime's solvers).
 
+mod common;
+
+use common::{TempDir, dmft, failure, numpy_check, stderr};
 use ndarray::{Array1, Array2};
 use ndarray_npy::NpzWriter;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// A fresh folder under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("dmft-cli-test-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, relative: &str) -> PathBuf {
-        self.0.join(relative)
-    }
-
-    fn write(&self, relative: &str, text: &str) -> PathBuf {
-        let path = self.path(relative);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `dmft` in `cwd`. RUST_BACKTRACE is set so that a panic would show its backtrace
-/// and fail the no-backtrace checks.
-fn dmft(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dmft"))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("the dmft binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Checks a failed run: the exit code, and exactly one stderr line starting "error: ".
-fn failure(out: &Output, code: i32) -> String {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("backtrace"),
-        "panic: {err}"
-    );
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    lines[0].to_string()
-}
 
 /// Runs `dmft run config.toml --out out` on `config` and expects a bad-input failure whose
 /// message contains `expected`. Nothing may be written.
@@ -384,11 +324,7 @@ fn written_npy_files_load_in_numpy() {
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let script = r#"
 import sys, os, json
-try:
-    import numpy as np
-except ImportError:
-    print("skip")
-    sys.exit(0)
+import numpy as np
 d = sys.argv[1]
 s = json.load(open(os.path.join(d, "summary.json")))
 T, P, Q = s["sizes"]["recorded_steps"], s["sizes"]["p_train"], s["sizes"]["p_test"]
@@ -406,29 +342,9 @@ ntk = np.load(os.path.join(d, "theory", "ntk.npy"))
 assert np.allclose(ntk, ntk.transpose(0, 2, 1)), "NTK is symmetric"
 print("ok")
 "#;
-    let py = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(dir.path("res"))
-        .output();
-    let py = match py {
-        Ok(py) => py,
-        Err(e) => {
-            println!("skipped: python3 is not runnable ({e})");
-            return;
-        }
-    };
-    let stdout = String::from_utf8_lossy(&py.stdout);
-    assert!(
-        py.status.success(),
-        "numpy check failed: {}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    if stdout.trim() == "skip" {
-        println!("skipped: numpy is not importable");
-        return;
+    if let Some(stdout) = numpy_check(script, &dir.path("res")) {
+        assert_eq!(stdout.trim(), "ok");
     }
-    assert_eq!(stdout.trim(), "ok");
 }
 
 /// Needs the runtime's two-layer solver; takes some seconds (three runs of 200 steps with

@@ -6,7 +6,7 @@
 //! `p_test` leaves the teacher and the training set unchanged.
 
 use crate::Dataset;
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -41,6 +41,13 @@ impl Teacher {
             Teacher::Linear => z,
             Teacher::ReluNeuron => std::f64::consts::SQRT_2 * z.max(0.0),
         }
+    }
+
+    /// Targets of the rows of `x` (points × D) for teacher weights `beta`: the target of
+    /// z = β·x/√D for each row.
+    pub fn label(self, beta: ArrayView1<f64>, x: ArrayView2<f64>) -> Array1<f64> {
+        let scale = 1.0 / (beta.len() as f64).sqrt();
+        x.dot(&beta).mapv(|z| self.target(z * scale))
     }
 }
 
@@ -84,14 +91,19 @@ impl GaussianTask {
             .expect("length is p_train·dim by construction");
         let x_test = Array2::from_shape_vec((self.p_test, d), normals(self.p_test * d))
             .expect("length is p_test·dim by construction");
-        let scale = 1.0 / (d as f64).sqrt();
-        let label = |x: &Array2<f64>| x.dot(&beta).mapv(|z| self.teacher.target(z * scale));
         Dataset {
-            y_train: label(&x_train),
-            y_test: Some(label(&x_test)),
+            y_train: self.teacher.label(beta.view(), x_train.view()),
+            y_test: Some(self.teacher.label(beta.view(), x_test.view())),
             x_train,
             x_test,
         }
+    }
+
+    /// The teacher's weights β, the first `dim` draws of the task's stream (the same β that
+    /// `generate` labels with). Online SGD uses it to label fresh inputs from the same task.
+    pub fn teacher_weights(&self) -> Array1<f64> {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(self.seed);
+        (0..self.dim).map(|_| rng.sample(StandardNormal)).collect()
     }
 }
 
@@ -163,6 +175,25 @@ mod tests {
             .generate();
             let m2 = data.y_train.mapv(|y| y * y).mean().unwrap();
             assert!((m2 - 1.0).abs() < 0.25, "{teacher}: E[y²] = {m2}");
+        }
+    }
+
+    /// Fresh inputs labelled with `teacher_weights` get the targets `generate` would give.
+    #[test]
+    fn teacher_weights_label_like_the_generated_task() {
+        for teacher in Teacher::ALL {
+            let t = task(teacher);
+            let data = t.generate();
+            let beta = t.teacher_weights();
+            assert_eq!(beta.len(), 8);
+            assert_eq!(
+                teacher.label(beta.view(), data.x_test.view()),
+                data.y_test.unwrap()
+            );
+            assert_eq!(
+                teacher.label(beta.view(), data.x_train.view()),
+                data.y_train
+            );
         }
     }
 

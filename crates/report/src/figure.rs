@@ -45,6 +45,8 @@ enum Kind {
         x: Vec<f64>,
         y: Vec<f64>,
         err: Vec<f64>,
+        /// Horizontal error half-widths; empty for points with vertical bars only.
+        x_err: Vec<f64>,
     },
     HLine {
         y: f64,
@@ -180,6 +182,28 @@ impl Figure {
             x: collect(x),
             y: collect(y),
             err: collect(err),
+            x_err: Vec::new(),
+        };
+        self.push(label.into(), kind, false)
+    }
+
+    /// Markers at (x, y) with horizontal bars x ± x_err and vertical bars y ± y_err, for
+    /// scatter plots where both coordinates are estimates (e.g. predictions of two runs).
+    /// On log axes the bars are clipped like `band`; only the bars' outer edges that stay on
+    /// the axis set the range.
+    pub fn points_with_xy_errors<'a>(
+        self,
+        label: impl Into<String>,
+        x: impl IntoIterator<Item = &'a f64>,
+        y: impl IntoIterator<Item = &'a f64>,
+        x_err: impl IntoIterator<Item = &'a f64>,
+        y_err: impl IntoIterator<Item = &'a f64>,
+    ) -> Figure {
+        let kind = Kind::Points {
+            x: collect(x),
+            y: collect(y),
+            err: collect(y_err),
+            x_err: collect(x_err),
         };
         self.push(label.into(), kind, false)
     }
@@ -331,10 +355,10 @@ impl Figure {
         let mut xr = Extent::default();
         let mut yr = Extent::default();
         for s in &self.series {
-            let (x, y, spread) = match &s.kind {
-                Kind::Line { x, y } => (x, y, None),
-                Kind::Band { x, y, half } => (x, y, Some(half)),
-                Kind::Points { x, y, err } => (x, y, Some(err)),
+            let (x, y, spread, x_spread) = match &s.kind {
+                Kind::Line { x, y } => (x, y, None, None),
+                Kind::Band { x, y, half } => (x, y, Some(half), None),
+                Kind::Points { x, y, err, x_err } => (x, y, Some(err), Some(x_err)),
                 Kind::HLine { .. } => continue,
             };
             for (i, (&xi, &yi)) in x.iter().zip(y).enumerate() {
@@ -349,6 +373,14 @@ impl Figure {
                     yr.add_if(ly, yi + h.abs());
                     if !ly {
                         yr.add(yi - h.abs());
+                    }
+                }
+                if let Some(&h) = x_spread.and_then(|h| h.get(i))
+                    && h.is_finite()
+                {
+                    xr.add_if(lx, xi + h.abs());
+                    if !lx {
+                        xr.add(xi - h.abs());
                     }
                 }
             }
@@ -534,6 +566,16 @@ impl Map<'_> {
         self.frame.y1 - f * (self.frame.y1 - self.frame.y0)
     }
 
+    /// Like `px`, but pinned to the plot area (error-bar edges that leave a log axis).
+    fn px_clamped(&self, v: f64) -> f64 {
+        let f = if self.x.accepts(v) {
+            self.x.fraction(v).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.frame.x0 + f * (self.frame.x1 - self.frame.x0)
+    }
+
     fn ok(&self, x: f64, y: f64) -> bool {
         self.x.accepts(x) && self.y.accepts(y)
     }
@@ -712,12 +754,30 @@ fn draw_series(out: &mut String, map: &Map, s: &Series, pass: Pass) {
                 );
             }
         }
-        (Kind::Points { x, y, err }, Pass::Points) => {
+        (Kind::Points { x, y, err, x_err }, Pass::Points) => {
             for i in 0..x.len().min(y.len()) {
                 if !map.ok(x[i], y[i]) {
                     continue;
                 }
                 let (px, py) = (map.px(x[i]), map.py(y[i]));
+                if let Some(&e) = x_err.get(i)
+                    && e.is_finite()
+                {
+                    let (left, right) = (
+                        map.px_clamped(x[i] - e.abs()),
+                        map.px_clamped(x[i] + e.abs()),
+                    );
+                    let _ = write!(
+                        out,
+                        r#"<path d="M{0},{2} L{1},{2} M{0},{3} L{0},{4} M{1},{3} L{1},{4}" stroke="{5}" stroke-width="1.2" fill="none"/>"#,
+                        num(left),
+                        num(right),
+                        num(py),
+                        num(py - 3.0),
+                        num(py + 3.0),
+                        s.color()
+                    );
+                }
                 if let Some(&e) = err.get(i)
                     && e.is_finite()
                 {

@@ -1,5 +1,6 @@
 //! Self-written SVG figures for experiment reports: lines, standard-error bands, points with
-//! error bars and reference lines, on linear or log axes, with a legend.
+//! vertical (or vertical and horizontal) error bars and reference lines, on linear or log
+//! axes, with a legend.
 //!
 //! The output depends on no font or system library: text is emitted as `<text>` elements
 //! and laid out from estimated widths, so any SVG viewer renders it.

@@ -202,3 +202,27 @@ fn save_writes_the_file() {
     std::fs::remove_file(&path).unwrap();
     parse(&svg);
 }
+
+#[test]
+fn points_with_xy_errors_draw_both_bars_and_widen_both_ranges() {
+    let svg = Figure::new("scatter")
+        .points_with_xy_errors(
+            "f_N vs f_∞",
+            &[0.0, 1.0],
+            &[0.0, 1.0],
+            &[5.0, 0.1],
+            &[0.1, 0.1],
+        )
+        .to_svg();
+    let (text, counts) = parse(&svg);
+    assert!(text.contains("f_N vs f_∞"));
+    assert_eq!(counts["circle"], 3, "two markers and the legend swatch");
+    // Each point has a vertical and a horizontal bar path.
+    let bars = path_data(&svg)
+        .into_iter()
+        .filter(|d| d.matches('M').count() == 3)
+        .count();
+    assert_eq!(bars, 4, "{svg}");
+    // The x axis reaches the left end of the first point's bar, 0 − 5, on a tick at −6.
+    assert!(text.contains("−6"), "{text}");
+}

@@ -15,6 +15,7 @@ use ndarray_npy::NpzReader;
 use rand::seq::SliceRandom;
 use std::fmt;
 use std::fs::File;
+use std::io::{Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
 
 /// Inputs (rows) and integer labels.
@@ -33,12 +34,27 @@ pub fn shipped_path() -> PathBuf {
 /// uncompressed npz archive.
 pub fn load(path: impl AsRef<Path>) -> Result<Digits> {
     let path = path.as_ref();
+    let shown = path.display().to_string();
+    let file = File::open(path).map_err(|e| SimError::Data {
+        path: shown.clone(),
+        reason: format!("cannot open: {e}"),
+    })?;
+    parse(file, &shown)
+}
+
+/// [`load`] for an archive already in memory, e.g. the shipped file embedded in a binary
+/// with `include_bytes!`, so that it works from any working directory. `name` stands for
+/// the file in error messages.
+pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Digits> {
+    parse(Cursor::new(bytes), name)
+}
+
+fn parse(reader: impl Read + Seek, name: &str) -> Result<Digits> {
     let error = |reason: String| SimError::Data {
-        path: path.display().to_string(),
+        path: name.to_string(),
         reason,
     };
-    let file = File::open(path).map_err(|e| error(format!("cannot open: {e}")))?;
-    let mut npz = NpzReader::new(file)
+    let mut npz = NpzReader::new(reader)
         .map_err(|e| error(format!("not a readable (uncompressed) npz archive: {e}")))?;
     let x: Array2<f64> = npz
         .by_name("x")

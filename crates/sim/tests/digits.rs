@@ -23,6 +23,20 @@ fn shipped_file_has_all_1797_images() {
     assert_eq!(d.x.iter().fold(0.0f64, |m, &v| m.max(v)), 1.0);
 }
 
+/// The in-memory loader reads the same arrays, and names the given source in errors.
+#[test]
+fn from_bytes_matches_the_file_loader() {
+    let bytes = std::fs::read(digits::shipped_path()).unwrap();
+    let from_memory = digits::from_bytes(&bytes, "embedded digits.npz").unwrap();
+    assert_eq!(from_memory, digits::load(digits::shipped_path()).unwrap());
+    let err = digits::from_bytes(b"not a zip", "embedded digits.npz").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("embedded digits.npz: not a readable"),
+        "{err}"
+    );
+}
+
 /// Targets are ±1, training inputs are centred with mean x·x/D = 1 (to rounding), and the
 /// choice of images depends only on the seed.
 #[test]

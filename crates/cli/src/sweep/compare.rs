@@ -1,0 +1,161 @@
+//! The statistics that compare widths with the theory and with each other, shared by the
+//! figures, report.md and summary.json (docs/sweep.md, "Statistics").
+//!
+//! Over S converged seeds, the mean of f has standard error sqrt(Var/S), and the seed
+//! variance's standard error comes from the 4th central moment (`Moments::se_var`). Theory
+//! and simulation are independent, so the error of a difference is the root sum of squares
+//! of their errors; the theory's is its Monte Carlo replica error, zero for deterministic
+//! solvers.
+
+use dmft_runtime::Trajectory;
+use dmft_sim::{EnsembleAverage, EnsembleStats, Moments};
+use ndarray::{Array2, Ix2, Zip};
+
+/// Training or test points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Points {
+    Train,
+    Test,
+}
+
+impl Points {
+    pub fn name(self) -> &'static str {
+        match self {
+            Points::Train => "train",
+            Points::Test => "test",
+        }
+    }
+}
+
+/// One input point: which set, and its index there.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    pub points: Points,
+    pub index: usize,
+}
+
+/// How many points of each set the per-point figures follow over time.
+const PROBES_PER_SET: usize = 2;
+
+/// The points whose time courses figures 2 and 3 show: the first two training and the
+/// first two test points (fewer when the sets are smaller).
+pub fn probes(p: usize, q: usize) -> Vec<Probe> {
+    let take =
+        |points, n: usize| (0..n.min(PROBES_PER_SET)).map(move |index| Probe { points, index });
+    take(Points::Train, p)
+        .chain(take(Points::Test, q))
+        .collect()
+}
+
+/// The seed moments of f on one set of points (T_rec × n).
+pub fn sim_f(stats: &EnsembleStats, points: Points) -> &Moments<Ix2> {
+    match points {
+        Points::Train => &stats.f_train,
+        Points::Test => &stats.f_test,
+    }
+}
+
+/// The theory's f on one set of points and its standard error (zeros when deterministic).
+pub fn theory_f(traj: &Trajectory, points: Points) -> (&Array2<f64>, Array2<f64>) {
+    let (f, se) = match points {
+        Points::Train => (&traj.f_train, traj.f_train_se.as_ref()),
+        Points::Test => (&traj.f_test, traj.f_test_se.as_ref()),
+    };
+    (f, se.cloned().unwrap_or_else(|| Array2::zeros(f.raw_dim())))
+}
+
+/// N·(E f_N − f∞) and its standard error N·sqrt(SE_N² + SE_∞²), each T_rec × n.
+pub struct Scaled {
+    pub value: Array2<f64>,
+    pub se: Array2<f64>,
+}
+
+pub fn scaled_deviation(stats: &EnsembleStats, traj: &Trajectory, points: Points) -> Scaled {
+    let n = stats.width as f64;
+    let sim = sim_f(stats, points);
+    let sim_se = sim.se_mean();
+    let (f_inf, theory_se) = theory_f(traj, points);
+    Scaled {
+        value: (&sim.mean - f_inf) * n,
+        se: Zip::from(&sim_se)
+            .and(&theory_se)
+            .map_collect(|a, b| n * a.hypot(*b)),
+    }
+}
+
+/// Figure 3 in numbers: the deviations N·(E f_N − f∞) over every recorded time and every
+/// train and test point of one width.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviationSummary {
+    pub width: usize,
+    /// The largest |N·(E f_N − f∞)|, and its standard error.
+    pub max_abs: f64,
+    pub se_at_max: f64,
+    /// The largest |E f_N − f∞| / SE over entries with a positive SE; None if there are
+    /// none (both sides exact, as at t = 0 of a centered run).
+    pub max_z: Option<f64>,
+    /// Fraction of entries with |E f_N − f∞| ≤ 2 SE (entries with SE = 0 count when equal).
+    pub within_2se: f64,
+}
+
+pub fn deviation_summary(stats: &EnsembleStats, traj: &Trajectory) -> DeviationSummary {
+    let mut summary = DeviationSummary {
+        width: stats.width,
+        max_abs: 0.0,
+        se_at_max: 0.0,
+        max_z: None,
+        within_2se: 0.0,
+    };
+    let (mut within, mut total) = (0usize, 0usize);
+    for points in [Points::Train, Points::Test] {
+        let scaled = scaled_deviation(stats, traj, points);
+        for (&v, &se) in scaled.value.iter().zip(&scaled.se) {
+            total += 1;
+            if v.abs() > summary.max_abs {
+                summary.max_abs = v.abs();
+                summary.se_at_max = se;
+            }
+            if se > 0.0 {
+                let z = v.abs() / se;
+                summary.max_z = Some(summary.max_z.map_or(z, |m: f64| m.max(z)));
+                within += usize::from(z <= 2.0);
+            } else {
+                within += usize::from(v == 0.0);
+            }
+        }
+    }
+    summary.within_2se = within as f64 / total.max(1) as f64;
+    summary
+}
+
+/// The ensemble sizes whose averaged predictor has a loss estimate (at least two groups of
+/// E converged seeds), in config order: the rows of ensemble_loss.npy.
+pub fn ensemble_rows(stats: &EnsembleStats) -> Vec<&EnsembleAverage> {
+    stats
+        .ensemble_average
+        .iter()
+        .filter(|e| e.loss.is_some())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_take_the_first_two_points_of_each_set() {
+        let names = |p, q| -> Vec<(Points, usize)> {
+            probes(p, q).iter().map(|x| (x.points, x.index)).collect()
+        };
+        assert_eq!(
+            names(5, 3),
+            [
+                (Points::Train, 0),
+                (Points::Train, 1),
+                (Points::Test, 0),
+                (Points::Test, 1)
+            ]
+        );
+        assert_eq!(names(1, 0), [(Points::Train, 0)]);
+    }
+}
