@@ -455,24 +455,34 @@ pub fn solve(
     }
     let sizes = replica_sizes(options.sites)?;
     let r = sizes.len();
+    // Replicas fill the first half of the progress count, the full population the second.
     let runs = sizes
         .iter()
         .enumerate()
         .map(|(i, &m)| {
-            let offset = i * schedule.steps;
             march(problem, model, schedule, m, options.seed, i as u64, &|k| {
-                progress((offset + k) / r)
+                progress((i * schedule.steps + k) / (2 * r))
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let full = march(
+        problem,
+        model,
+        schedule,
+        options.sites,
+        options.seed,
+        r as u64,
+        &|k| progress((schedule.steps + k) / 2),
+    )?;
     replica_trajectory(
         problem,
         schedule,
         runs,
+        Some(full),
         SolverKind::DeepNonlinear,
         format!(
-            "monte-carlo with Stein responses, {} sites per layer in {r} replicas",
-            options.sites
+            "monte-carlo with Stein responses, {} sites per layer, extrapolated against {r} replicas of {} (which give the SE)",
+            options.sites, sizes[0]
         ),
     )
 }

@@ -178,20 +178,37 @@ impl From<Trajectory> for RawRun {
     }
 }
 
-/// Combines independent replicas into one trajectory: the mean, and the standard error of
-/// the mean when there is more than one replica. The loss is that of the mean prediction.
+/// Combines independent replicas into one trajectory, with the standard error of the mean
+/// when there is more than one replica. The loss is that of the combined prediction.
+///
+/// With `full`, an independent run on as many sites as all replicas together, the estimate
+/// is the Richardson extrapolation (R·f_M − f̄_{M/R})/(R − 1): a population of m sites is
+/// biased by b/m, so this cancels the O(1/M) bias that the replicas' mean alone would carry
+/// at O(R/M). The two terms are independent, so the standard error scales by √(R²+1)/(R−1).
 pub(crate) fn replica_trajectory(
     problem: &Problem,
     schedule: &Schedule,
     runs: Vec<RawRun>,
+    full: Option<RawRun>,
     solver: SolverKind,
     method: String,
 ) -> Result<Trajectory> {
     let replicated = runs.len() > 1;
     let mut rec = Recorder::new(problem, schedule, replicated);
-    let f_train = ReplicaStats::new(runs.iter().map(|r| r.f_train.view()));
-    let f_test = ReplicaStats::new(runs.iter().map(|r| r.f_test.view()));
-    let ntk = mean3(runs.iter().map(|r| &r.ntk));
+    let mut f_train = ReplicaStats::new(runs.iter().map(|r| r.f_train.view()));
+    let mut f_test = ReplicaStats::new(runs.iter().map(|r| r.f_test.view()));
+    let mut ntk = mean3(runs.iter().map(|r| &r.ntk));
+    let mut se_scale = 1.0;
+    if let Some(full) = &full {
+        let r = runs.len() as f64;
+        let extrapolate = |rep: &Array2<f64>, whole: &Array2<f64>| (whole * r - rep) / (r - 1.0);
+        f_train.mean = extrapolate(&f_train.mean, &full.f_train);
+        f_test.mean = extrapolate(&f_test.mean, &full.f_test);
+        ntk = (&full.ntk * r - &ntk) / (r - 1.0);
+        se_scale = (r * r + 1.0).sqrt() / (r - 1.0);
+        f_train.se *= se_scale;
+        f_test.se *= se_scale;
+    }
     let losses: Vec<Array2<f64>> = runs
         .iter()
         .map(|r| {
@@ -207,7 +224,7 @@ pub(crate) fn replica_trajectory(
         let errors = replicated.then(|| StepErrors {
             f_train: f_train.se.row(i),
             f_test: f_test.se.row(i),
-            loss: loss_stats.se[[i, 0]],
+            loss: loss_stats.se[[i, 0]] * se_scale,
         });
         rec.record(
             f_train.mean.row(i),

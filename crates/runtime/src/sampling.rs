@@ -1,9 +1,10 @@
 //! Random draws for Monte Carlo site averages, and statistics over independent replicas.
 //!
 //! A Monte Carlo average over M interacting sites is a width-M network: its error is the
-//! O(1/√M) fluctuation propagated through Δ plus an O(1/M) bias. Splitting the sites into
-//! R independent replicas and using the spread of their trajectories measures the first
-//! honestly; the bias grows to O(R/M), far below the standard error for M ≫ R².
+//! O(1/√M) fluctuation propagated through Δ plus an O(1/M) bias. The solvers run R
+//! independent replicas of M/R sites, whose spread measures the first honestly, and one
+//! population of M sites; extrapolating between the two (bias b/M against bR/M) cancels the
+//! O(1/M) bias (`record::replica_trajectory`).
 
 use crate::{DmftError, Result};
 use ndarray::{Array2, Array3, ArrayView2};

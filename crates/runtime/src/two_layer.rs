@@ -267,6 +267,7 @@ pub fn solve_quadrature(
         problem,
         schedule,
         vec![run],
+        None,
         SolverKind::TwoLayer,
         format!("gauss-hermite order {order}, {count} points"),
     )
@@ -284,24 +285,27 @@ pub fn solve_monte_carlo(
 ) -> Result<Trajectory> {
     let replicas = crate::sampling::replica_sizes(options.sites)?;
     let r = replicas.len();
+    // Replicas fill the first half of the progress count, the full population the second.
+    let run = |m: usize, stream: usize, report: &(dyn Fn(usize) + Sync)| {
+        let sites = SiteSet::monte_carlo(problem.kx.view(), m, options.seed, stream as u64)?;
+        march(problem, model, schedule, &sites, &Probe::default(), report)
+            .map(|marched| marched.run)
+    };
     let runs = replicas
         .iter()
         .enumerate()
-        .map(|(i, &m)| {
-            let sites = SiteSet::monte_carlo(problem.kx.view(), m, options.seed, i as u64)?;
-            let step_offset = i * schedule.steps;
-            let probe = Probe::default();
-            march(problem, model, schedule, &sites, &probe, &|k| {
-                progress((step_offset + k) / r)
-            })
-            .map(|marched| marched.run)
-        })
+        .map(|(i, &m)| run(m, i, &|k| progress((i * schedule.steps + k) / (2 * r))))
         .collect::<Result<Vec<_>>>()?;
+    let full = run(options.sites, r, &|k| progress((schedule.steps + k) / 2))?;
     replica_trajectory(
         problem,
         schedule,
         runs,
+        Some(full),
         SolverKind::TwoLayer,
-        format!("monte-carlo, {} sites in {r} replicas", options.sites),
+        format!(
+            "monte-carlo, {} sites, extrapolated against {r} replicas of {} (which give the SE)",
+            options.sites, replicas[0]
+        ),
     )
 }
