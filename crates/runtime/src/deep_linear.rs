@@ -218,19 +218,9 @@ pub fn solve_full(
         let f: Array1<f64> = zh.row(0).mapv(|v| v / model.gamma0);
         let d = &problem.y - &f.slice(s![..p]);
         delta.row_mut(k).assign(&d);
-        let recording = rec.wants(k) || k == 0;
-        if recording {
-            let ntk = equal_time_ntk(problem, &layers, k);
-            if k == 0 {
-                rec.set_initial_ntk(ntk.view())?;
-            }
-            rec.check(k, d.view())?;
-            if rec.wants(k) {
-                rec.record(f.slice(s![..p]), f.slice(s![p..]), ntk.view(), None);
-            }
-        } else {
-            rec.check(k, d.view())?;
-        }
+        rec.observe(k, f.view(), d.view(), || {
+            equal_time_ntk(problem, &layers, k)
+        })?;
         if k > 0 {
             progress(k);
         }

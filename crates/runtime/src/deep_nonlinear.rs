@@ -420,18 +420,7 @@ fn march(
         }
         let delta = &problem.y - &f.slice(s![..p]);
         pop.delta.row_mut(k).assign(&delta);
-        if k == 0 || rec.wants(k) {
-            let ntk = pop.ntk(k);
-            if k == 0 {
-                rec.set_initial_ntk(ntk.view())?;
-            }
-            rec.check(k, delta.view())?;
-            if rec.wants(k) {
-                rec.record(f.slice(s![..p]), f.slice(s![p..]), ntk.view(), None);
-            }
-        } else {
-            rec.check(k, delta.view())?;
-        }
+        rec.observe(k, f.view(), delta.view(), || pop.ntk(k))?;
         if k > 0 {
             progress(k);
         }

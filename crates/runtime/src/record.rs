@@ -4,7 +4,7 @@
 use crate::linalg::eigvalsh;
 use crate::sampling::{ReplicaStats, mean3};
 use crate::{DmftError, Problem, Result, Schedule, SolverKind, Trajectory};
-use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, Axis};
+use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, Axis, s};
 
 /// A run is declared divergent when its loss exceeds this multiple of max(ℒ(0), 1).
 /// Catapult transients raise the loss by a few orders of magnitude at most before it comes
@@ -68,6 +68,35 @@ impl Recorder {
     /// Whether step k is recorded (the caller then computes the NTK and calls `record`).
     pub fn wants(&self, k: usize) -> bool {
         self.steps.get(self.next) == Some(&k)
+    }
+
+    /// Whether step k needs the NTK: recorded steps, and step 0 for the stable step size.
+    pub fn needs_ntk(&self, k: usize) -> bool {
+        k == 0 || self.wants(k)
+    }
+
+    /// One step of a march: the divergence check, and the record of f (all points, train
+    /// first) when the step is recorded. `ntk` is evaluated only when `needs_ntk(k)`.
+    pub fn observe(
+        &mut self,
+        k: usize,
+        f: ArrayView1<f64>,
+        delta: ArrayView1<f64>,
+        ntk: impl FnOnce() -> Array2<f64>,
+    ) -> Result<()> {
+        if !self.needs_ntk(k) {
+            return self.check(k, delta).map(|_| ());
+        }
+        let ntk = ntk();
+        if k == 0 {
+            self.set_initial_ntk(ntk.view())?;
+        }
+        self.check(k, delta)?;
+        if self.wants(k) {
+            let p = delta.len();
+            self.record(f.slice(s![..p]), f.slice(s![p..]), ntk.view(), None);
+        }
+        Ok(())
     }
 
     /// Checks the training error Δ(k) for divergence. Call at every step.

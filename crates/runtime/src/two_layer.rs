@@ -115,7 +115,7 @@ pub(crate) fn march(
     let mut rec = Recorder::new(problem, schedule, false);
     let mut f0: Option<Array1<f64>> = None;
     for k in 0..=schedule.steps {
-        let recording = rec.wants(k) || k == 0;
+        let recording = rec.needs_ntk(k);
         // Pass 1: φ(h), g = φ'(h) z, and the site averages of this step.
         let partial: Vec<StepSums> = phi
             .axis_chunks_iter_mut(Axis(0), CHUNK)
@@ -175,20 +175,17 @@ pub(crate) fn march(
             Some(path) => path.row(k).to_owned(),
             None => &problem.y - &f.slice(s![..p]),
         };
-        if let (Some(pk), Some(gk)) = (phi_kernel.as_mut(), grad_kernel.as_mut()) {
-            mirror_lower(pk);
-            mirror_lower(gk);
-            let ntk = &pk.slice(s![..p, ..p]) + &(&*gk * &problem.kx.slice(s![..p, ..p]));
-            if k == 0 {
-                rec.set_initial_ntk(ntk.view())?;
-            }
-            rec.check(k, delta.view())?;
-            if rec.wants(k) {
-                rec.record(f.slice(s![..p]), f.slice(s![p..]), ntk.view(), None);
-            }
-        } else {
-            rec.check(k, delta.view())?;
-        }
+        rec.observe(k, f.view(), delta.view(), || {
+            let mut pk = phi_kernel
+                .take()
+                .expect("accumulated when the NTK is needed");
+            let mut gk = grad_kernel
+                .take()
+                .expect("accumulated when the NTK is needed");
+            mirror_lower(&mut pk);
+            mirror_lower(&mut gk);
+            &pk.slice(s![..p, ..p]) + &(&gk * &problem.kx.slice(s![..p, ..p]))
+        })?;
         if k == schedule.steps {
             break;
         }
