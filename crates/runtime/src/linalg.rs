@@ -64,15 +64,6 @@ pub fn fro(a: ArrayView2<f64>) -> f64 {
     a.iter().map(|v| v * v).sum::<f64>().sqrt()
 }
 
-/// Largest eigenvalue of each P×P matrix stacked along axis 0.
-pub fn top_eigenvalues(stack: &ndarray::Array3<f64>) -> Result<Array1<f64>> {
-    stack
-        .axis_iter(Axis(0))
-        .map(|m| eigvalsh(m).map(|v| v[v.len() - 1]))
-        .collect::<Result<Vec<_>>>()
-        .map(Array1::from)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
