@@ -5,7 +5,7 @@
 //! below a relative threshold instead of failing like a plain Cholesky would.
 
 use crate::{DmftError, Result};
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2};
 use ndarray_linalg::{Eigh, UPLO};
 
 /// Relative eigenvalue threshold under which a covariance direction is treated as absent.
