@@ -187,6 +187,8 @@ pub struct TheoryConfig {
     pub sites: usize,
     pub quadrature: usize,
     pub seed: u64,
+    /// Also compute the finite-width propagator Σ_f (N·Var of predictions and loss).
+    pub fluctuations: bool,
 }
 
 impl Default for TheoryConfig {
@@ -196,6 +198,7 @@ impl Default for TheoryConfig {
             sites: 100_000,
             quadrature: 0,
             seed: 0,
+            fluctuations: false,
         }
     }
 }
@@ -323,6 +326,7 @@ const SCHEMA: &[Section] = &[
             ("sites", Type::Int { min: 1 }),
             ("quadrature", Type::Int { min: 0 }),
             ("seed", Type::Int { min: 0 }),
+            ("fluctuations", Type::Bool),
         ],
     ),
     (
@@ -426,6 +430,13 @@ impl Config {
 
         let m = &self.model;
         let solver = self.theory.solver;
+        if self.theory.fluctuations && (m.depth != 1 || m.parameterization != Parameterization::Mup)
+        {
+            return Err(format!(
+                "theory.fluctuations = true needs a two-layer μP network (model.depth = 1, model.parameterization = \"mup\"), got depth {} and \"{}\"; the propagator of deeper networks and of the NTK parameterization is not implemented yet",
+                m.depth, m.parameterization
+            ));
+        }
         if solver != SolverChoice::Lazy
             && solver != SolverChoice::Auto
             && m.parameterization == Parameterization::Ntk

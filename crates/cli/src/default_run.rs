@@ -37,7 +37,7 @@ pub fn run(quiet: bool) -> Result<(), Failure> {
         let mut config = base.clone();
         config.model.gamma0 = gamma0;
         let label = format!("γ₀ = {gamma0}");
-        let outcome = experiment::run_and_write(&config, &data, &source, dir, &label, quiet)?;
+        let outcome = experiment::run_and_write(&config, &data, &source, dir, &label, None, quiet)?;
         outcomes.push((gamma0, outcome));
     }
     let curves: Vec<(String, &dmft_runtime::Trajectory)> = outcomes

@@ -7,6 +7,7 @@ use crate::progress::Bar;
 use crate::results::{self, Metrics};
 use dmft_data::{Dataset, GaussianTask};
 use dmft_runtime::Trajectory;
+use dmft_runtime::propagator::{self, PredictionFluctuations};
 use dmft_sim::digits::{self, ClassSplit};
 use std::path::Path;
 use std::time::Instant;
@@ -119,7 +120,63 @@ fn check_result_size(config: &Config, data: &Dataset, source: &Source) -> Result
 /// A finished run: what was computed and how long it took.
 pub struct Outcome {
     pub trajectory: Trajectory,
+    pub fluctuations: Option<PredictionFluctuations>,
     pub metrics: Metrics,
+}
+
+/// The propagator needs dense (step, point) matrices; above this many bytes it is refused
+/// before any work, with the estimate.
+const MAX_PROPAGATOR_BYTES: u128 = 4 << 30;
+
+/// Computes the finite-width propagator Σ_f when `theory.fluctuations = true`, with a
+/// progress bar over the sites.
+pub fn fluctuations(
+    config: &Config,
+    data: &Dataset,
+    source: &Source,
+    label: &str,
+    quiet: bool,
+) -> Result<Option<PredictionFluctuations>, Failure> {
+    if !config.theory.fluctuations {
+        return Ok(None);
+    }
+    let (p, q, steps) = (data.n_train(), data.n_test(), config.train.steps);
+    let bytes = propagator::memory_bytes(p, q, steps);
+    if bytes > MAX_PROPAGATOR_BYTES {
+        return Err(Failure::Input(format!(
+            "{}: theory.fluctuations over {} (step, point) pairs (P + Q = {}, T + 1 = {}) needs about {:.1} GiB; the limit is {} GiB (use fewer points or steps)",
+            source.name,
+            (p + q) * (steps + 1),
+            p + q,
+            steps + 1,
+            bytes as f64 / (1u64 << 30) as f64,
+            MAX_PROPAGATOR_BYTES >> 30
+        )));
+    }
+    let problem = data
+        .to_problem()
+        .map_err(|e| Failure::from_solver(source.name, e))?;
+    let options = config.solver_options();
+    let total = if options.quadrature > 0 {
+        dmft_runtime::two_layer::SiteSet::quadrature(problem.kx.view(), options.quadrature)
+            .map_err(|e| Failure::from_solver(source.name, e))?
+            .r
+            .len()
+    } else {
+        options.sites
+    };
+    let bar = Bar::new(total as u64, "sites", &format!("{label} Σ_f"), quiet);
+    let computed = propagator::two_layer_prediction_fluctuations(
+        &problem,
+        &config.model(),
+        &config.schedule(),
+        &options,
+        &|done| bar.advance(done as u64),
+    );
+    bar.finish();
+    computed
+        .map(Some)
+        .map_err(|e| Failure::from_solver(source.name, e))
 }
 
 /// A solved infinite-width trajectory and the seconds the solver took.
@@ -158,29 +215,35 @@ pub fn solve(
     })
 }
 
-/// Solves the config on `data` and writes the results folder `out` (see `results`).
+/// Solves the config on `data` (and its propagator when asked) and writes the results
+/// folder `out` (see `results`); `width` adds the variances at that width.
 pub fn run_and_write(
     config: &Config,
     data: &Dataset,
     source: &Source,
     out: &Path,
     label: &str,
+    width: Option<usize>,
     quiet: bool,
 ) -> Result<Outcome, Failure> {
     let Solved {
         trajectory,
         wall_time,
     } = solve(config, data, source, label, quiet)?;
+    let fluctuations = fluctuations(config, data, source, label, quiet)?;
     let record = results::Record {
         config,
         source: source.name,
         data,
         trajectory: &trajectory,
+        fluctuations: fluctuations.as_ref(),
+        width,
         wall_time,
     };
     let metrics = results::write(out, &record)?;
     Ok(Outcome {
         trajectory,
+        fluctuations,
         metrics,
     })
 }

@@ -53,6 +53,10 @@ enum Command {
         /// anything else.
         #[arg(long)]
         out: PathBuf,
+        /// With [theory] fluctuations = true: also write the variances at this width N
+        /// (theory/var_*_N{N}.npy), beside the width-free N·Var.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        width: Option<u64>,
     },
     /// Train finite-width networks of the config over widths and seeds (the [sim] table),
     /// solve its infinite-width theory, and write arrays, figures and a report comparing
@@ -88,7 +92,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         None => default_run::run(cli.quiet),
-        Some(Command::Run { config, out }) => run(config, out, cli.quiet),
+        Some(Command::Run { config, out, width }) => {
+            run(config, out, width.map(|w| w as usize), cli.quiet)
+        }
         Some(Command::Sweep { config, out }) => sweep::run(config, out, cli.quiet),
     };
     match result {
@@ -117,15 +123,20 @@ pub(crate) fn config_dir(config_path: &Path) -> &Path {
     }
 }
 
-fn run(config_path: &Path, out: &Path, quiet: bool) -> Result<(), Failure> {
+fn run(config_path: &Path, out: &Path, width: Option<usize>, quiet: bool) -> Result<(), Failure> {
     let (config, name) = read_config(config_path)?;
+    if width.is_some() && !config.theory.fluctuations {
+        return Err(Failure::Input(format!(
+            "--width converts the finite-width variances, which {name} does not compute: set [theory] fluctuations = true"
+        )));
+    }
     results::check_destination(out)?;
     let source = Source {
         name: &name,
         base_dir: config_dir(config_path),
     };
     let data = experiment::load_data(&config, &source)?;
-    let outcome = experiment::run_and_write(&config, &data, &source, out, &name, quiet)?;
+    let outcome = experiment::run_and_write(&config, &data, &source, out, &name, width, quiet)?;
     let (traj, m) = (&outcome.trajectory, &outcome.metrics);
     let test = m
         .test_loss_final
@@ -144,6 +155,17 @@ fn run(config_path: &Path, out: &Path, quiet: bool) -> Result<(), Failure> {
         m.train_loss_final,
         m.t_final
     );
+    if let Some(fl) = &outcome.fluctuations {
+        let last = fl.var_loss.len() - 1;
+        let max = |a: ndarray::ArrayView1<f64>| a.iter().cloned().fold(0.0f64, f64::max);
+        println!(
+            "finite width (N·Var, width-free) at t = {}: max over train points {:.3e}, test {:.3e}, loss {:.3e}",
+            fl.t[last],
+            max(fl.var_f_train.row(last)),
+            max(fl.var_f_test.row(last)),
+            fl.var_loss[last]
+        );
+    }
     println!("results in {}", out.display());
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! ```text
 //! DIR/summary.json
 //! DIR/theory/{t,f_train,f_test,loss,ntk}.npy  (+ test_loss, f_train_se, f_test_se, loss_se)
-//! DIR/plots/{loss,predictions,ntk_eigenvalues}.svg
+//! DIR/theory/{var_f_train,var_f_test,var_loss}.npy  (theory.fluctuations: N·Var, width-free)
+//! DIR/theory/{var_f_train,var_f_test,var_loss}_N{width}.npy  (with --width: Var at that width)
+//! DIR/plots/{loss,predictions,ntk_eigenvalues}.svg  (+ fluctuations.svg)
 //! ```
 //!
 //! A folder that looks complete must be complete: everything is written into a hidden
@@ -17,6 +19,7 @@ use crate::failure::Failure;
 use crate::plots;
 use dmft_data::Dataset;
 use dmft_runtime::Trajectory;
+use dmft_runtime::propagator::PredictionFluctuations;
 use ndarray::{ArrayBase, Axis, Data, Dimension};
 use ndarray_npy::{WritableElement, write_npy};
 use serde_json::json;
@@ -35,6 +38,10 @@ pub struct Record<'a> {
     pub source: &'a str,
     pub data: &'a Dataset,
     pub trajectory: &'a Trajectory,
+    /// Σ_f when theory.fluctuations = true.
+    pub fluctuations: Option<&'a PredictionFluctuations>,
+    /// `--width N`: also write the variances at width N.
+    pub width: Option<usize>,
     pub wall_time: f64,
 }
 
@@ -105,15 +112,23 @@ pub fn write(dir: &Path, record: &Record) -> Result<Metrics, Failure> {
     let loss_svg = plots::loss(traj).to_svg();
     let predictions_svg = plots::predictions(traj, record.data).to_svg();
     let eigen_svg = plots::ntk_eigenvalues(traj)?.to_svg();
+    let mut svgs = vec![
+        ("loss", loss_svg),
+        ("predictions", predictions_svg),
+        ("ntk_eigenvalues", eigen_svg),
+    ];
+    if let Some(fl) = record.fluctuations {
+        check_fluctuations(fl, traj)?;
+        svgs.push(("fluctuations", plots::fluctuations(fl).to_svg()));
+    }
     write_atomically(dir, |tmp| {
         let plot_dir = tmp.join("plots");
         let mut files = write_theory(tmp, traj)?;
+        if let Some(fl) = record.fluctuations {
+            files.extend(write_fluctuations(tmp, fl, record.width)?);
+        }
         create_dir(&plot_dir)?;
-        for (name, svg) in [
-            ("loss", &loss_svg),
-            ("predictions", &predictions_svg),
-            ("ntk_eigenvalues", &eigen_svg),
-        ] {
+        for (name, svg) in &svgs {
             write_file(&plot_dir.join(format!("{name}.svg")), svg.as_bytes())?;
             files.push(format!("plots/{name}.svg"));
         }
@@ -123,6 +138,44 @@ pub fn write(dir: &Path, record: &Record) -> Result<Metrics, Failure> {
         write_file(&tmp.join("summary.json"), format!("{text}\n").as_bytes())
     })?;
     Ok(metrics)
+}
+
+/// Writes N·Var of predictions and loss into `root/theory/`, and with `width` the variances
+/// at that width; returns the files written, relative to `root`.
+pub fn write_fluctuations(
+    root: &Path,
+    fl: &PredictionFluctuations,
+    width: Option<usize>,
+) -> Result<Vec<String>, Failure> {
+    let theory = root.join("theory");
+    create_dir(&theory)?;
+    let mut files = Vec::new();
+    let scales = std::iter::once((String::new(), 1.0)).chain(
+        width
+            .into_iter()
+            .map(|n| (format!("_N{n}"), 1.0 / n as f64)),
+    );
+    for (suffix, scale) in scales {
+        for (name, a) in [
+            ("var_f_train", fl.var_f_train.mapv(|v| v * scale).into_dyn()),
+            ("var_f_test", fl.var_f_test.mapv(|v| v * scale).into_dyn()),
+            ("var_loss", fl.var_loss.mapv(|v| v * scale).into_dyn()),
+        ] {
+            let name = format!("{name}{suffix}");
+            save(&theory, &name, &a)?;
+            files.push(format!("theory/{name}.npy"));
+        }
+    }
+    Ok(files)
+}
+
+/// Checks Σ_f's recorded arrays against the trajectory's steps and for finite values.
+pub fn check_fluctuations(fl: &PredictionFluctuations, traj: &Trajectory) -> Result<(), Failure> {
+    let (t, p, q) = (traj.t.len(), traj.f_train.ncols(), traj.f_test.ncols());
+    let origin = "the propagator";
+    check_array(origin, "var_f_train", &fl.var_f_train, &[t, p], &traj.t)?;
+    check_array(origin, "var_f_test", &fl.var_f_test, &[t, q], &traj.t)?;
+    check_array(origin, "var_loss", &fl.var_loss, &[t], &traj.t)
 }
 
 /// Writes the trajectory's arrays into `root/theory/` (the layout of module docs) and
@@ -194,6 +247,16 @@ fn summary(record: &Record, metrics: &Metrics, files: &[String]) -> serde_json::
         },
         "ntk_relative_change": metrics.ntk_change,
         "monte_carlo": monte_carlo,
+        "fluctuations": record.fluctuations.map(|fl| {
+            let last = fl.var_loss.len() - 1;
+            json!({
+                "scale": "N·Var (width-free); the *_N{width} files hold Var at that width",
+                "width": record.width,
+                "final_max_var_f_train": fl.var_f_train.row(last).iter().cloned().fold(0.0f64, f64::max),
+                "final_max_var_f_test": fl.var_f_test.row(last).iter().cloned().fold(0.0f64, f64::max),
+                "final_var_loss": fl.var_loss[last],
+            })
+        }),
         "wall_time_seconds": record.wall_time,
         "versions": { "dmft": env!("CARGO_PKG_VERSION") },
         "files": files,
@@ -442,6 +505,8 @@ pub(crate) mod tests {
             source: "fake.toml",
             data: &data,
             trajectory: traj,
+            fluctuations: None,
+            width: None,
             wall_time: 0.25,
         };
         write(dir, &record)

@@ -300,6 +300,79 @@ fn run_writes_results_contract() {
     assert_eq!(names, ["config.toml", "res"]);
 }
 
+/// Needs the runtime's propagator and python3 with numpy (skipped with a notice when numpy
+/// is not importable): `[theory] fluctuations = true` with `--width` writes N·Var and the
+/// variances at that width, consistently, with the shapes of the contract.
+#[test]
+fn fluctuations_are_written_with_their_width_conversion() {
+    let dir = TempDir::new();
+    dir.write(
+        "config.toml",
+        &format!("{SMALL}fluctuations = true\n[model]\ncentered = true\n"),
+    );
+    let out = dmft(
+        &dir.0,
+        &[
+            "run",
+            "config.toml",
+            "--out",
+            "res",
+            "--width",
+            "512",
+            "--quiet",
+        ],
+    );
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("finite width (N·Var"), "{stdout}");
+    let res = dir.path("res");
+    assert!(res.join("plots/fluctuations.svg").is_file());
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(res.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["fluctuations"]["width"], 512);
+    let script = r#"
+import sys, os
+import numpy as np
+d = os.path.join(sys.argv[1], "theory")
+shapes = {"var_f_train": (5, 4), "var_f_test": (5, 3), "var_loss": (5,)}
+for name, shape in shapes.items():
+    a = np.load(os.path.join(d, name + ".npy"))
+    b = np.load(os.path.join(d, name + "_N512.npy"))
+    assert a.shape == shape and b.shape == shape, (name, a.shape, b.shape)
+    assert np.isfinite(a).all() and (a >= 0).all(), name
+    assert np.allclose(a / 512, b, rtol=1e-14, atol=0), name
+    # Centered model: f − f0 starts at 0 on every width, so its variance does too.
+    assert a[0].max() == 0, (name, a[0])
+    assert a[1:].min() > 0, (name, a)
+print("ok")
+"#;
+    if let Some(stdout) = numpy_check(script, &res) {
+        assert_eq!(stdout.trim(), "ok");
+    }
+}
+
+#[test]
+fn fluctuations_need_a_two_layer_mup_network_and_width_needs_them() {
+    rejects(
+        "[model]\ndepth = 2\n[theory]\nfluctuations = true\n",
+        "theory.fluctuations = true needs a two-layer μP network",
+    );
+    let dir = TempDir::new();
+    dir.write("config.toml", SMALL);
+    let line = failure(
+        &dmft(
+            &dir.0,
+            &["run", "config.toml", "--out", "out", "--width", "64"],
+        ),
+        2,
+    );
+    assert!(
+        line.contains("--width") && line.contains("fluctuations = true"),
+        "{line}"
+    );
+    assert!(!dir.path("out").exists());
+}
+
 /// Needs the runtime's lazy solver. An absurd step size must end in a one-line divergence
 /// report with exit code 1, and no results folder.
 #[test]

@@ -1,20 +1,26 @@
 //! Criterion benchmarks for the issue targets on a 2-core machine:
 //! deep linear L = 3, P = 10, T = 100 (< 2 s); two-layer Monte Carlo M = 10⁵, P = 10,
-//! T = 100 (< 5 s); deep nonlinear relu L = 2, P = 5, T = 50, M = 10⁴ (< 60 s).
+//! T = 100 (< 5 s); deep nonlinear relu L = 2, P = 5, T = 50, M = 10⁴ (< 60 s); two-layer
+//! relu propagator M = 10⁵, P = 10, T = 100 (< 20 s).
 //! Run with `cargo bench -p dmft-runtime --bench solvers`; results in docs/performance.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use dmft_runtime::propagator::two_layer_prediction_fluctuations;
 use dmft_runtime::sampling::{normal_matrix, replica_rng};
 use dmft_runtime::*;
 use ndarray::{Array1, s};
 use std::time::Duration;
 
 fn problem(p: usize, dim: usize) -> Problem {
+    problem_with_test(p, 0, dim)
+}
+
+fn problem_with_test(p: usize, q: usize, dim: usize) -> Problem {
     let mut rng = replica_rng(7, 0);
-    let x = normal_matrix(&mut rng, p, dim);
+    let x = normal_matrix(&mut rng, p + q, dim);
     let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
-    let y: Array1<f64> = x.dot(&beta) / (dim as f64).sqrt();
-    Problem::from_inputs(x.view(), y, x.slice(s![..0, ..]), None).unwrap()
+    let y: Array1<f64> = x.slice(s![..p, ..]).dot(&beta) / (dim as f64).sqrt();
+    Problem::from_inputs(x.slice(s![..p, ..]), y, x.slice(s![p.., ..]), None).unwrap()
 }
 
 fn model(depth: usize, activation: Activation) -> Model {
@@ -88,6 +94,19 @@ fn bench(c: &mut Criterion) {
                 &schedule50,
                 SolverKind::DeepNonlinear,
                 &deep,
+                &no_progress,
+            )
+            .unwrap()
+        })
+    });
+    let p10q2 = problem_with_test(10, 2, 16);
+    group.bench_function("two_layer_relu_propagator_M1e5_P10_Q2_T100", |b| {
+        b.iter(|| {
+            two_layer_prediction_fluctuations(
+                &p10q2,
+                &model(1, Activation::Relu),
+                &schedule,
+                &mc,
                 &no_progress,
             )
             .unwrap()

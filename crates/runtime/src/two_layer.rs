@@ -14,7 +14,7 @@ use crate::quadrature::tensor_grid;
 use crate::record::{RawRun, Recorder, replica_trajectory};
 use crate::sampling::{normal_matrix, replica_rng};
 use crate::{DmftError, Model, Problem, Progress, Result, Schedule, SolverOptions, Trajectory};
-use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 use rayon::prelude::*;
 
 /// Largest tensor grid accepted; each point stores P+Q+1 doubles plus work arrays.
@@ -73,7 +73,7 @@ struct StepSums {
     grad: Option<Array2<f64>>,
 }
 
-/// Extra outputs and interventions of a march, for linear-response computations.
+/// Interventions on a march: the finite-difference oracle of the propagator tests uses them.
 #[derive(Default)]
 pub(crate) struct Probe {
     /// Drive the sites with this Δ(k) (rows k = 0..=T) instead of y − f(k): open loop,
@@ -81,15 +81,12 @@ pub(crate) struct Probe {
     pub open_loop: Option<Array2<f64>>,
     /// Add `ε` to Δ_α(j) before step j's update: (j, α, ε).
     pub shift: Option<(usize, usize, f64)>,
-    /// Keep every site's ψ(k) = z(k) φ(h(k)) / γ₀ over all points and steps.
-    pub keep_psi: bool,
 }
 
-/// A march's trajectory, f at every step (all points), and the per-site ψ when asked.
+/// A march's trajectory and f at every step (all points).
 pub(crate) struct Marched {
     pub run: RawRun,
     pub f_all: Array2<f64>,
-    pub psi: Option<Array3<f64>>,
 }
 
 pub(crate) fn march(
@@ -107,9 +104,6 @@ pub(crate) fn march(
     let kx_train_rows = problem.kx.slice(s![..p, ..]).to_owned();
     let (mut h, mut z, weight) = (sites.u.clone(), sites.r.clone(), &sites.weight);
     let mut f_all = Array2::<f64>::zeros((schedule.steps + 1, n));
-    let mut psi = probe
-        .keep_psi
-        .then(|| Array3::<f64>::zeros((m, schedule.steps + 1, n)));
     let mut phi = Array2::<f64>::zeros((m, n));
     let mut g = Array2::<f64>::zeros((m, p));
     let mut rec = Recorder::new(problem, schedule, false);
@@ -167,10 +161,6 @@ pub(crate) fn march(
             f -= &*f_init;
         }
         f_all.row_mut(k).assign(&f);
-        if let Some(psi) = psi.as_mut() {
-            let zphi = &phi * &z.view().insert_axis(Axis(1)) / model.gamma0;
-            psi.index_axis_mut(Axis(1), k).assign(&zphi);
-        }
         let mut delta = match &probe.open_loop {
             Some(path) => path.row(k).to_owned(),
             None => &problem.y - &f.slice(s![..p]),
@@ -219,7 +209,7 @@ pub(crate) fn march(
         progress(k + 1);
     }
     let run = RawRun::from(rec.finish(SolverKind::TwoLayer, String::new())?);
-    Ok(Marched { run, f_all, psi })
+    Ok(Marched { run, f_all })
 }
 
 /// Lower triangle of A += w x xᵀ (mirrored once at the end of the step).

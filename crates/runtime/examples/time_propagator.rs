@@ -1,0 +1,42 @@
+use dmft_runtime::propagator::two_layer_prediction_fluctuations;
+use dmft_runtime::sampling::{normal_matrix, replica_rng};
+use dmft_runtime::*;
+use ndarray::s;
+fn main() {
+    let (p, q, dim) = (10, 2, 16);
+    let mut rng = replica_rng(7, 0);
+    let x = normal_matrix(&mut rng, p + q, dim);
+    let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
+    let y = x.slice(s![..p, ..]).dot(&beta) / (dim as f64).sqrt();
+    let problem =
+        Problem::from_inputs(x.slice(s![..p, ..]), y, x.slice(s![p.., ..]), None).unwrap();
+    let model = Model {
+        depth: 1,
+        activation: Activation::Relu,
+        parameterization: Parameterization::Mup,
+        gamma0: 1.0,
+        centered: false,
+    };
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 100,
+        record_every: 1,
+    };
+    let m: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().unwrap())
+        .unwrap_or(100_000);
+    let opts = SolverOptions {
+        sites: m,
+        quadrature: 0,
+        seed: 0,
+    };
+    let t0 = std::time::Instant::now();
+    let fl =
+        two_layer_prediction_fluctuations(&problem, &model, &schedule, &opts, &|_| {}).unwrap();
+    println!(
+        "{:?} var_f_train[last] {:?}",
+        t0.elapsed(),
+        fl.var_f_train.row(fl.var_f_train.nrows() - 1)
+    );
+}
