@@ -75,6 +75,32 @@ seeds = 8
 ensemble_sizes = [1, 2, 4]
 "#;
 
+/// With `theory.fluctuations = true` the sweep writes the propagator's N·Var beside the
+/// theory, overlays it on figure 2 and compares every width with it in report.md and
+/// summary.json.
+#[test]
+fn sweep_overlays_the_propagator() {
+    let config = TINY.replace("sites = 4000", "sites = 4000\nfluctuations = true");
+    let (dir, _, _) = sweep_ok(&config);
+    let out = dir.path("out");
+    for (name, cols) in [("var_f_train", 4), ("var_f_test", 3)] {
+        let a: Array2<f64> = read_npy(out.join(format!("theory/{name}.npy"))).unwrap();
+        assert_eq!(a.dim(), (6, cols), "{name}");
+        assert!(a.iter().all(|v| v.is_finite() && *v > 0.0), "{name}: {a}");
+    }
+    let figure = fs::read_to_string(out.join("figures/variance.svg")).unwrap();
+    assert!(figure.contains("Σ_f (theory)"));
+    let report = fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("- N = 8: median |N·Var − Σ_f| / SE = "),
+        "{report}"
+    );
+    let s = summary(&out);
+    for w in s["widths"].as_array().unwrap() {
+        assert!(w["variance_vs_propagator"]["max_abs_z"].is_f64(), "{w}");
+    }
+}
+
 #[test]
 fn sweep_writes_the_whole_contract() {
     let (dir, stdout, err) = sweep_ok(TINY);
@@ -180,8 +206,7 @@ fn sweep_writes_the_whole_contract() {
     }
     assert_eq!(svgs, 5);
     for text in [
-        "propagator",
-        "not computed",
+        "propagator Σ_f) is drawn when `theory.fluctuations = true`",
         "Diverged seeds: none",
         "max |N·(E f_N − f∞)|",
     ] {

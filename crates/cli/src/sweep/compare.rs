@@ -8,6 +8,7 @@
 //! solvers.
 
 use dmft_runtime::Trajectory;
+use dmft_runtime::propagator::PredictionFluctuations;
 use dmft_sim::{EnsembleAverage, EnsembleStats, Moments};
 use ndarray::{Array2, Ix2, Zip};
 
@@ -126,6 +127,69 @@ pub fn deviation_summary(stats: &EnsembleStats, traj: &Trajectory) -> DeviationS
     }
     summary.within_2se = within as f64 / total.max(1) as f64;
     summary
+}
+
+/// The propagator's N·Var (width-free) on one set of points (T_rec × n).
+pub fn propagator_var(fl: &PredictionFluctuations, points: Points) -> &Array2<f64> {
+    match points {
+        Points::Train => &fl.var_f_train,
+        Points::Test => &fl.var_f_test,
+    }
+}
+
+/// Below this fraction of its own largest value over time, a point's Σ_f counts as
+/// collapsed (a training point once it is fitted): there both sides are ≈ 0 and the
+/// comparison measures only the Monte Carlo floor of Σ_f and round-off, so it is left out.
+pub const COLLAPSED: f64 = 0.01;
+
+/// Figure 2 in numbers: N·Var_seeds[f_N] against Σ_f over every recorded time and every
+/// train and test point of one width, in standard errors of the seed variance, leaving out
+/// collapsed entries (see [`COLLAPSED`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VarianceDeviation {
+    /// Median and largest |N·Var − Σ_f| / (N·SE) over compared entries with a positive SE.
+    pub median_abs_z: Option<f64>,
+    pub max_abs_z: Option<f64>,
+    /// The largest |N·Var − Σ_f| / Σ_f over compared entries.
+    pub max_relative: Option<f64>,
+    pub compared: usize,
+    pub collapsed: usize,
+}
+
+pub fn variance_deviation(stats: &EnsembleStats, fl: &PredictionFluctuations) -> VarianceDeviation {
+    let n = stats.width as f64;
+    let mut z = Vec::new();
+    let (mut max_relative, mut compared, mut collapsed): (Option<f64>, usize, usize) = (None, 0, 0);
+    for points in [Points::Train, Points::Test] {
+        let m = sim_f(stats, points);
+        let se = m.se_var();
+        let sigma = propagator_var(fl, points);
+        for (col, want_col) in sigma.columns().into_iter().enumerate() {
+            let peak = want_col.iter().cloned().fold(0.0f64, f64::max);
+            for (k, &want) in want_col.iter().enumerate() {
+                if want <= COLLAPSED * peak {
+                    collapsed += 1;
+                    continue;
+                }
+                compared += 1;
+                let diff = (n * m.var[[k, col]] - want).abs();
+                let e = se[[k, col]];
+                if e > 0.0 {
+                    z.push(diff / (n * e));
+                }
+                let r = diff / want;
+                max_relative = Some(max_relative.map_or(r, |m| m.max(r)));
+            }
+        }
+    }
+    z.sort_by(f64::total_cmp);
+    VarianceDeviation {
+        median_abs_z: z.get(z.len() / 2).copied(),
+        max_abs_z: z.last().copied(),
+        max_relative,
+        compared,
+        collapsed,
+    }
 }
 
 /// The ensemble sizes whose averaged predictor has a loss estimate (at least two groups of

@@ -79,9 +79,15 @@ fn probe_title(probe: &Probe) -> String {
 }
 
 /// Figure 2: N·Var_seeds[f(x)] over t for a few points, with the SE of a variance. At
-/// O(1/N) fluctuations the curves of all widths collapse.
+/// O(1/N) fluctuations the curves of all widths collapse, onto the propagator's Σ_f when
+/// it was computed.
 pub fn variance(sweep: &Sweep) -> Rendered {
-    let mut grid = Grid::new(2).title("N · Var over seeds of f(x) (± SE)");
+    let title = if sweep.fluctuations.is_some() {
+        "N · Var over seeds of f(x) (± SE), over the propagator Σ_f"
+    } else {
+        "N · Var over seeds of f(x) (± SE)"
+    };
+    let mut grid = Grid::new(2).title(title);
     for probe in compare::probes(sweep.data.n_train(), sweep.data.n_test()) {
         let mut fig = Figure::new(probe_title(&probe))
             .x_label(T_LABEL)
@@ -93,6 +99,13 @@ pub fn variance(sweep: &Sweep) -> Rendered {
             let var = m.var.column(probe.index).mapv(|v| n * v);
             let se = m.se_var().column(probe.index).mapv(|v| n * v);
             fig = fig.band(width_label(s.width), &s.t, &var, &se).color(i);
+        }
+        if let Some(fl) = &sweep.fluctuations {
+            let sigma = compare::propagator_var(fl, probe.points).column(probe.index);
+            fig = fig
+                .line("Σ_f (theory)", &fl.t, sigma)
+                .color(THEORY_COLOR)
+                .dashed(true);
         }
         grid = grid.figure(fig);
     }

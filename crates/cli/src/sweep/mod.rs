@@ -21,6 +21,7 @@ use crate::failure::Failure;
 use crate::progress::Bar;
 use crate::results;
 use dmft_data::{Dataset, GaussianTask};
+use dmft_runtime::propagator::PredictionFluctuations;
 use dmft_sim::{
     Architecture, DataSampler, EnsembleConfig, EnsembleStats, SimError, SimRng, Training,
     memory_estimate,
@@ -48,6 +49,8 @@ pub struct Sweep<'a> {
     pub source: &'a str,
     pub data: &'a Dataset,
     pub theory: Option<Solved>,
+    /// The propagator Σ_f, with `theory.fluctuations = true`.
+    pub fluctuations: Option<PredictionFluctuations>,
     /// In increasing width.
     pub widths: Vec<WidthRun>,
     /// rayon threads the seeds ran on.
@@ -114,10 +117,12 @@ pub fn run(config_path: &Path, out: &Path, quiet: bool) -> Result<(), Failure> {
     let estimates = check_memory(&config, &data, &sim_data, &ensemble, &widths, threads)
         .map_err(|e| Failure::Input(format!("{name}: {e}")))?;
 
-    let theory = if config.sim.theory {
-        Some(experiment::solve(&config, &data, &source, "theory", quiet)?)
+    let (theory, fluctuations) = if config.sim.theory {
+        let solved = experiment::solve(&config, &data, &source, "theory", quiet)?;
+        let fluctuations = experiment::fluctuations(&config, &data, &source, "theory", quiet)?;
+        (Some(solved), fluctuations)
     } else {
-        None
+        (None, None)
     };
     let cost = |w: usize| width_cost(&config, data.dim(), w);
     let bar = Bar::percent(widths.iter().map(|&w| cost(w)).sum(), "networks", quiet);
@@ -154,6 +159,7 @@ pub fn run(config_path: &Path, out: &Path, quiet: bool) -> Result<(), Failure> {
         source: &name,
         data: &data,
         theory,
+        fluctuations,
         widths: runs,
         threads,
         wall_time: started.elapsed().as_secs_f64(),

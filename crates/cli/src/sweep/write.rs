@@ -115,6 +115,9 @@ pub fn write(out: &Path, sweep: &Sweep) -> Result<(), Failure> {
     let (p, q) = (sweep.data.n_train(), sweep.data.n_test());
     if let Some(theory) = &sweep.theory {
         results::check_trajectory(&theory.trajectory, p, q)?;
+        if let Some(fl) = &sweep.fluctuations {
+            results::check_fluctuations(fl, &theory.trajectory)?;
+        }
     }
     let per_width: Vec<(&WidthRun, Vec<Entry>)> = sweep
         .widths
@@ -153,6 +156,9 @@ pub fn write(out: &Path, sweep: &Sweep) -> Result<(), Failure> {
             Some(theory) => results::write_theory(tmp, &theory.trajectory)?,
             None => Vec::new(),
         };
+        if let Some(fl) = &sweep.fluctuations {
+            files.extend(results::write_fluctuations(tmp, fl, None)?);
+        }
         for (run, list) in &per_width {
             let relative = width_dir(run.stats.width);
             let dir = tmp.join(&relative);
@@ -234,6 +240,16 @@ fn summary(sweep: &Sweep, deviations: &[DeviationSummary], files: &[String]) -> 
                 "ensemble_sizes": rows.iter().map(|r| r.size).collect::<Vec<_>>(),
                 "ensemble_groups": rows.iter().map(|r| r.groups).collect::<Vec<_>>(),
                 "deviation_from_theory": deviation,
+                "variance_vs_propagator": sweep.fluctuations.as_ref().map(|fl| {
+                    let v = compare::variance_deviation(s, fl);
+                    json!({
+                        "median_abs_z": v.median_abs_z,
+                        "max_abs_z": v.max_abs_z,
+                        "max_relative": v.max_relative,
+                        "compared": v.compared,
+                        "left_out_collapsed": v.collapsed,
+                    })
+                }),
             })
         })
         .collect();
@@ -319,6 +335,7 @@ mod tests {
             source: "fake.toml",
             data,
             theory: None,
+            fluctuations: None,
             widths: runs
                 .into_iter()
                 .map(|stats| WidthRun {
