@@ -26,10 +26,6 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Central-difference step for ∂f/∂Δ. Truncation error is O(ε²) ≈ 1e-6 relative; the kink
-/// crossings it must resolve involve ≈ M·ε sites, enough for M ≥ 10⁴.
-pub const FD_STEP: f64 = 1e-2;
-
 /// Width-free prediction fluctuations: every variance is N·Var at width N.
 #[derive(Clone, Debug)]
 pub struct PredictionFluctuations {
