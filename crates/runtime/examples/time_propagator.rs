@@ -1,7 +1,13 @@
+//! One timed run of the benchmark's propagator case (relu, P = 10, Q = 2, T = 100), for a
+//! machine too loaded for criterion's ten samples:
+//!
+//!   cargo run --release -p dmft-runtime --example time_propagator -- [SITES]   (default 10⁵)
+
 use dmft_runtime::propagator::two_layer_prediction_fluctuations;
 use dmft_runtime::sampling::{normal_matrix, replica_rng};
 use dmft_runtime::*;
 use ndarray::s;
+
 fn main() {
     let (p, q, dim) = (10, 2, 16);
     let mut rng = replica_rng(7, 0);
@@ -24,7 +30,7 @@ fn main() {
     };
     let m: usize = std::env::args()
         .nth(1)
-        .map(|a| a.parse().unwrap())
+        .map(|a| a.parse().expect("SITES must be a positive integer"))
         .unwrap_or(100_000);
     let opts = SolverOptions {
         sites: m,
