@@ -138,7 +138,21 @@ fn two_layer_grid_matches_ensembles() {
                         }
                     }
                 }
-                println!("{act} γ₀={gamma0} N={width}: worst |N·Var − Σ| / tolerance = {worst:.2}");
+                // NTK entries, same criterion: the relu kink term matters most here.
+                let se = sim.ntk.se_var();
+                let mut worst_ntk: f64 = 0.0;
+                for ((v, e), &want) in sim.ntk.var.iter().zip(se.iter()).zip(&theory.var_ntk) {
+                    let (nv, ne) = (v * width as f64, e * width as f64);
+                    let tol = (3.0 * ne).max(0.1 * want);
+                    worst_ntk = worst_ntk.max((nv - want).abs() / tol);
+                    assert!(
+                        (nv - want).abs() <= tol,
+                        "{act} γ₀={gamma0} N={width} NTK: N·Var {nv} ± {ne} vs Σ_K {want}"
+                    );
+                }
+                println!(
+                    "{act} γ₀={gamma0} N={width}: worst |N·Var − Σ| / tolerance = {worst:.2} (predictions), {worst_ntk:.2} (NTK)"
+                );
             }
         }
     }

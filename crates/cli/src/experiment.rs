@@ -141,7 +141,8 @@ pub fn fluctuations(
         return Ok(None);
     }
     let (p, q, steps) = (data.n_train(), data.n_test(), config.train.steps);
-    let bytes = propagator::memory_bytes(p, q, steps);
+    let recorded = config.schedule().recorded_steps().len();
+    let bytes = propagator::memory_bytes(p, q, steps, recorded);
     if bytes > MAX_PROPAGATOR_BYTES {
         return Err(Failure::Input(format!(
             "{}: theory.fluctuations over {} (step, point) pairs (P + Q = {}, T + 1 = {}) needs about {:.1} GiB; the limit is {} GiB (use fewer points or steps)",

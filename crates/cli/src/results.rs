@@ -4,8 +4,8 @@
 //! ```text
 //! DIR/summary.json
 //! DIR/theory/{t,f_train,f_test,loss,ntk}.npy  (+ test_loss, f_train_se, f_test_se, loss_se)
-//! DIR/theory/{var_f_train,var_f_test,var_loss}.npy  (theory.fluctuations: N·Var, width-free)
-//! DIR/theory/{var_f_train,var_f_test,var_loss}_N{width}.npy  (with --width: Var at that width)
+//! DIR/theory/{var_f_train,var_f_test,var_loss,var_ntk}.npy  (theory.fluctuations: N·Var)
+//! DIR/theory/{var_f_train,var_f_test,var_loss,var_ntk}_N{width}.npy  (--width: Var at N)
 //! DIR/plots/{loss,predictions,ntk_eigenvalues}.svg  (+ fluctuations.svg)
 //! ```
 //!
@@ -160,6 +160,7 @@ pub fn write_fluctuations(
             ("var_f_train", fl.var_f_train.mapv(|v| v * scale).into_dyn()),
             ("var_f_test", fl.var_f_test.mapv(|v| v * scale).into_dyn()),
             ("var_loss", fl.var_loss.mapv(|v| v * scale).into_dyn()),
+            ("var_ntk", fl.var_ntk.mapv(|v| v * scale).into_dyn()),
         ] {
             let name = format!("{name}{suffix}");
             save(&theory, &name, &a)?;
@@ -175,7 +176,8 @@ pub fn check_fluctuations(fl: &PredictionFluctuations, traj: &Trajectory) -> Res
     let origin = "the propagator";
     check_array(origin, "var_f_train", &fl.var_f_train, &[t, p], &traj.t)?;
     check_array(origin, "var_f_test", &fl.var_f_test, &[t, q], &traj.t)?;
-    check_array(origin, "var_loss", &fl.var_loss, &[t], &traj.t)
+    check_array(origin, "var_loss", &fl.var_loss, &[t], &traj.t)?;
+    check_array(origin, "var_ntk", &fl.var_ntk, &[t, p, p], &traj.t)
 }
 
 /// Writes the trajectory's arrays into `root/theory/` (the layout of module docs) and

@@ -20,7 +20,7 @@ use crate::problem::Parameterization;
 use crate::two_layer::{Probe, SiteSet, march};
 use crate::{DmftError, Model, Problem, Progress, Result, Schedule, SolverOptions};
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, s};
+use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, Axis, s};
 use ndarray_linalg::{Diag, SolveTriangular, UPLO};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -36,6 +36,8 @@ pub struct PredictionFluctuations {
     pub var_f_test: Array2<f64>,
     /// N·Var of the train loss, to leading order: (1/P²) Δᵀ Σ_f(k,k) Δ.
     pub var_loss: Array1<f64>,
+    /// N·Var of every train NTK entry K_μα(k) at the recorded steps (T_rec × P × P).
+    pub var_ntk: Array3<f64>,
     /// Σ_f over all steps 0..=T and all points, time-major (index k·(P+Q) + ν).
     pub sigma: Array2<f64>,
 }
@@ -104,11 +106,40 @@ pub fn two_layer_prediction_fluctuations(
         ));
     }
 
+    // NTK entries: δK = ε_K − D_K δf with δf = (I + D_f)⁻¹ ε_f, so
+    // N·Var K_e = κ_KK,ee − 2 [D_K (I + D_f)⁻¹ κ_fK]_ee + [D_K Σ_f D_Kᵀ]_ee.
+    let ntk_rows = sums.ntk_first.len();
+    let ntk_sensitivity = sums.ntk_sensitivity_matrix(p);
+    let mut d_ntk = Array2::<f64>::zeros((ntk_rows, nt * n));
+    for j in 0..schedule.steps {
+        d_ntk
+            .slice_mut(s![.., j * n..j * n + p])
+            .assign(&ntk_sensitivity.slice(s![.., j * p..(j + 1) * p]));
+    }
+    let kappa_fk = &sums.cross
+        - &sums
+            .first
+            .view()
+            .insert_axis(Axis(1))
+            .dot(&sums.ntk_first.view().insert_axis(Axis(0)));
+    let kappa_kk = &sums.ntk_square - &sums.ntk_first.mapv(|m| m * m);
+    let driven = solve(&kappa_fk)?;
+    let cross_term = (&d_ntk * &driven.t()).sum_axis(Axis(1));
+    let response_term = (&d_ntk.dot(&sigma) * &d_ntk).sum_axis(Axis(1));
+    let var_ntk_entries = kappa_kk - 2.0 * cross_term + response_term;
+
     let recorded = schedule.recorded_steps();
     let mut var_f_train = Array2::zeros((recorded.len(), p));
     let mut var_f_test = Array2::zeros((recorded.len(), n - p));
     let mut var_loss = Array1::zeros(recorded.len());
+    let mut var_ntk = Array3::zeros((recorded.len(), p, p));
+    let pairs = ntk_pairs(p);
     for (i, &k) in recorded.iter().enumerate() {
+        for (e, &(mu, alpha)) in pairs.iter().enumerate() {
+            let v = var_ntk_entries[i * pairs.len() + e];
+            var_ntk[[i, mu, alpha]] = v;
+            var_ntk[[i, alpha, mu]] = v;
+        }
         let block = sigma.slice(s![k * n..(k + 1) * n, k * n..(k + 1) * n]);
         let diag = block.diag();
         var_f_train.row_mut(i).assign(&diag.slice(s![..p]));
@@ -122,17 +153,28 @@ pub fn two_layer_prediction_fluctuations(
         var_f_train,
         var_f_test,
         var_loss,
+        var_ntk,
         sigma,
     })
 }
 
+/// The train NTK entries (μ, α) with μ ≤ α, in row-major order.
+fn ntk_pairs(p: usize) -> Vec<(usize, usize)> {
+    (0..p)
+        .flat_map(|mu| (mu..p).map(move |a| (mu, a)))
+        .collect()
+}
+
 /// Peak memory of [`two_layer_prediction_fluctuations`] in bytes for P train points, Q test
-/// points and T steps: κ and D_f per site block and their total, then I + D_f, κ, the half
-/// solve and Σ_f, all dense over (step, point).
-pub fn memory_bytes(p: usize, q: usize, steps: usize) -> u128 {
+/// points, T steps and T_rec recorded steps: κ, D_f and the NTK blocks per site block and
+/// their total, then I + D_f, κ, the half solve, Σ_f and the NTK products, all dense over
+/// (step, point).
+pub fn memory_bytes(p: usize, q: usize, steps: usize, recorded: usize) -> u128 {
     let rows = ((p + q) * (steps + 1)) as u128;
     let dirs = (p * steps) as u128;
-    8 * ((SITE_BLOCKS as u128 + 1) * (rows * rows + rows * dirs) + 4 * rows * rows + rows * dirs)
+    let ntk = (recorded * p * (p + 1) / 2) as u128;
+    let per_block = rows * rows + rows * dirs + ntk * (dirs + rows);
+    8 * ((SITE_BLOCKS as u128 + 1) * per_block + 4 * rows * rows + rows * dirs + 3 * ntk * rows)
 }
 
 /// Fixed number of site blocks summed in order, so results do not depend on the thread count.
@@ -151,43 +193,71 @@ const TANGENT_BLOCK_BYTES: usize = 384 * 1024;
 pub const CROSSING_WIDTH: f64 = 0.2;
 
 /// Site sums of one pass: D_f by blocks of source steps j (each [k][ν][(j − j₀)·P + α]),
-/// Σψ and Σψψᵀ.
+/// Σψ and Σψψᵀ; for the train NTK entries κ_e = φ_μφ_α + g_μg_α K^x_μα at the recorded
+/// steps (index r·E + e), D_K by the same blocks, Σκ, Σκ² and Σψκᵀ.
 struct SiteSums {
     blocks: Vec<Range<usize>>,
     sensitivity: Vec<Vec<f64>>,
     first: Array1<f64>,
     second: Array2<f64>,
+    ntk_sensitivity: Vec<Vec<f64>>,
+    ntk_first: Array1<f64>,
+    ntk_square: Array1<f64>,
+    cross: Array2<f64>,
 }
 
 impl SiteSums {
-    fn zeros(rows: usize, p: usize, blocks: &[Range<usize>]) -> Self {
-        SiteSums {
-            blocks: blocks.to_vec(),
-            sensitivity: blocks
+    fn zeros(rows: usize, ntk_rows: usize, p: usize, blocks: &[Range<usize>]) -> Self {
+        let per_block = |rows: usize| {
+            blocks
                 .iter()
                 .map(|b| vec![0.0; rows * b.len() * p])
-                .collect(),
+                .collect()
+        };
+        SiteSums {
+            blocks: blocks.to_vec(),
+            sensitivity: per_block(rows),
             first: Array1::zeros(rows),
             second: Array2::zeros((rows, rows)),
+            ntk_sensitivity: per_block(ntk_rows),
+            ntk_first: Array1::zeros(ntk_rows),
+            ntk_square: Array1::zeros(ntk_rows),
+            cross: Array2::zeros((rows, ntk_rows)),
         }
     }
 
     fn add(&mut self, other: &SiteSums) {
-        for (mine, theirs) in self.sensitivity.iter_mut().zip(&other.sensitivity) {
+        for (mine, theirs) in self
+            .sensitivity
+            .iter_mut()
+            .zip(&other.sensitivity)
+            .chain(self.ntk_sensitivity.iter_mut().zip(&other.ntk_sensitivity))
+        {
             for (a, b) in mine.iter_mut().zip(theirs) {
                 *a += b;
             }
         }
         self.first += &other.first;
         self.second += &other.second;
+        self.ntk_first += &other.ntk_first;
+        self.ntk_square += &other.ntk_square;
+        self.cross += &other.cross;
     }
 
     /// D_f as a dense ((T+1)·n) × (T·P) matrix, columns d = j·P + α.
     fn sensitivity_matrix(&self, p: usize) -> Array2<f64> {
-        let rows = self.first.len();
+        self.assemble(&self.sensitivity, self.first.len(), p)
+    }
+
+    /// D_K as a dense (T_rec·E) × (T·P) matrix, columns d = j·P + α.
+    fn ntk_sensitivity_matrix(&self, p: usize) -> Array2<f64> {
+        self.assemble(&self.ntk_sensitivity, self.ntk_first.len(), p)
+    }
+
+    fn assemble(&self, blocks: &[Vec<f64>], rows: usize, p: usize) -> Array2<f64> {
         let dirs = self.blocks.last().map_or(0, |b| b.end) * p;
         let mut out = Array2::zeros((rows, dirs));
-        for (block, values) in self.blocks.iter().zip(&self.sensitivity) {
+        for (block, values) in self.blocks.iter().zip(blocks) {
             let width = block.len() * p;
             let cols = block.start * p..block.end * p;
             let values = ArrayView2::from_shape((rows, width), values).expect("block layout");
@@ -231,6 +301,7 @@ fn site_sums(
     progress: Progress,
 ) -> SiteSums {
     let (p, n, nt) = (problem.n_train(), problem.n_all(), schedule.steps + 1);
+    let ntk_rows = schedule.recorded_steps().len() * ntk_pairs(p).len();
     let m = sites.r.len();
     let blocks = direction_blocks(p, n, schedule.steps);
     let site_block = m.div_ceil(SITE_BLOCKS);
@@ -239,26 +310,31 @@ fn site_sums(
         .into_par_iter()
         .map(|b| {
             let range = (b * site_block).min(m)..((b + 1) * site_block).min(m);
-            let mut sums = SiteSums::zeros(nt * n, p, &blocks);
+            let mut sums = SiteSums::zeros(nt * n, ntk_rows, p, &blocks);
             let mut march = SiteMarch::new(problem, model, schedule, delta_path, crossing_width);
             let mut psi = Array2::<f64>::zeros((SITE_CHUNK, nt * n));
+            let mut ntk = Array2::<f64>::zeros((SITE_CHUNK, ntk_rows));
             for chunk in range.clone().step_by(SITE_CHUNK) {
                 let chunk = chunk..(chunk + SITE_CHUNK).min(range.end);
                 for (i, site) in chunk.clone().enumerate() {
                     march.base(
                         i,
-                        sites.u.row(site),
-                        sites.r[site],
-                        sites.weight[site],
-                        psi.row_mut(i),
-                        &mut sums.first,
+                        (sites.u.row(site), sites.r[site], sites.weight[site]),
+                        (psi.row_mut(i), ntk.row_mut(i)),
+                        &mut sums,
                     );
                 }
                 let rows = psi.slice(s![..chunk.len(), ..]);
                 general_mat_mul(1.0, &rows.t(), &rows, 1.0, &mut sums.second);
-                for (block, acc) in blocks.iter().zip(sums.sensitivity.iter_mut()) {
+                let ntk_part = ntk.slice(s![..chunk.len(), ..]);
+                general_mat_mul(1.0, &rows.t(), &ntk_part, 1.0, &mut sums.cross);
+                for ((block, acc), ntk_acc) in blocks
+                    .iter()
+                    .zip(sums.sensitivity.iter_mut())
+                    .zip(sums.ntk_sensitivity.iter_mut())
+                {
                     for (i, site) in chunk.clone().enumerate() {
-                        march.tangents(i, sites.weight[site], block.clone(), acc);
+                        march.tangents(i, sites.weight[site], block.clone(), acc, ntk_acc);
                     }
                 }
                 progress(done.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len());
@@ -266,7 +342,7 @@ fn site_sums(
             sums
         })
         .collect();
-    let mut total = SiteSums::zeros(nt * n, p, &blocks);
+    let mut total = SiteSums::zeros(nt * n, ntk_rows, p, &blocks);
     for part in &partial {
         total.add(part);
     }
@@ -297,6 +373,12 @@ struct SiteMarch<'a> {
     /// (β, c Δ_β φ''(h_β) z) for each of them.
     curvature_rows: Vec<f64>,
     curved: Vec<(usize, f64)>,
+    /// Recorded-step index of each step, and the NTK entries (μ ≤ α).
+    recorded: Vec<Option<usize>>,
+    pairs: Vec<(usize, usize)>,
+    /// ∂φ(h_β)/∂Δ_d and ∂g_β/∂Δ_d of the training points at a recorded step, [β][d].
+    dphi: Vec<f64>,
+    dg: Vec<f64>,
 }
 
 impl<'a> SiteMarch<'a> {
@@ -331,21 +413,31 @@ impl<'a> SiteMarch<'a> {
             dz_next: vec![0.0; width],
             curvature_rows: vec![0.0; p * width],
             curved: Vec::with_capacity(p),
+            recorded: {
+                let mut index = vec![None; schedule.steps + 1];
+                for (r, k) in schedule.recorded_steps().into_iter().enumerate() {
+                    index[k] = Some(r);
+                }
+                index
+            },
+            pairs: ntk_pairs(p),
+            dphi: vec![0.0; p * width],
+            dg: vec![0.0; p * width],
         }
     }
 
     /// Marches site `slot` of the chunk, caching its trajectory; writes √w ψ(k) for all k
-    /// into `psi_row` (minus ψ(0) for the centered model) and adds w ψ to `first`.
+    /// (minus ψ(0) for the centered model) and √w κ_e(k) at the recorded steps into the two
+    /// rows, and adds w ψ, w κ and w κ² to `sums`.
     fn base(
         &mut self,
         slot: usize,
-        u: ArrayView1<f64>,
-        r: f64,
-        weight: f64,
-        mut psi_row: ArrayViewMut1<f64>,
-        first: &mut Array1<f64>,
+        (u, r, weight): (ArrayView1<f64>, f64, f64),
+        (mut psi_row, mut ntk_row): (ArrayViewMut1<f64>, ArrayViewMut1<f64>),
+        sums: &mut SiteSums,
     ) {
         let (p, n) = (self.problem.n_train(), self.problem.n_all());
+        let entries = self.pairs.len();
         let act = self.model.activation;
         let (gamma0, c, root_w) = (self.model.gamma0, self.c, weight.sqrt());
         let mut h: Vec<f64> = u.to_vec();
@@ -369,7 +461,17 @@ impl<'a> SiteMarch<'a> {
                     psi -= psi0[nu];
                 }
                 psi_row[k * n + nu] = root_w * psi;
-                first[k * n + nu] += weight * psi;
+                sums.first[k * n + nu] += weight * psi;
+            }
+            if let Some(rec_index) = self.recorded[k] {
+                for (e, &(mu, alpha)) in self.pairs.iter().enumerate() {
+                    let g = d1[mu] * d1[alpha] * z * z;
+                    let kappa = phi[mu] * phi[alpha] + g * self.kx[mu * n + alpha];
+                    let row = rec_index * entries + e;
+                    ntk_row[row] = root_w * kappa;
+                    sums.ntk_first[row] += weight * kappa;
+                    sums.ntk_square[row] += weight * kappa * kappa;
+                }
             }
             for (beta, curv) in curvature.iter_mut().enumerate() {
                 let half_width = self.crossing[beta];
@@ -404,9 +506,17 @@ impl<'a> SiteMarch<'a> {
 
     /// Adds w ∂ψ_ν(k)/∂Δ_α(j) for j in `block` to `acc` ([k][ν][(j − j₀)·P + α]), for the
     /// cached site `slot`.
-    fn tangents(&mut self, slot: usize, weight: f64, block: Range<usize>, acc: &mut [f64]) {
+    fn tangents(
+        &mut self,
+        slot: usize,
+        weight: f64,
+        block: Range<usize>,
+        acc: &mut [f64],
+        ntk_acc: &mut [f64],
+    ) {
         let (p, n) = (self.problem.n_train(), self.problem.n_all());
         let width = block.len() * p;
+        let entries = self.pairs.len();
         let (gamma0, c) = (self.model.gamma0, self.c);
         for k in block.start..=self.steps {
             let at = (slot * (self.steps + 1) + k) * self.record;
@@ -418,6 +528,41 @@ impl<'a> SiteMarch<'a> {
             // Directions already born (block.start ≤ j < k).
             let active = (k.min(block.end) - block.start) * p;
             let last = k == self.steps;
+            if let (Some(rec_index), true) = (self.recorded[k], active > 0) {
+                // ∂κ_e/∂Δ_d = w(δφ_μ φ_α + φ_μ δφ_α + K^x_μα (δg_μ g_α + g_μ δg_α)), with
+                // δφ_β = φ'_β δh_β and δg_β = φ''_β z δh_β + φ'_β δz (the relu kernel again).
+                for beta in 0..p {
+                    let dh = &self.dh[beta * width..][..active];
+                    let dz = &self.dz[..active];
+                    let (slope, curve) = (d1[beta], curvature[beta] * z);
+                    let dphi = &mut self.dphi[beta * width..][..active];
+                    let dg = &mut self.dg[beta * width..][..active];
+                    for (((f, g), &x), &y) in dphi.iter_mut().zip(dg.iter_mut()).zip(dh).zip(dz) {
+                        *f = slope * x;
+                        *g = curve * x + slope * y;
+                    }
+                }
+                for (e, &(mu, alpha)) in self.pairs.iter().enumerate() {
+                    let k_ma = weight * self.kx[mu * n + alpha];
+                    let (phi_mu, phi_alpha) = (weight * phi[mu], weight * phi[alpha]);
+                    let (g_mu, g_alpha) = (k_ma * d1[mu] * z, k_ma * d1[alpha] * z);
+                    let out = &mut ntk_acc[(rec_index * entries + e) * width..][..active];
+                    let (dphi_mu, dphi_alpha) = (
+                        &self.dphi[mu * width..][..active],
+                        &self.dphi[alpha * width..][..active],
+                    );
+                    let (dg_mu, dg_alpha) = (
+                        &self.dg[mu * width..][..active],
+                        &self.dg[alpha * width..][..active],
+                    );
+                    for (d, out) in out.iter_mut().enumerate() {
+                        *out += phi_alpha * dphi_mu[d]
+                            + phi_mu * dphi_alpha[d]
+                            + g_alpha * dg_mu[d]
+                            + g_mu * dg_alpha[d];
+                    }
+                }
+            }
             if active > 0 {
                 let delta = self.delta_path.row(k);
                 // One fused pass per point ν over the directions:
