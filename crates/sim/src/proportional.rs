@@ -213,7 +213,12 @@ pub fn run_seed(setting: &Setting, dim: usize, base_seed: u64, seed: usize) -> R
     let (lambda, teacher) = spectrum_at(setting, dim)?;
     let mut rng = keyed_rng(&[base_seed, dim as u64, seed as u64, 0x5052_4f50]);
     let mut net = ProportionalNet::init(setting, dim, &mut rng);
-    let beta_star = teacher.mapv(|b| b.sqrt() * normal(&mut rng));
+    // Teacher direction uniform on the sphere: β*_k = √b_k z_k √D/|z|. Only the second
+    // moments b_k enter the DMFT; fixing |z|² = D removes the O(D^{-1/2}) seed-to-seed
+    // fluctuation of the teacher norm, which the theory averages away.
+    let z = Array1::from_shape_simple_fn(dim, || normal(&mut rng));
+    let z_norm = (z.dot(&z) / dim as f64).sqrt();
+    let beta_star = &teacher.mapv(f64::sqrt) * &z / z_norm;
     let sqrt_lambda = lambda.mapv(f64::sqrt);
     let d = dim as f64;
     let sample = |rows: usize, rng: &mut SimRng| {
