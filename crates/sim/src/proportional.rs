@@ -330,3 +330,100 @@ fn outer(s: f64, u: ArrayView1<f64>, v: ArrayView1<f64>) -> Array2<f64> {
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dmft_runtime::proportional::Spectrum;
+
+    fn small(depth: usize, parameterization: Parameterization, residual: Option<f64>) -> Setting {
+        Setting {
+            depth,
+            nu: 1.5,
+            parameterization,
+            gamma: 0.7,
+            residual,
+            data: DataUse::Repeated { alpha: 1.5 },
+            spectrum: Spectrum::isotropic(),
+            eta: 0.1,
+            steps: 3,
+        }
+    }
+
+    /// ℒ = (1/2P)|y − f|² with f from the plain forward pass.
+    fn loss(net: &ProportionalNet, x: ArrayView2<f64>, y: ArrayView1<f64>) -> f64 {
+        let r = &y - &net.predict(x);
+        0.5 * r.dot(&r) / y.len() as f64
+    }
+
+    /// The rank-one gradients against central differences of the loss of the plain forward
+    /// pass, for every parameter; O(h²) truncation with h = 1e-5 leaves ~1e-9 relative error.
+    #[test]
+    fn gradients_match_finite_differences() {
+        for (depth, par, res) in [
+            (1, Parameterization::Mup, None),
+            (3, Parameterization::Mup, None),
+            (3, Parameterization::Ntk, None),
+            (3, Parameterization::Mup, Some(0.8)),
+        ] {
+            let setting = small(depth, par, res);
+            let dim = 6;
+            let mut rng = keyed_rng(&[9, depth as u64]);
+            let net = ProportionalNet::init(&setting, dim, &mut rng);
+            let x = Array2::from_shape_simple_fn((7, dim), || normal(&mut rng));
+            let y = Array1::from_shape_simple_fn(7, || normal(&mut rng));
+            let (d_w0, d_hidden, d_w) = net.gradients(x.view(), y.view());
+            let h = 1e-5;
+            let check = |analytic: f64, perturb: &dyn Fn(&mut ProportionalNet, f64)| {
+                let (mut up, mut down) = (net.clone(), net.clone());
+                perturb(&mut up, h);
+                perturb(&mut down, -h);
+                let numeric =
+                    (loss(&up, x.view(), y.view()) - loss(&down, x.view(), y.view())) / (2.0 * h);
+                assert!(
+                    (numeric - analytic).abs() < 1e-7 * (1.0 + analytic.abs()),
+                    "depth {depth} {par} {res:?}: analytic {analytic} vs numeric {numeric}"
+                );
+            };
+            for ((i, j), &g) in d_w0.indexed_iter() {
+                check(g, &|n, e| n.w0[[i, j]] += e);
+            }
+            for (l, d) in d_hidden.iter().enumerate() {
+                for ((i, j), &g) in d.indexed_iter() {
+                    check(g, &|n, e| n.hidden[l][[i, j]] += e);
+                }
+            }
+            for (i, &g) in d_w.indexed_iter() {
+                check(g, &|n, e| n.readout[i] += e);
+            }
+        }
+    }
+
+    /// f(x) = β_f·x/√D: the effective weights reproduce the plain forward pass.
+    #[test]
+    fn effective_weights_reproduce_the_forward_pass() {
+        let setting = small(3, Parameterization::Mup, Some(1.0));
+        let mut rng = keyed_rng(&[3]);
+        let net = ProportionalNet::init(&setting, 8, &mut rng);
+        let x = Array2::from_shape_simple_fn((5, 8), || normal(&mut rng));
+        let via_beta = x.dot(&net.effective_weights()) / 8f64.sqrt();
+        let direct = net.predict(x.view());
+        for (a, b) in via_beta.iter().zip(&direct) {
+            assert!((a - b).abs() < 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    /// Seeds are deterministic and independent of the thread count.
+    #[test]
+    fn ensemble_is_deterministic() {
+        let setting = small(2, Parameterization::Mup, None);
+        let a = run_ensemble(&setting, 16, 4, 5).unwrap();
+        let b = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| run_ensemble(&setting, 16, 4, 5).unwrap());
+        assert_eq!(a.train, b.train);
+        assert_eq!(a.test, b.test);
+    }
+}
