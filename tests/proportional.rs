@@ -135,20 +135,19 @@ fn power_law_spectrum_matches_simulation() {
     assert_matches(&s);
 }
 
-/// The finite-D error shrinks with D, in a rich case (γ = 1.5, larger step) where it is
-/// largest: signed relative error of the final test loss at D = 128, 256, 512, 1024, and the
-/// mean over steps of |th − sim|/sim.
+/// The finite-D error shrinks with D. The case (γ = 1.5, α = ν = 0.5, η = 0.1) has a finite-D
+/// correction to the late train loss (interpolation, P < D) far above seed noise, so the
+/// mean over steps of |th − sim|/sim must fall strictly from D = 128 to 256 to 512.
 #[test]
-#[ignore = "runs D = 1024 (about a minute); run with --ignored --nocapture"]
 fn agreement_improves_with_dimension() {
-    let mut s = setting(true, 1, 1.0, 2.0, false);
+    let mut s = setting(true, 1, 0.5, 0.5, false);
     s.gamma = 1.5;
     s.eta = 0.1;
     s.steps = 40;
     let th = solve(&s, &|_| {}).unwrap();
     let mut errors = Vec::new();
-    for (dim, seeds) in [(128, 256), (256, 128), (512, 128), (1024, 48)] {
-        let sim = run_ensemble(&s, dim, seeds, 11).unwrap();
+    for dim in [128, 256, 512] {
+        let sim = run_ensemble(&s, dim, SEEDS, 11).unwrap();
         let err = |t: &ndarray::Array1<f64>, m: &ndarray::Array1<f64>| {
             t.iter()
                 .zip(m)
@@ -156,23 +155,20 @@ fn agreement_improves_with_dimension() {
                 .sum::<f64>()
                 / t.len() as f64
         };
-        let mean = 0.5 * (err(&th.train, &sim.train) + err(&th.test, &sim.test));
         let last = s.steps;
         println!(
-            "D={dim:5} S={seeds:3}: final test loss th {:.5} sim {:.5} ± {:.5} ({:+.2}%), mean |rel err| {:.2}%",
-            th.test[last],
-            sim.test[last],
-            sim.test_se[last],
-            100.0 * (th.test[last] - sim.test[last]) / sim.test[last],
-            100.0 * mean
+            "D={dim:4} S={SEEDS}: final train loss th {:.5} sim {:.5} ± {:.5}; mean |rel err| train {:.2}% test {:.2}%",
+            th.train[last],
+            sim.train[last],
+            sim.train_se[last],
+            100.0 * err(&th.train, &sim.train),
+            100.0 * err(&th.test, &sim.test),
         );
-        errors.push(mean);
+        errors.push(0.5 * (err(&th.train, &sim.train) + err(&th.test, &sim.test)));
     }
     assert!(
-        errors[3] < errors[0],
-        "mean error at D = 1024 ({:.4}) not below D = 128 ({:.4})",
-        errors[3],
-        errors[0]
+        errors[0] > errors[1] && errors[1] > errors[2],
+        "mean errors at D = 128, 256, 512 not decreasing: {errors:?}"
     );
 }
 
