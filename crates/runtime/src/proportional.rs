@@ -345,21 +345,24 @@ impl<'a> March<'a> {
     /// j = 0..=k of `rows`. All source covariances it touches are known at step k.
     fn hidden_cov(&self, row: ArrayView1<f64>, rows: ArrayView2<f64>) -> Array1<f64> {
         let lay = &self.lay;
-        let t1 = self.t1;
+        // Rows 0..=k: sources after step k carry no coefficient and no covariance yet.
+        let k = rows.nrows() - 1;
         let mut z = Array1::<f64>::zeros(lay.len());
         z[0] = row[0];
         for l in 1..=self.set.depth {
             let c = if l == 1 { &self.ce } else { &self.ca[l - 2] };
             let o = lay.xi(l);
-            z.slice_mut(s![o..o + t1])
-                .assign(&c.dot(&row.slice(s![o..o + t1])));
+            z.slice_mut(s![o..=o + k])
+                .assign(&mat_vec(c.slice(s![..=k, ..=k]), row.slice(s![o..=o + k])));
         }
         for l in 1..self.set.depth {
             let o = lay.chi(l);
-            z.slice_mut(s![o..o + t1])
-                .assign(&self.cg[l].dot(&row.slice(s![o..o + t1])));
+            z.slice_mut(s![o..=o + k]).assign(&mat_vec(
+                self.cg[l].slice(s![..=k, ..=k]),
+                row.slice(s![o..=o + k]),
+            ));
         }
-        rows.dot(&z)
+        mat_vec(rows, z.view())
     }
 
     /// Backward fields at step k, layers L..1: g^L = w, g^ℓ = s g^{ℓ+1} + ρ y^ℓ with
@@ -384,7 +387,7 @@ impl<'a> March<'a> {
                 let kernel: Array1<f64> = (0..k)
                     .map(|j| up[xi_up + j] + eta * gamma * rho * self.cg[l][[k, j]])
                     .collect();
-                y += &kernel.dot(&self.a[l - 1].rows.slice(s![..k, ..]));
+                y += &vec_mat(kernel.view(), self.a[l - 1].rows.slice(s![..k, ..]));
             }
             let g = &self.g[l].rows.row(k) * s + &(y * rho);
             self.g[l - 1].rows.row_mut(k).assign(&g);
@@ -432,7 +435,7 @@ impl<'a> March<'a> {
                     })
                     .collect()
             };
-            u += &kernel.dot(&self.g[l - 1].rows.slice(s![..=k, ..]));
+            u += &vec_mat(kernel.view(), self.g[l - 1].rows.slice(s![..=k, ..]));
             let a = if l == 1 {
                 u
             } else {
@@ -460,15 +463,18 @@ impl<'a> March<'a> {
         let sp = &self.set.spectrum;
         let n_sites = sp.lambda.len() as f64;
         // v(k) for every site type.
-        self.v.par_iter_mut().zip(&self.e).for_each(|(v, e)| {
+        let rows = per_site(self.e.len(), |i| {
             let mut row = Array1::<f64>::zeros(input_len(t1));
             row[0] = 1.0;
             row[chi0 + k] = -1.0 / (gamma * nu);
             if k > 0 {
-                row -= &kern.dot(&e.rows.slice(s![..k, ..]));
+                row -= &vec_mat(kern.view(), self.e[i].rows.slice(s![..k, ..]));
             }
-            v.rows.row_mut(k).assign(&row);
+            row
         });
+        for (v, row) in self.v.iter_mut().zip(rows) {
+            v.rows.row_mut(k).assign(&row);
+        }
         // R_x(k, j) = ⟨√λ ∂v(k)/∂χ^B(j)⟩, then the data-site response R_Δ = (I − R_x)⁻¹.
         match self.set.data {
             DataUse::Repeated { .. } => {
@@ -476,7 +482,7 @@ impl<'a> March<'a> {
                 for (v, lam) in self.v.iter().zip(&sp.lambda) {
                     rx.scaled_add(lam.sqrt() / n_sites, &v.rows.slice(s![k, chib..chib + k]));
                 }
-                let mut row = rx.dot(&self.rd.slice(s![..k, ..]));
+                let mut row = vec_mat(rx.view(), self.rd.slice(s![..k, ..]));
                 row[k] = 1.0;
                 self.rd.row_mut(k).assign(&row);
             }
@@ -488,23 +494,23 @@ impl<'a> March<'a> {
         match self.set.data {
             DataUse::Repeated { .. } => {
                 let r = self.rd.slice(s![k, ..=k]);
-                let z = r.dot(&self.cx.slice(s![..=k, ..=k]));
-                let row = self.rd.slice(s![..=k, ..=k]).dot(&z);
+                let z = vec_mat(r, self.cx.slice(s![..=k, ..=k]));
+                let row = mat_vec(self.rd.slice(s![..=k, ..=k]), z.view());
                 write_sym(&mut self.cd, k, row.view());
             }
             DataUse::OnePass { .. } => self.cd[[k, k]] = self.cx[[k, k]],
         }
         // e(k), then R_e(k, ·) and C_e(k, ·).
         let rd_row = self.rd.slice(s![k, ..=k]).to_owned();
-        self.e
-            .par_iter_mut()
-            .zip(&self.v)
-            .zip(&sp.lambda)
-            .for_each(|((e, v), &lam)| {
-                let mut row = rd_row.dot(&v.rows.slice(s![..=k, ..])) * lam;
-                row[chib + k] += lam.sqrt() / ratio;
-                e.rows.row_mut(k).assign(&row);
-            });
+        let rows = per_site(self.v.len(), |i| {
+            let lam = sp.lambda[i];
+            let mut row = vec_mat(rd_row.view(), self.v[i].rows.slice(s![..=k, ..])) * lam;
+            row[chib + k] += lam.sqrt() / ratio;
+            row
+        });
+        for (e, row) in self.e.iter_mut().zip(rows) {
+            e.rows.row_mut(k).assign(&row);
+        }
         let mut re = Array1::<f64>::zeros(k + 1);
         for e in &self.e {
             re.scaled_add(1.0 / n_sites, &e.rows.slice(s![k, chi0..chi0 + k + 1]));
@@ -521,24 +527,82 @@ impl<'a> March<'a> {
         let sp = &self.set.spectrum;
         let cov_chi0 = &self.cg[0] * nu;
         let cov_chib = &self.cd * ratio;
-        let total = (0..sp.lambda.len())
-            .into_par_iter()
-            .map(|i| {
-                let (f, weight) = match field {
-                    Field::V => (&self.v[i], sp.lambda[i]),
-                    Field::E => (&self.e[i], 1.0),
-                };
-                let row = f.rows.row(k);
-                let mut z = Array1::<f64>::zeros(input_len(t1));
-                z[0] = sp.teacher[i] * row[0];
-                z.slice_mut(s![1..1 + t1])
-                    .assign(&cov_chi0.dot(&row.slice(s![1..1 + t1])));
-                z.slice_mut(s![1 + t1..])
-                    .assign(&cov_chib.dot(&row.slice(s![1 + t1..])));
-                f.rows.slice(s![..=k, ..]).dot(&z) * weight
-            })
-            .reduce(|| Array1::zeros(k + 1), |a, b| a + b);
+        let terms = per_site(sp.lambda.len(), |i| {
+            let (f, weight) = match field {
+                Field::V => (&self.v[i], sp.lambda[i]),
+                Field::E => (&self.e[i], 1.0),
+            };
+            let row = f.rows.row(k);
+            let mut z = Array1::<f64>::zeros(input_len(t1));
+            z[0] = sp.teacher[i] * row[0];
+            z.slice_mut(s![1..=1 + k]).assign(&mat_vec(
+                cov_chi0.slice(s![..=k, ..=k]),
+                row.slice(s![1..=1 + k]),
+            ));
+            z.slice_mut(s![1 + t1..=1 + t1 + k]).assign(&mat_vec(
+                cov_chib.slice(s![..=k, ..=k]),
+                row.slice(s![1 + t1..=1 + t1 + k]),
+            ));
+            mat_vec(f.rows.slice(s![..=k, ..]), z.view()) * weight
+        });
+        // Summed in site order: the result does not depend on the thread count.
+        let total = terms
+            .into_iter()
+            .fold(Array1::zeros(k + 1), |acc, t| acc + t);
         total / sp.lambda.len() as f64
+    }
+}
+
+/// A v, single-threaded: the products here are small, and a multithreaded BLAS spends
+/// more time synchronizing than computing on them (10× slower on a loaded machine).
+fn mat_vec(a: ArrayView2<f64>, v: ArrayView1<f64>) -> Array1<f64> {
+    let v = v.as_standard_layout();
+    a.rows()
+        .into_iter()
+        .map(|r| match (r.as_slice(), v.as_slice()) {
+            (Some(x), Some(y)) => dot(x, y),
+            _ => r.iter().zip(v.iter()).map(|(x, y)| x * y).sum(),
+        })
+        .collect()
+}
+
+/// x·y with eight independent partial sums, so the compiler can vectorize it.
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    debug_assert_eq!(x.len(), y.len());
+    let mut acc = [0.0; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f64 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in xc.zip(yc) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// vᵀA, single-threaded, accumulated row by row (rows are contiguous).
+fn vec_mat(v: ArrayView1<f64>, a: ArrayView2<f64>) -> Array1<f64> {
+    let mut out = Array1::<f64>::zeros(a.ncols());
+    for (vi, row) in v.iter().zip(a.rows()) {
+        out.scaled_add(*vi, &row);
+    }
+    out
+}
+
+/// Below this many input-site types the per-site work is too small to hand to rayon.
+const PARALLEL_SITES: usize = 64;
+
+/// f(0..n) in order, in parallel for many sites.
+fn per_site<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    if n >= PARALLEL_SITES {
+        (0..n).into_par_iter().map(f).collect()
+    } else {
+        (0..n).map(f).collect()
     }
 }
 
