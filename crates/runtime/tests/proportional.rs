@@ -90,7 +90,8 @@ fn divergence_is_an_error_naming_the_step() {
 
 #[test]
 fn bad_inputs_are_errors() {
-    let cases: Vec<(fn(&mut Setting), &str)> = vec![
+    type Mutation = fn(&mut Setting);
+    let cases: Vec<(Mutation, &str)> = vec![
         (|s| s.depth = 0, "model.depth"),
         (|s| s.nu = 0.0, "data.nu"),
         (|s| s.gamma = f64::NAN, "model.gamma0"),
