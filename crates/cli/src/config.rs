@@ -9,6 +9,7 @@
 //! `deny_unknown_fields`, and cross-key rules are checked last.
 
 use dmft_data::Teacher;
+use dmft_runtime::proportional::{DataUse, Setting, Spectrum};
 use dmft_runtime::{Activation, Model, Parameterization, Schedule, SolverKind, SolverOptions};
 use dmft_sim::digits::ClassSplit;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,9 @@ pub enum DataKind {
     Npz,
     /// The 8×8 handwritten digits shipped with the project, as a ±1 task.
     Digits,
+    /// Deep linear networks on P = αD Gaussian points at width N = νD, D → ∞
+    /// (docs/proportional.md): no finite point set, the theory is solved directly.
+    Proportional,
 }
 
 impl fmt::Display for DataKind {
@@ -41,6 +45,7 @@ impl fmt::Display for DataKind {
             DataKind::Gaussian => "gaussian",
             DataKind::Npz => "npz",
             DataKind::Digits => "digits",
+            DataKind::Proportional => "proportional",
         })
     }
 }
@@ -69,6 +74,15 @@ pub struct DataConfig {
     /// digits: test images. The default 150 leaves room for the default 200 training
     /// images in every pair of classes (the rarest pair, 2 and 8, has 351 images).
     pub n_test: usize,
+    /// proportional: training points per input dimension, α = P/D.
+    pub alpha: f64,
+    /// proportional: width per input dimension, ν = N/D.
+    pub nu: f64,
+    /// proportional: input spectrum λ_k ∝ k^{−a} over data.dim directions (0: isotropic).
+    pub spectrum_exponent: f64,
+    /// proportional: one-pass SGD with fresh batches of α_B·D points instead of reused data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_ratio: Option<f64>,
 }
 
 /// The digits task's default pair: 3 (+1) against 8 (−1), two similar-looking digits.
@@ -101,6 +115,10 @@ impl Default for DataConfig {
             one_vs_rest: None,
             n_train: 200,
             n_test: 150,
+            alpha: 2.0,
+            nu: 1.0,
+            spectrum_exponent: 0.0,
+            batch_ratio: None,
         }
     }
 }
@@ -113,6 +131,9 @@ pub struct ModelConfig {
     pub parameterization: Parameterization,
     pub gamma0: f64,
     pub centered: bool,
+    /// proportional: residual branches h^{ℓ+1} = h^ℓ + (β/√L)W^ℓh^ℓ/√N with this β.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residual_beta: Option<f64>,
 }
 
 impl Default for ModelConfig {
@@ -123,6 +144,7 @@ impl Default for ModelConfig {
             parameterization: Parameterization::Mup,
             gamma0: 1.0,
             centered: false,
+            residual_beta: None,
         }
     }
 }
@@ -260,6 +282,8 @@ enum Type {
     },
     /// A finite number > 0 (TOML integers are accepted too: `eta = 1`).
     Positive,
+    /// A finite number ≥ 0.
+    NonNegative,
     Bool,
     Text,
     /// One of the listed strings.
@@ -282,7 +306,10 @@ const SCHEMA: &[Section] = &[
     (
         "data",
         &[
-            ("kind", Type::Choice(&["gaussian", "npz", "digits"])),
+            (
+                "kind",
+                Type::Choice(&["gaussian", "npz", "digits", "proportional"]),
+            ),
             ("p_train", Type::Int { min: 1 }),
             ("p_test", Type::Int { min: 0 }),
             ("dim", Type::Int { min: 1 }),
@@ -293,6 +320,10 @@ const SCHEMA: &[Section] = &[
             ("one_vs_rest", Type::Digit),
             ("n_train", Type::Int { min: 1 }),
             ("n_test", Type::Int { min: 0 }),
+            ("alpha", Type::Positive),
+            ("nu", Type::Positive),
+            ("spectrum_exponent", Type::NonNegative),
+            ("batch_ratio", Type::Positive),
         ],
     ),
     (
@@ -306,6 +337,7 @@ const SCHEMA: &[Section] = &[
             ("parameterization", Type::Choice(&["mup", "ntk"])),
             ("gamma0", Type::Positive),
             ("centered", Type::Bool),
+            ("residual_beta", Type::Positive),
         ],
     ),
     (
@@ -362,14 +394,18 @@ const SCHEMA: &[Section] = &[
 const DATA_KEY_KINDS: &[(&str, &[&str])] = &[
     ("p_train", &["gaussian"]),
     ("p_test", &["gaussian"]),
-    ("dim", &["gaussian"]),
-    ("teacher", &["gaussian"]),
+    ("dim", &["gaussian", "proportional"]),
+    ("teacher", &["gaussian", "proportional"]),
     ("seed", &["gaussian", "digits"]),
     ("path", &["npz"]),
     ("classes", &["digits"]),
     ("one_vs_rest", &["digits"]),
     ("n_train", &["digits"]),
     ("n_test", &["digits"]),
+    ("alpha", &["proportional"]),
+    ("nu", &["proportional"]),
+    ("spectrum_exponent", &["proportional"]),
+    ("batch_ratio", &["proportional"]),
 ];
 
 impl Config {
@@ -437,6 +473,15 @@ impl Config {
                 m.depth, m.parameterization
             ));
         }
+        if self.data.kind == DataKind::Proportional {
+            if self.theory.fluctuations {
+                return Err("theory.fluctuations = true does not apply to data.kind = \"proportional\", where width enters at leading order".into());
+            }
+            return self.check_proportional();
+        }
+        if m.residual_beta.is_some() {
+            return Err("model.residual_beta applies only to data.kind = \"proportional\"".into());
+        }
         if solver != SolverChoice::Lazy
             && solver != SolverChoice::Auto
             && m.parameterization == Parameterization::Ntk
@@ -460,6 +505,55 @@ impl Config {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The proportional regime: a deep linear network with a linear teacher, solved by its
+    /// own solver.
+    fn check_proportional(&self) -> Result<(), String> {
+        let m = &self.model;
+        if m.activation != Activation::Linear {
+            return Err(format!(
+                "data.kind = \"proportional\" needs model.activation = \"linear\", got \"{}\"",
+                m.activation
+            ));
+        }
+        if self.data.teacher != Teacher::Linear {
+            return Err("data.kind = \"proportional\" needs data.teacher = \"linear\"".into());
+        }
+        if m.centered {
+            return Err("model.centered does not apply to data.kind = \"proportional\"".into());
+        }
+        if self.theory.solver != SolverChoice::Auto {
+            return Err(format!(
+                "data.kind = \"proportional\" has its own solver; theory.solver must be \"auto\", got \"{}\"",
+                self.theory.solver
+            ));
+        }
+        Ok(())
+    }
+
+    /// The proportional-regime setting of a `kind = "proportional"` config.
+    pub fn proportional(&self) -> Result<Setting, String> {
+        let d = &self.data;
+        let spectrum = if d.spectrum_exponent == 0.0 {
+            Spectrum::isotropic()
+        } else {
+            Spectrum::power_law(d.dim, d.spectrum_exponent).map_err(|e| e.to_string())?
+        };
+        Ok(Setting {
+            depth: self.model.depth,
+            nu: d.nu,
+            parameterization: self.model.parameterization,
+            gamma: self.model.gamma0,
+            residual: self.model.residual_beta,
+            data: match d.batch_ratio {
+                Some(batch_ratio) => DataUse::OnePass { batch_ratio },
+                None => DataUse::Repeated { alpha: d.alpha },
+            },
+            spectrum,
+            eta: self.train.eta,
+            steps: self.train.steps,
+        })
     }
 
     pub fn model(&self) -> Model {
@@ -544,6 +638,13 @@ fn check_type(path: &str, ty: Type, value: &toml::Value) -> Result<(), String> {
         }
         (Type::Positive, V::Float(_)) => Ok(()),
         (Type::Positive, v) => Err(format!("{path} must be a number > 0, got {}", describe(v))),
+        (Type::NonNegative, V::Integer(i)) if *i < 0 => Err(format!("{path} must be ≥ 0, got {i}")),
+        (Type::NonNegative, V::Integer(_)) => Ok(()),
+        (Type::NonNegative, V::Float(x)) if !(x.is_finite() && *x >= 0.0) => {
+            Err(format!("{path} must be a finite number ≥ 0, got {x}"))
+        }
+        (Type::NonNegative, V::Float(_)) => Ok(()),
+        (Type::NonNegative, v) => Err(format!("{path} must be a number ≥ 0, got {}", describe(v))),
         (Type::Bool, V::Boolean(_)) => Ok(()),
         (Type::Bool, v) => Err(format!("{path} must be true or false, got {}", describe(v))),
         (Type::Text, V::String(_)) => Ok(()),
@@ -737,6 +838,8 @@ mod tests {
         let mut full = Config::default();
         full.data.path = Some("x.npz".into());
         full.data.one_vs_rest = Some(0);
+        full.data.batch_ratio = Some(1.0);
+        full.model.residual_beta = Some(1.0);
         let toml::Value::Table(table) = toml::Value::try_from(&full).unwrap() else {
             panic!("config serializes to a table");
         };
@@ -915,7 +1018,7 @@ mod tests {
         );
         assert_eq!(
             err("[data]\nkind = \"digits\"\ndim = 3"),
-            "data.dim applies only to data.kind = \"gaussian\""
+            "data.dim applies only to data.kind = \"gaussian\" or \"proportional\""
         );
         assert_eq!(
             err("[data]\nn_train = 3"),

@@ -63,6 +63,10 @@ pub fn load_data(config: &Config, source: &Source) -> Result<Dataset, Failure> {
             dmft_data::load_npz(&path).map_err(|e| Failure::Input(e.to_string()))
         }
         DataKind::Digits => load_digits(config, source),
+        DataKind::Proportional => Err(Failure::Input(format!(
+            "{}: data.kind = \"proportional\" describes the D → ∞ limit, not a point set; only `dmft run` accepts it",
+            source.name
+        ))),
     }
 }
 

@@ -13,6 +13,7 @@ mod experiment;
 mod failure;
 mod plots;
 mod progress;
+mod proportional;
 mod results;
 mod sweep;
 
@@ -131,6 +132,23 @@ fn run(config_path: &Path, out: &Path, width: Option<usize>, quiet: bool) -> Res
         )));
     }
     results::check_destination(out)?;
+    if config.data.kind == config::DataKind::Proportional {
+        let solved = proportional::run(&config, &name, out, quiet)?;
+        let last = solved.t.len() - 1;
+        println!(
+            "proportional solver, α = {}, ν = {}, L = {}: train loss {:.3e} → {:.3e}, test loss {:.3e} → {:.3e} at t = {}",
+            config.data.alpha,
+            config.data.nu,
+            config.model.depth,
+            solved.train[0],
+            solved.train[last],
+            solved.test[0],
+            solved.test[last],
+            solved.t[last]
+        );
+        println!("results in {}", out.display());
+        return Ok(());
+    }
     let source = Source {
         name: &name,
         base_dir: config_dir(config_path),

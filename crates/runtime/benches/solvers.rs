@@ -1,7 +1,8 @@
 //! Criterion benchmarks for the issue targets on a 2-core machine:
 //! deep linear L = 3, P = 10, T = 100 (< 2 s); two-layer Monte Carlo M = 10⁵, P = 10,
 //! T = 100 (< 5 s); deep nonlinear relu L = 2, P = 5, T = 50, M = 10⁴ (< 60 s); two-layer
-//! relu propagator M = 10⁵, P = 10, T = 100 (< 20 s).
+//! relu propagator M = 10⁵, P = 10, T = 100 (< 20 s); proportional-regime deep linear L = 4,
+//! T = 200, isotropic, full-batch GD (< 10 s).
 //! Run with `cargo bench -p dmft-runtime --bench solvers`; results in docs/performance.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -111,6 +112,20 @@ fn bench(c: &mut Criterion) {
             )
             .unwrap()
         })
+    });
+    let proportional = proportional::Setting {
+        depth: 4,
+        nu: 1.0,
+        parameterization: Parameterization::Mup,
+        gamma: 1.0,
+        residual: None,
+        data: proportional::DataUse::Repeated { alpha: 2.0 },
+        spectrum: proportional::Spectrum::isotropic(),
+        eta: 0.02,
+        steps: 200,
+    };
+    group.bench_function("proportional_L4_T200", |b| {
+        b.iter(|| proportional::solve(&proportional, &no_progress).unwrap())
     });
     group.finish();
 }

@@ -11,6 +11,7 @@ pub mod lazy;
 pub mod linalg;
 pub mod problem;
 pub mod propagator;
+pub mod proportional;
 pub mod quadrature;
 mod record;
 pub mod sampling;

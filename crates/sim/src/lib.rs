@@ -23,6 +23,7 @@ pub mod ensemble;
 pub mod error;
 mod gemm;
 pub mod network;
+pub mod proportional;
 pub mod rng;
 pub mod stats;
 

@@ -354,5 +354,9 @@ fn data_description(sweep: &Sweep) -> String {
             d.class_split(),
             d.seed
         ),
+        DataKind::Proportional => format!(
+            "proportional regime, α = {}, ν = {}, spectrum exponent {}",
+            d.alpha, d.nu, d.spectrum_exponent
+        ),
     }
 }
