@@ -11,7 +11,7 @@
 use crate::lang::{Dmft, EGraph, Expr, Rewrite, SiteAnalysis, parse};
 use crate::rules;
 use crate::spec::{Activation, Parameterization, Spec, Training};
-use egg::{CostFunction, Extractor, Id, Language, RecExpr, Runner, StopReason};
+use egg::{CostFunction, Extractor, Id, Language, Runner, StopReason};
 use std::time::{Duration, Instant};
 
 /// Limits of every stage. A catalogue derivation saturates well inside them (see
@@ -190,22 +190,29 @@ fn output_def(spec: &Spec) -> String {
 
 /// Closure (saddle-point) equations: kernels as neuron averages, responses as averages of
 /// source derivatives, at two generic times k, j.
-fn closures(spec: &Spec, equal_time: bool) -> Vec<Seed> {
+/// With `frozen` (lazy limit) the kernels are time independent: Φ^ℓ(_,_) at equal times.
+fn closures(spec: &Spec, frozen: bool) -> Vec<Seed> {
     let depth = spec.depth();
-    let j = if equal_time { "k" } else { "j" };
+    let (j, lhs_times) = if frozen { ("k", "_ _") } else { ("j", "k j") };
     let mut seeds = Vec::new();
     for l in 1..=depth {
         let a = act(spec, l);
-        seeds.push(seed(
+        let mut phi = seed(
             "phi_kernel",
-            format!("(Phi {l} k {j})"),
+            format!("(Phi {l} {lhs_times})"),
             format!("(navg (otimes (act {a} (h {l} k)) (act {a} (h {l} {j}))))"),
-        ));
-        seeds.push(seed(
+        );
+        let mut grad = seed(
             "grad_kernel",
-            format!("(G {l} k {j})"),
+            format!("(G {l} {lhs_times})"),
             format!("(navg (otimes (g {l} k) (g {l} {j})))"),
-        ));
+        );
+        if frozen {
+            phi.forbid.push(format!("(Phi {l} k k)"));
+            grad.forbid.push(format!("(G {l} k k)"));
+        }
+        seeds.push(phi);
+        seeds.push(grad);
     }
     seeds
 }
@@ -378,6 +385,12 @@ impl CostFunction<Dmft> for DmftCost<'_> {
         if self.forbid.contains(enode) {
             return f64::INFINITY;
         }
+        if let Dmft::Symbol(s) = enode
+            && s.as_str() == "_"
+        {
+            // Frozen (time-independent) forms are preferred when they exist.
+            return 0.5;
+        }
         let is_field = |n: &Dmft| matches!(n, Dmft::Pre(_) | Dmft::Back(_) | Dmft::Grad(_));
         let own = match enode {
             Dmft::Weight(_)
@@ -396,12 +409,22 @@ impl CostFunction<Dmft> for DmftCost<'_> {
                     200.0
                 }
             }
-            Dmft::Pre([_, t]) | Dmft::Back([_, t]) | Dmft::Grad([_, t])
+            Dmft::Pre([_, t])
+            | Dmft::Back([_, t])
+            | Dmft::Grad([_, t])
+            | Dmft::SourceU([_, t])
+            | Dmft::SourceR([_, t])
                 if self.trajectories_unknown
                     && self.class_has(*t, |n| matches!(n, Dmft::Symbol(s) if s.as_str() == ":")) =>
             {
                 1e6
             }
+            // Naming an order parameter is cheaper than inlining its value.
+            Dmft::PhiKernel(_)
+            | Dmft::GradKernel(_)
+            | Dmft::ResponsePhi(_)
+            | Dmft::ResponseGrad(_)
+            | Dmft::Ntk(_) => 0.5,
             Dmft::SiteAvg(_) | Dmft::SiteCov(_) => 20.0,
             Dmft::OpInverse(_) => 8.0,
             Dmft::Dot(_) => 4.0,
@@ -442,10 +465,24 @@ fn extract(egraph: &EGraph, seeds: &[Seed], trajectories_unknown: bool) -> Vec<E
             let root = egraph
                 .lookup_expr(&lhs)
                 .unwrap_or_else(|| panic!("seed {} was not added", s.lhs));
-            let forbid = std::iter::once(&lhs)
+            let mut forbid: Vec<Dmft> = std::iter::once(&lhs)
                 .chain(s.forbid.iter().map(|f| parse(f)).collect::<Vec<_>>().iter())
                 .filter_map(|e| canonical_root(egraph, e))
                 .collect();
+            // An order parameter's equation may not be the same order parameter at other
+            // times (frozen kernels put Φ^ℓ(k,k) and Φ^ℓ(_,_) in one class).
+            if let Some(top) = canonical_root(egraph, &lhs)
+                && matches!(
+                    top,
+                    Dmft::PhiKernel(_) | Dmft::GradKernel(_) | Dmft::Ntk(_)
+                )
+            {
+                let same = |n: &Dmft| {
+                    n.to_string() == top.to_string()
+                        && (matches!(n, Dmft::Ntk(_)) || n.children()[0] == top.children()[0])
+                };
+                forbid.extend(egraph[root].nodes.iter().filter(|n| same(n)).cloned());
+            }
             let cost = DmftCost {
                 egraph,
                 forbid,
@@ -538,7 +575,7 @@ fn derive_lazy(spec: &Spec, d: &mut Derivation) {
     rs.push(rules::rule("neuron-to-site", "(navg ?e)", "(avg ?e)"));
     let (egraph, report) = run("lazy-output", egraph, &rs);
     d.stages.push(report);
-    let lazy_f = extract_matching(&egraph, "(f k)", "sum<");
+    let lazy_f = extract_without_average(&egraph, "(f k)");
 
     // Stage 2: frozen fields, kernels and the NTK.
     let mut egraph = EGraph::default();
@@ -551,7 +588,9 @@ fn derive_lazy(spec: &Spec, d: &mut Derivation) {
         .map(|l| format!("(* (G {} k k) (Phi {l} k k))", l + 1))
         .reduce(|a, b| format!("(+ {a} {b})"))
         .expect("depth ≥ 1");
-    let ntk = vec![seed("neural tangent kernel", "(K k k)", ntk_def)];
+    let mut ntk = seed("neural tangent kernel", "(K _ _)", ntk_def);
+    ntk.forbid.push("(K k k)".to_string());
+    let ntk = vec![ntk];
     let closure = closures(spec, true);
     for s in fields.iter().chain(&out).chain(&ntk).chain(&closure) {
         add_seed(&mut egraph, s);
@@ -608,41 +647,28 @@ fn simplify_into(sections: Vec<Section>, d: &mut Derivation) {
     }
 }
 
-/// The cheapest form in the class of `lhs` whose root is `op` (the lazy output must be the
-/// NTK sum, not the O(1/γ₀) average it equals).
-fn extract_matching(egraph: &EGraph, lhs: &str, op: &str) -> Expr {
+/// The cheapest site-average-free form of `lhs` (the lazy output must be the NTK sum, not
+/// the O(1/γ₀) average it equals).
+fn extract_without_average(egraph: &EGraph, lhs: &str) -> Expr {
     let root = egraph.lookup_expr(&parse(lhs)).expect("seeded");
-    let cost = DmftCost {
-        egraph,
-        forbid: Vec::new(),
-        trajectories_unknown: false,
-    };
-    let ex = Extractor::new(egraph, cost);
-    let node = egraph[root]
+    let forbid = egraph[root]
         .nodes
         .iter()
-        .find(|n| n.to_string() == op)
-        .unwrap_or_else(|| panic!("no `{op}` form of {lhs} was derived"))
-        .clone();
-    let mut expr = RecExpr::default();
-    let children: Vec<Id> = node
-        .children()
-        .iter()
-        .map(|c| append(&mut expr, &ex.find_best(*c).1))
+        .filter(|n| matches!(n, Dmft::Output(_) | Dmft::Mul(_)))
+        .filter(|n| {
+            // Keep only the products that do not lead to a site average.
+            let e = n.build_recexpr(|id| egraph[id].nodes[0].clone());
+            e.as_ref().iter().any(|m| matches!(m, Dmft::SiteAvg(_) | Dmft::NeuronMean(_)))
+                || matches!(n, Dmft::Output(_))
+        })
+        .cloned()
         .collect();
-    let mut it = children.into_iter();
-    expr.add(node.map_children(|_| it.next().expect("arity")));
-    expr
-}
-
-/// Appends `sub` to `expr` and returns the id of its root.
-fn append(expr: &mut Expr, sub: &Expr) -> Id {
-    let mut ids: Vec<Id> = Vec::with_capacity(sub.len());
-    for n in sub.as_ref() {
-        let m = n.clone().map_children(|c| ids[usize::from(c)]);
-        ids.push(expr.add(m));
-    }
-    *ids.last().expect("non-empty")
+    let cost = DmftCost {
+        egraph,
+        forbid,
+        trajectories_unknown: false,
+    };
+    Extractor::new(egraph, cost).find_best(root).1
 }
 
 fn derive_operators(spec: &Spec, d: &mut Derivation) {
@@ -673,16 +699,6 @@ fn derive_operators(spec: &Spec, d: &mut Derivation) {
     let (lifted, report) = run("lift", egraph, &rs);
     d.stages.push(report);
     // Block row k for a symbolic k is the whole trajectory: x(k) = X(k) ∀k ⇒ x = X.
-    let mut ops = EGraph::default();
-    for (lhs, rhs) in rows {
-        let a = ops.add_expr(&lhs);
-        let inner = row_k_inner(&lifted, rhs);
-        if std::env::var("DMFT_EXPR_DEBUG").is_ok() {
-            eprintln!("LIFT {lhs} = {inner}");
-        }
-        let b = ops.add_expr(&inner);
-        ops.union(a, b);
-    }
     let mut defs = Vec::new();
     for l in 1..=depth {
         defs.push(seed(
@@ -696,25 +712,70 @@ fn derive_operators(spec: &Spec, d: &mut Derivation) {
             format!("(+ (Rg {} : :) (* c (causal (G {} : :))))", l + 1, l + 1),
         ));
     }
+    // Stage `factor`: collect each trajectory equation into x = a + M y with M named.
+    let mut factor = EGraph::default();
+    let mut lifted_eqs = Vec::new();
+    for (lhs, rhs) in rows {
+        let inner = row_k_inner(&lifted, rhs);
+        let id = factor.add_expr(&inner);
+        lifted_eqs.push((lhs, id));
+    }
+    for s in &defs {
+        add_seed(&mut factor, s);
+    }
+    add_fact(&mut factor, "(Rphi 0 : :)", "0");
+    add_fact(&mut factor, &format!("(Rg {readout} : :)"), "0");
+    let mut rs = rules::algebra();
+    rs.extend(rules::commutative());
+    rs.extend(rules::factoring());
+    let (factor, report) = run("factor", factor, &rs);
+    d.stages.push(report);
+    let cost = DmftCost {
+        egraph: &factor,
+        forbid: Vec::new(),
+        trajectories_unknown: false,
+    };
+    let ex = Extractor::new(&factor, cost);
+    let mut trajectory_eqs = Vec::new();
+    let mut ops = EGraph::default();
+    for (lhs, id) in lifted_eqs {
+        let rhs = ex.find_best(id).1;
+        let a = ops.add_expr(&lhs);
+        let b = ops.add_expr(&rhs);
+        ops.union(a, b);
+        trajectory_eqs.push(Equation {
+            name: "trajectory field equation".to_string(),
+            lhs,
+            rhs,
+        });
+    }
+    let defs_extracted = extract(&factor, &defs, false);
     let mut closed = Vec::new();
     for l in 1..=depth {
-        closed.push(seed("phi_kernel", format!("(Phi {l} : :)"), format!("(avg (otimes (h {l} :) (h {l} :)))")));
-        closed.push(seed("grad_kernel", format!("(G {l} : :)"), format!("(avg (otimes (z {l} :) (z {l} :)))")));
-        closed.push(seed("response_phi", format!("(Rphi {l} : :)"), format!("(avg (d (h {l} :) (r {l} :)))")));
-        closed.push(seed("response_grad", format!("(Rg {l} : :)"), format!("(avg (d (z {l} :) (u {l} :)))")));
+        // A closed form of layer ℓ is in terms of C^ℓ, E^ℓ and the neighbours' kernels only.
+        let own: Vec<String> = ["Phi", "G", "Rphi", "Rg"]
+            .iter()
+            .map(|q| format!("({q} {l} : :)"))
+            .collect();
+        let mut add = |name: &str, lhs: String, def: String| {
+            let mut s = seed(name, lhs, def);
+            s.forbid = own.clone();
+            closed.push(s);
+        };
+        add("phi_kernel", format!("(Phi {l} : :)"), format!("(avg (otimes (h {l} :) (h {l} :)))"));
+        add("grad_kernel", format!("(G {l} : :)"), format!("(avg (otimes (z {l} :) (z {l} :)))"));
+        add("response_phi", format!("(Rphi {l} : :)"), format!("(avg (d (h {l} :) (r {l} :)))"));
+        add("response_grad", format!("(Rg {l} : :)"), format!("(avg (d (z {l} :) (u {l} :)))"));
     }
     let out = vec![seed(
         "output",
         "(f :)",
         format!("(* (recip gamma0) (diag (avg (otimes (z {depth} :) (h {depth} :)))))"),
     )];
-    for s in defs.iter().chain(&closed).chain(&out) {
+    for s in closed.iter().chain(&out) {
         add_seed(&mut ops, s);
     }
-    add_fact(&mut ops, "(Rphi 0 : :)", "0");
-    add_fact(&mut ops, &format!("(Rg {readout} : :)"), "0");
     let mut rs = rules::algebra();
-    rs.extend(rules::commutative());
     rs.extend(rules::source_calculus());
     rs.extend(rules::gaussian(spec));
     rs.extend(rules::operators());
@@ -722,7 +783,7 @@ fn derive_operators(spec: &Spec, d: &mut Derivation) {
     d.stages.push(report);
     d.sections.push(Section {
         title: "Causal operators on (time, sample) space".to_string(),
-        equations: extract(&ops, &defs, true),
+        equations: defs_extracted.into_iter().chain(trajectory_eqs).collect(),
     });
     d.sections.push(Section {
         title: "Closed forms (Gaussian fields)".to_string(),

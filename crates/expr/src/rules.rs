@@ -361,6 +361,16 @@ pub fn lifting(spec: &Spec) -> Vec<Rewrite> {
     rules
 }
 
+/// Collecting a lifted equation into x = a + M y: scalars into operators, and terms that
+/// act on the same trajectory into one operator.
+#[rustfmt::skip]
+pub fn factoring() -> Vec<Rewrite> {
+    vec![
+        guarded("dot-scale-in", "(* ?s (dot ?A ?x))", "(dot (* ?s ?A) ?x)", scalar, &["?s"]),
+        rule("dot-factor-r", "(+ (dot ?A ?x) (dot ?B ?x))", "(dot (+ ?A ?B) ?x)"),
+    ]
+}
+
 /// Operator algebra on (time, sample) space for Gaussian (linear) fields: solving
 /// x = a + M x, moving site averages through linear maps, and the source Jacobian.
 #[rustfmt::skip]
@@ -373,9 +383,7 @@ pub fn operators() -> Vec<Rewrite> {
         rule("avg-outer-add-r", "(avg (otimes ?a (+ ?b ?c)))", "(+ (avg (otimes ?a ?b)) (avg (otimes ?a ?c)))"),
         rule("jacobian-self", "(kron : :)", "I"),
 rule("dot-distrib-r", "(dot ?A (+ ?x ?y))", "(+ (dot ?A ?x) (dot ?A ?y))"),
-        rule("dot-factor-r", "(+ (dot ?A ?x) (dot ?B ?x))", "(dot (+ ?A ?B) ?x)"),
         rule("dot-assoc",    "(dot ?A (dot ?B ?x))", "(dot (dot ?A ?B) ?x)"),
-        // Scalars into an operator, so that R + c[XΔ]_< factors as one operator.
-        guarded("dot-scale-in", "(* ?s (dot ?A ?x))", "(dot (* ?s ?A) ?x)", scalar, &["?s"]),
+        rule("assoc-add",    "(+ ?a (+ ?b ?c))",   "(+ (+ ?a ?b) ?c)"),
     ]
 }
