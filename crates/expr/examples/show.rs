@@ -11,6 +11,7 @@ fn main() {
         "deep-linear-2" => Spec::mlp(&name, 2, Activation::Linear),
         "deep-linear-3" => Spec::mlp(&name, 3, Activation::Linear),
         "deep-relu-2" => Spec::mlp(&name, 2, Activation::Relu),
+        "deep-tanh-2" => Spec::mlp(&name, 2, Activation::Tanh),
         _ => panic!("unknown {name}"),
     };
     let spec = if std::env::args().any(|a| a == "lazy") { spec.lazy() } else { spec };

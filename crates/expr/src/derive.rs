@@ -370,6 +370,9 @@ pub struct DmftCost<'a> {
     egraph: &'a EGraph,
     forbid: Vec<Dmft>,
     trajectories_unknown: bool,
+    /// Lazy limit: every field is a function of the frozen sources, so a form that still
+    /// averages over fields is not finished.
+    fields_unknown: bool,
 }
 
 impl DmftCost<'_> {
@@ -409,6 +412,7 @@ impl CostFunction<Dmft> for DmftCost<'_> {
                     200.0
                 }
             }
+            Dmft::Pre(_) | Dmft::Back(_) | Dmft::Grad(_) if self.fields_unknown => 1e6,
             Dmft::Pre([_, t])
             | Dmft::Back([_, t])
             | Dmft::Grad([_, t])
@@ -426,6 +430,14 @@ impl CostFunction<Dmft> for DmftCost<'_> {
             | Dmft::ResponseGrad(_)
             | Dmft::Ntk(_) => 0.5,
             Dmft::SiteAvg(_) | Dmft::SiteCov(_) => 20.0,
+            // ⟨s sᵀ⟩ of a bare source is its covariance, an order parameter by name.
+            Dmft::SampleOuter([a, b])
+                if [a, b].iter().all(|c| {
+                    self.class_has(**c, |n| matches!(n, Dmft::SourceU(_) | Dmft::SourceR(_)))
+                }) =>
+            {
+                1e3
+            }
             Dmft::OpInverse(_) => 8.0,
             Dmft::Dot(_) => 4.0,
             Dmft::SumBefore(_) | Dmft::SumUpTo(_) => 3.0,
@@ -457,7 +469,12 @@ fn canonical_root(egraph: &EGraph, expr: &Expr) -> Option<Dmft> {
     Some(last.map_children(|c| egraph.find(ids[usize::from(c)])))
 }
 
-fn extract(egraph: &EGraph, seeds: &[Seed], trajectories_unknown: bool) -> Vec<Equation> {
+fn extract(
+    egraph: &EGraph,
+    seeds: &[Seed],
+    trajectories_unknown: bool,
+    fields_unknown: bool,
+) -> Vec<Equation> {
     seeds
         .iter()
         .map(|s| {
@@ -487,6 +504,7 @@ fn extract(egraph: &EGraph, seeds: &[Seed], trajectories_unknown: bool) -> Vec<E
                 egraph,
                 forbid,
                 trajectories_unknown,
+                fields_unknown,
             };
             let (_, rhs) = Extractor::new(egraph, cost).find_best(root);
             Equation {
@@ -546,7 +564,7 @@ fn derive_rich(spec: &Spec, d: &mut Derivation) {
         .filter(|(_, seeds)| !seeds.is_empty())
         .map(|(title, seeds)| Section {
             title: title.to_string(),
-            equations: extract(&egraph, seeds, false),
+            equations: extract(&egraph, seeds, false, false),
         })
         .collect();
     simplify_into(sections, d);
@@ -614,7 +632,7 @@ fn derive_lazy(spec: &Spec, d: &mut Derivation) {
     .iter()
     .map(|(title, seeds)| Section {
         title: title.to_string(),
-        equations: extract(&egraph, seeds, false),
+        equations: extract(&egraph, seeds, false, true),
     })
     .collect();
     simplify_into(sections, d);
@@ -637,6 +655,7 @@ fn simplify_into(sections: Vec<Section>, d: &mut Derivation) {
         egraph: &egraph,
         forbid: Vec::new(),
         trajectories_unknown: false,
+        fields_unknown: false,
     };
     let ex = Extractor::new(&egraph, cost);
     for (mut s, ids) in sections.into_iter().zip(roots) {
@@ -667,6 +686,7 @@ fn extract_without_average(egraph: &EGraph, lhs: &str) -> Expr {
         egraph,
         forbid,
         trajectories_unknown: false,
+        fields_unknown: false,
     };
     Extractor::new(egraph, cost).find_best(root).1
 }
@@ -734,6 +754,7 @@ fn derive_operators(spec: &Spec, d: &mut Derivation) {
         egraph: &factor,
         forbid: Vec::new(),
         trajectories_unknown: false,
+        fields_unknown: false,
     };
     let ex = Extractor::new(&factor, cost);
     let mut trajectory_eqs = Vec::new();
@@ -749,7 +770,7 @@ fn derive_operators(spec: &Spec, d: &mut Derivation) {
             rhs,
         });
     }
-    let defs_extracted = extract(&factor, &defs, false);
+    let defs_extracted = extract(&factor, &defs, false, false);
     let mut closed = Vec::new();
     for l in 1..=depth {
         // A closed form of layer ℓ is in terms of C^ℓ, E^ℓ and the neighbours' kernels only.
@@ -787,9 +808,9 @@ fn derive_operators(spec: &Spec, d: &mut Derivation) {
     });
     d.sections.push(Section {
         title: "Closed forms (Gaussian fields)".to_string(),
-        equations: extract(&ops, &closed, true)
+        equations: extract(&ops, &closed, true, false)
             .into_iter()
-            .chain(extract(&ops, &out, true))
+            .chain(extract(&ops, &out, true, false))
             .collect(),
     });
 }
@@ -802,6 +823,7 @@ fn row_k_inner(egraph: &EGraph, class: Id) -> Expr {
         egraph,
         forbid: Vec::new(),
         trajectories_unknown: false,
+        fields_unknown: false,
     };
     let ex = Extractor::new(egraph, cost);
     egraph[class]
