@@ -12,11 +12,12 @@ use crate::lang::{Dmft, EGraph, Expr, Rewrite, SiteAnalysis, parse};
 use crate::rules;
 use crate::spec::{Activation, Parameterization, Spec, Training};
 use egg::{CostFunction, Extractor, Id, Language, Runner, StopReason};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Limits of every stage. A catalogue derivation saturates well inside them (see
 /// docs/performance.md); they exist so that a new rule can never run away.
-pub const NODE_LIMIT: usize = 200_000;
+pub const NODE_LIMIT: usize = 50_000;
 pub const ITER_LIMIT: usize = 40;
 pub const TIME_LIMIT: Duration = Duration::from_secs(3);
 
@@ -475,38 +476,68 @@ fn extract(
     trajectories_unknown: bool,
     fields_unknown: bool,
 ) -> Vec<Equation> {
+    // One extractor per set of extra forbidden nodes (extraction is the costly part).
+    let mut cache: HashMap<Vec<String>, Extractor<DmftCost, Dmft, SiteAnalysis>> = HashMap::new();
+    let mut node_cost = DmftCost {
+        egraph,
+        forbid: Vec::new(),
+        trajectories_unknown,
+        fields_unknown,
+    };
     seeds
         .iter()
         .map(|s| {
             let lhs = parse(&s.lhs);
-            let root = egraph
-                .lookup_expr(&lhs)
-                .unwrap_or_else(|| panic!("seed {} was not added", s.lhs));
-            let mut forbid: Vec<Dmft> = std::iter::once(&lhs)
-                .chain(s.forbid.iter().map(|f| parse(f)).collect::<Vec<_>>().iter())
-                .filter_map(|e| canonical_root(egraph, e))
-                .collect();
-            // An order parameter's equation may not be the same order parameter at other
-            // times (frozen kernels put Φ^ℓ(k,k) and Φ^ℓ(_,_) in one class).
-            if let Some(top) = canonical_root(egraph, &lhs)
-                && matches!(
-                    top,
-                    Dmft::PhiKernel(_) | Dmft::GradKernel(_) | Dmft::Ntk(_)
-                )
-            {
-                let same = |n: &Dmft| {
-                    n.to_string() == top.to_string()
-                        && (matches!(n, Dmft::Ntk(_)) || n.children()[0] == top.children()[0])
+            let root = egraph.find(
+                egraph
+                    .lookup_expr(&lhs)
+                    .unwrap_or_else(|| panic!("seed {} was not added", s.lhs)),
+            );
+            let ex = cache.entry(s.forbid.clone()).or_insert_with(|| {
+                let forbid = s
+                    .forbid
+                    .iter()
+                    .filter_map(|f| canonical_root(egraph, &parse(f)))
+                    .collect();
+                let cost = DmftCost {
+                    egraph,
+                    forbid,
+                    trajectories_unknown,
+                    fields_unknown,
                 };
-                forbid.extend(egraph[root].nodes.iter().filter(|n| same(n)).cloned());
-            }
-            let cost = DmftCost {
-                egraph,
-                forbid,
-                trajectories_unknown,
-                fields_unknown,
+                Extractor::new(egraph, cost)
+            });
+            // The right side may not be the left side, an alias of the same order
+            // parameter at other times (frozen kernels), or lead back to its own class.
+            let top = canonical_root(egraph, &lhs).expect("seeded");
+            let alias = |n: &Dmft| {
+                matches!(top, Dmft::PhiKernel(_) | Dmft::GradKernel(_) | Dmft::Ntk(_))
+                    && n.to_string() == top.to_string()
+                    && (matches!(n, Dmft::Ntk(_)) || n.children()[0] == top.children()[0])
             };
-            let (_, rhs) = Extractor::new(egraph, cost).find_best(root);
+            let extra: Vec<Dmft> = s
+                .forbid
+                .iter()
+                .filter_map(|f| canonical_root(egraph, &parse(f)))
+                .collect();
+            let best = egraph[root]
+                .nodes
+                .iter()
+                .filter(|n| **n != top && !alias(n) && !extra.contains(n))
+                .filter(|n| n.children().iter().all(|c| egraph.find(*c) != root))
+                .map(|n| (node_cost.cost(n, |c| ex.find_best_cost(c)), n))
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .unwrap_or_else(|| panic!("no right side for {}", s.lhs))
+                .1
+                .clone();
+            let mut rhs = Expr::default();
+            let children: Vec<Id> = best
+                .children()
+                .iter()
+                .map(|c| append(&mut rhs, &ex.find_best(*c).1))
+                .collect();
+            let mut it = children.into_iter();
+            rhs.add(best.map_children(|_| it.next().expect("arity")));
             Equation {
                 name: s.name.clone(),
                 lhs,
@@ -514,6 +545,15 @@ fn extract(
             }
         })
         .collect()
+}
+
+/// Appends `sub` to `expr` and returns the id of its root.
+fn append(expr: &mut Expr, sub: &Expr) -> Id {
+    let mut ids: Vec<Id> = Vec::with_capacity(sub.len());
+    for n in sub.as_ref() {
+        ids.push(expr.add(n.clone().map_children(|c| ids[usize::from(c)])));
+    }
+    *ids.last().expect("non-empty")
 }
 
 fn rich_rules(spec: &Spec) -> Vec<Rewrite> {
@@ -602,8 +642,16 @@ fn derive_lazy(spec: &Spec, d: &mut Derivation) {
         seed("output (NTK dynamics)", "(f k)", lazy_f.to_string()),
         seed("error", "(delta k)", "(+ y (neg (f k)))"),
     ];
+    // W^ℓ feeds layer ℓ+1; a residual branch scales its contribution by β²/L.
     let ntk_def = (0..=depth)
-        .map(|l| format!("(* (G {} k k) (Phi {l} k k))", l + 1))
+        .map(|l| {
+            let term = format!("(* (G {} k k) (Phi {l} k k))", l + 1);
+            if spec.layers.get(l).is_some_and(|next| next.residual) {
+                format!("(* (* (* beta beta) (recip L)) {term})")
+            } else {
+                term
+            }
+        })
         .reduce(|a, b| format!("(+ {a} {b})"))
         .expect("depth ≥ 1");
     let mut ntk = seed("neural tangent kernel", "(K _ _)", ntk_def);
