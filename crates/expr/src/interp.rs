@@ -445,6 +445,18 @@ impl Ctx<'_> {
                 other => panic!("diag of {other:?}"),
             },
             Dmft::CausalDelta(a) => M(self.causal(ev(*a).matrix())),
+            // ∂e/∂s for a scalar symbol s: central finite difference (the soundness oracle).
+            Dmft::DSource([x, s]) | Dmft::DOrder([x, s]) => {
+                let name = e[*s].to_string();
+                let at = |shift: f64| {
+                    let mut g = self.globals.clone();
+                    let base = g.get(&name).map(Value::scalar).expect("∂ by a bound scalar");
+                    g.insert(name.clone(), S(base + shift));
+                    Ctx { globals: &g, times: self.times.clone(), ..*self }.eval(e, *x)
+                };
+                const H: f64 = 1e-5;
+                at(H).zip(at(-H), |a, b| (a - b) / (2.0 * H))
+            }
             Dmft::ArcCos0(a) | Dmft::ArcCos1(a) | Dmft::ErfKernel(a) | Dmft::ErfDerivKernel(a) => {
                 let name = e[id].to_string();
                 M(kernel_map(&name, ev(*a).matrix()))
@@ -477,6 +489,30 @@ impl Ctx<'_> {
             if j < k { x[(r, c)] * self.delta[j][a] } else { 0.0 }
         })
     }
+}
+
+/// Evaluates an expression whose symbols are bound in `globals` (values) and whose time
+/// symbols are bound in `times`: the oracle of the rules' soundness tests.
+pub fn evaluate(
+    e: &Expr,
+    setting: &Setting,
+    globals: &HashMap<String, Value>,
+    times: &HashMap<String, usize>,
+    delta: &[Vec<f64>],
+) -> Value {
+    let ctx = Ctx {
+        setting,
+        depth: 1,
+        times: times.clone(),
+        site: None,
+        sites: None,
+        fields: &[],
+        globals,
+        delta,
+        // One time step: `I` is the identity over the training points.
+        trajectory: 1,
+    };
+    ctx.eval(e, root(e))
 }
 
 /// The sub-expression rooted at `id`.
@@ -674,7 +710,7 @@ fn single_source_function(e: &Expr, id: Id) -> ((String, usize), i64) {
 }
 
 /// ⟨F(u_a) H(u_b)⟩ for every pair (a, b) with (u_a, u_b) ~ N(0, cov restricted to a, b).
-fn pair_average(cov: &Mat, f: &(String, usize), h: &(String, usize), order: usize) -> Mat {
+pub fn pair_average(cov: &Mat, f: &(String, usize), h: &(String, usize), order: usize) -> Mat {
     let (x, w) = gauss_hermite(order);
     Mat::from_fn(cov.rows, cov.cols, |a, b| {
         let (qa, qb, c) = (cov[(a, a)], cov[(b, b)], cov[(a, b)]);
