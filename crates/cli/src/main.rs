@@ -119,7 +119,8 @@ fn derive(spec_path: &Path, latex: bool, out: Option<&Path>) -> Result<(), Failu
     let name = spec_path.display().to_string();
     let text = std::fs::read_to_string(spec_path)
         .map_err(|e| Failure::Input(format!("{name}: cannot read the spec: {e}")))?;
-    let spec = dmft_expr::Spec::from_toml(&text).map_err(|e| Failure::Input(format!("{name}: {e}")))?;
+    let spec =
+        dmft_expr::Spec::from_toml(&text).map_err(|e| Failure::Input(format!("{name}: {e}")))?;
     let d = dmft_expr::derive(&spec).map_err(|e| Failure::Input(format!("{name}: {e}")))?;
     let style = if latex { Style::Latex } else { Style::Unicode };
     let text = derivation(&d, style);

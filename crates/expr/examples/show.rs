@@ -3,7 +3,9 @@ use dmft_expr::print::{Style, derivation};
 use dmft_expr::{Activation, Spec, derive};
 
 fn main() {
-    let name = std::env::args().nth(1).unwrap_or_else(|| "two-layer-relu".into());
+    let name = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "two-layer-relu".into());
     let spec = match name.as_str() {
         "two-layer-linear" => Spec::mlp(&name, 1, Activation::Linear),
         "two-layer-relu" => Spec::mlp(&name, 1, Activation::Relu),
@@ -14,7 +16,11 @@ fn main() {
         "deep-tanh-2" => Spec::mlp(&name, 2, Activation::Tanh),
         _ => panic!("unknown {name}"),
     };
-    let spec = if std::env::args().any(|a| a == "lazy") { spec.lazy() } else { spec };
+    let spec = if std::env::args().any(|a| a == "lazy") {
+        spec.lazy()
+    } else {
+        spec
+    };
     let d = derive(&spec).unwrap();
     for s in &d.stages {
         eprintln!("{s:?}");

@@ -149,7 +149,11 @@ fn network_fields(spec: &Spec) -> Vec<Seed> {
         let mut z = seed("backward field", format!("(z {l} k)"), def);
         z.forbid.push(format!("(g {l} k)"));
         seeds.push(z);
-        seeds.push(seed("gradient field", format!("(g {l} k)"), format!("(g {l} k)")));
+        seeds.push(seed(
+            "gradient field",
+            format!("(g {l} k)"),
+            format!("(g {l} k)"),
+        ));
     }
     seeds
 }
@@ -164,7 +168,10 @@ fn updates(spec: &Spec) -> Vec<(String, String)> {
     )];
     for l in 1..depth {
         let a = act(spec, l);
-        let step = format!("(* c (outer (* (delta j) (g {} j)) (act {a} (h {l} j))))", l + 1);
+        let step = format!(
+            "(* c (outer (* (delta j) (g {} j)) (act {a} (h {l} j))))",
+            l + 1
+        );
         let step = if spec.layers[l].residual {
             format!("(* {branch} {step})")
         } else {
@@ -173,7 +180,10 @@ fn updates(spec: &Spec) -> Vec<(String, String)> {
         facts.push((format!("(dW {l} j)"), step));
     }
     let readout = if spec.readout_trainable {
-        format!("(* c (sum-a (* (delta j) (act {} (h {depth} j)))))", act(spec, depth))
+        format!(
+            "(* c (sum-a (* (delta j) (act {} (h {depth} j)))))",
+            act(spec, depth)
+        )
     } else {
         "0".to_string()
     };
@@ -267,7 +277,11 @@ fn hessian_two_layer(spec: &Spec) -> Vec<Seed> {
             psi("s")
         ),
     )];
-    seeds.push(seed("D_f (sensitivity)", "(dq (f k) (delta s))", "(dq (f k) (delta s))"));
+    seeds.push(seed(
+        "D_f (sensitivity)",
+        "(dq (f k) (delta s))",
+        "(dq (f k) (delta s))",
+    ));
     for f in ["h", "z", "g"] {
         let lhs = format!("(dq ({f} 1 k) (delta s))");
         seeds.push(seed("tangent field (∂/∂Δ)", lhs.clone(), lhs));
@@ -281,13 +295,37 @@ fn hessian_two_layer(spec: &Spec) -> Vec<Seed> {
 fn hessian_rules(spec: &Spec) -> Vec<Rewrite> {
     let mut rs = vec![
         rules::rule("dq-add", "(dq (+ ?a ?b) ?q)", "(+ (dq ?a ?q) (dq ?b ?q))"),
-        rules::rule("dq-mul", "(dq (* ?a ?b) ?q)", "(+ (* (dq ?a ?q) ?b) (* ?a (dq ?b ?q)))"),
-        rules::rule("dq-dot", "(dq (dot ?A ?b) ?q)", "(+ (dot (dq ?A ?q) ?b) (dot ?A (dq ?b ?q)))"),
+        rules::rule(
+            "dq-mul",
+            "(dq (* ?a ?b) ?q)",
+            "(+ (* (dq ?a ?q) ?b) (* ?a (dq ?b ?q)))",
+        ),
+        rules::rule(
+            "dq-dot",
+            "(dq (dot ?A ?b) ?q)",
+            "(+ (dot (dq ?A ?q) ?b) (dot ?A (dq ?b ?q)))",
+        ),
         rules::rule("dq-neg", "(dq (neg ?a) ?q)", "(neg (dq ?a ?q))"),
-        rules::rule("dq-sum<", "(dq (sum< ?i ?k ?e) ?q)", "(sum< ?i ?k (dq ?e ?q))"),
+        rules::rule(
+            "dq-sum<",
+            "(dq (sum< ?i ?k ?e) ?q)",
+            "(sum< ?i ?k (dq ?e ?q))",
+        ),
         rules::rule("dq-sum-a", "(dq (sum-a ?e) ?q)", "(sum-a (dq ?e ?q))"),
-        rules::guarded("dq-act", "(dq (act ?a ?x) ?q)", "(* (dact ?a ?x) (dq ?x ?q))", rules::nonlinear, &["?a"]),
-        rules::guarded("dq-dact", "(dq (dact ?a ?x) ?q)", "(* (ddact ?a ?x) (dq ?x ?q))", rules::nonlinear, &["?a"]),
+        rules::guarded(
+            "dq-act",
+            "(dq (act ?a ?x) ?q)",
+            "(* (dact ?a ?x) (dq ?x ?q))",
+            rules::nonlinear,
+            &["?a"],
+        ),
+        rules::guarded(
+            "dq-dact",
+            "(dq (dact ?a ?x) ?q)",
+            "(* (ddact ?a ?x) (dq ?x ?q))",
+            rules::nonlinear,
+            &["?a"],
+        ),
         rules::rule("dq-self", "(dq (delta ?i) (delta ?j))", "(kron ?i ?j)"),
         rules::rule("dq-kx", "(dq Kx ?q)", "0"),
         rules::rule("dq-source-u", "(dq (u ?l ?k) ?q)", "0"),
@@ -296,7 +334,11 @@ fn hessian_rules(spec: &Spec) -> Vec<Rewrite> {
         rules::rule("dq-gamma", "(dq (recip gamma0) ?q)", "0"),
     ];
     if spec.layers.iter().all(|l| l.activation != Activation::Relu) {
-        rs.push(rules::rule("dq-avg-smooth", "(dq (avg ?e) ?q)", "(avg (dq ?e ?q))"));
+        rs.push(rules::rule(
+            "dq-avg-smooth",
+            "(dq (avg ?e) ?q)",
+            "(avg (dq ?e ?q))",
+        ));
     }
     rs
 }
@@ -310,26 +352,6 @@ fn run(stage: &'static str, egraph: EGraph, rules: &[Rewrite]) -> (EGraph, Stage
         .with_iter_limit(ITER_LIMIT)
         .with_time_limit(TIME_LIMIT)
         .run(rules);
-    if std::env::var("DMFT_EXPR_LOOPS").is_ok() {
-        let eg = &runner.egraph;
-        let ex = Extractor::new(eg, egg::AstSize);
-        for c in eg.classes() {
-            for n in &c.nodes {
-                if let Dmft::Add([a, b]) = n {
-                    for (x, y) in [(a, b), (b, a)] {
-                        if eg.find(*x) == c.id {
-                            eprintln!("LOOP {} = {} + itself", ex.find_best(c.id).1, ex.find_best(*y).1);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if std::env::var("DMFT_EXPR_DEBUG").is_ok() {
-        for it in runner.iterations.iter().skip(6).take(8) {
-            eprintln!("{stage} {:?}", it.applied);
-        }
-    }
     let stop = match &runner.stop_reason {
         Some(StopReason::Saturated) => "saturated".to_string(),
         Some(StopReason::IterationLimit(n)) => format!("iteration limit ({n})"),
@@ -420,7 +442,8 @@ impl CostFunction<Dmft> for DmftCost<'_> {
             | Dmft::SourceU([_, t])
             | Dmft::SourceR([_, t])
                 if self.trajectories_unknown
-                    && self.class_has(*t, |n| matches!(n, Dmft::Symbol(s) if s.as_str() == ":")) =>
+                    && self
+                        .class_has(*t, |n| matches!(n, Dmft::Symbol(s) if s.as_str() == ":")) =>
             {
                 1e6
             }
@@ -583,7 +606,13 @@ fn derive_rich(spec: &Spec, d: &mut Derivation) {
     } else {
         Vec::new()
     };
-    for s in fields.iter().chain(&out).chain(&closure).chain(&response).chain(&hessian) {
+    for s in fields
+        .iter()
+        .chain(&out)
+        .chain(&closure)
+        .chain(&response)
+        .chain(&hessian)
+    {
         add_seed(&mut egraph, s);
     }
     for (lhs, def) in updates(spec) {
@@ -596,7 +625,10 @@ fn derive_rich(spec: &Spec, d: &mut Derivation) {
         ("Single-site field equations", &fields),
         ("Output", &out),
         ("Closure: kernels", &closure),
-        ("Closure: response functions and their tangent fields", &response),
+        (
+            "Closure: response functions and their tangent fields",
+            &response,
+        ),
         ("Hessian blocks (predictions)", &hessian),
     ];
     let sections: Vec<Section> = groups
@@ -614,9 +646,7 @@ fn derive_rich(spec: &Spec, d: &mut Derivation) {
             equations: vec![Equation {
                 name: "Sigma_f".to_string(),
                 lhs: parse("Sigma_f"),
-                rhs: parse(
-                    "(dot (dot (opinv (+ I D_f)) kappa_f) (T (opinv (+ I D_f))))",
-                ),
+                rhs: parse("(dot (dot (opinv (+ I D_f)) kappa_f) (T (opinv (+ I D_f))))"),
             }],
         });
     }
@@ -692,7 +722,12 @@ fn simplify_into(sections: Vec<Section>, d: &mut Derivation) {
     let mut egraph = EGraph::default();
     let roots: Vec<Vec<Id>> = sections
         .iter()
-        .map(|s| s.equations.iter().map(|e| egraph.add_expr(&e.rhs)).collect())
+        .map(|s| {
+            s.equations
+                .iter()
+                .map(|e| egraph.add_expr(&e.rhs))
+                .collect()
+        })
         .collect();
     let mut rs = rules::algebra();
     rs.extend(rules::commutative());
@@ -725,7 +760,9 @@ fn extract_without_average(egraph: &EGraph, lhs: &str) -> Expr {
         .filter(|n| {
             // Keep only the products that do not lead to a site average.
             let e = n.build_recexpr(|id| egraph[id].nodes[0].clone());
-            e.as_ref().iter().any(|m| matches!(m, Dmft::SiteAvg(_) | Dmft::NeuronMean(_)))
+            e.as_ref()
+                .iter()
+                .any(|m| matches!(m, Dmft::SiteAvg(_) | Dmft::NeuronMean(_)))
                 || matches!(n, Dmft::Output(_))
         })
         .cloned()
@@ -772,7 +809,11 @@ fn derive_operators(spec: &Spec, d: &mut Derivation) {
         defs.push(seed(
             "C (causal forward operator)",
             format!("(C {l})"),
-            format!("(+ (Rphi {} : :) (* c (causal (Phi {} : :))))", l - 1, l - 1),
+            format!(
+                "(+ (Rphi {} : :) (* c (causal (Phi {} : :))))",
+                l - 1,
+                l - 1
+            ),
         ));
         defs.push(seed(
             "E (causal backward operator)",
@@ -831,10 +872,26 @@ fn derive_operators(spec: &Spec, d: &mut Derivation) {
             s.forbid = own.clone();
             closed.push(s);
         };
-        add("phi_kernel", format!("(Phi {l} : :)"), format!("(avg (otimes (h {l} :) (h {l} :)))"));
-        add("grad_kernel", format!("(G {l} : :)"), format!("(avg (otimes (z {l} :) (z {l} :)))"));
-        add("response_phi", format!("(Rphi {l} : :)"), format!("(avg (d (h {l} :) (r {l} :)))"));
-        add("response_grad", format!("(Rg {l} : :)"), format!("(avg (d (z {l} :) (u {l} :)))"));
+        add(
+            "phi_kernel",
+            format!("(Phi {l} : :)"),
+            format!("(avg (otimes (h {l} :) (h {l} :)))"),
+        );
+        add(
+            "grad_kernel",
+            format!("(G {l} : :)"),
+            format!("(avg (otimes (z {l} :) (z {l} :)))"),
+        );
+        add(
+            "response_phi",
+            format!("(Rphi {l} : :)"),
+            format!("(avg (d (h {l} :) (r {l} :)))"),
+        );
+        add(
+            "response_grad",
+            format!("(Rg {l} : :)"),
+            format!("(avg (d (z {l} :) (u {l} :)))"),
+        );
     }
     let out = vec![seed(
         "output",

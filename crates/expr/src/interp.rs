@@ -254,7 +254,8 @@ pub fn gauss_hermite(n: usize) -> (Vec<f64>, Vec<f64>) {
             for j in 0..n {
                 let p3 = p2;
                 p2 = p1;
-                p1 = z * (2.0 / (j as f64 + 1.0)).sqrt() * p2 - (j as f64 / (j as f64 + 1.0)).sqrt() * p3;
+                p1 = z * (2.0 / (j as f64 + 1.0)).sqrt() * p2
+                    - (j as f64 / (j as f64 + 1.0)).sqrt() * p3;
             }
             dp = (2.0 * n as f64).sqrt() * p2;
             let dz = p1 / dp;
@@ -392,7 +393,10 @@ impl Ctx<'_> {
                     .clone()
             }
             Dmft::SourceU([_, t]) | Dmft::SourceR([_, t]) => {
-                assert!(Self::is_symbol(e, *t, "_"), "time-dependent sources need sampling");
+                assert!(
+                    Self::is_symbol(e, *t, "_"),
+                    "time-dependent sources need sampling"
+                );
                 let site = self.site.expect("a source outside a site average");
                 let sites = self.sites.expect("sites");
                 match &e[id] {
@@ -450,9 +454,17 @@ impl Ctx<'_> {
                 let name = e[*s].to_string();
                 let at = |shift: f64| {
                     let mut g = self.globals.clone();
-                    let base = g.get(&name).map(Value::scalar).expect("∂ by a bound scalar");
+                    let base = g
+                        .get(&name)
+                        .map(Value::scalar)
+                        .expect("∂ by a bound scalar");
                     g.insert(name.clone(), S(base + shift));
-                    Ctx { globals: &g, times: self.times.clone(), ..*self }.eval(e, *x)
+                    Ctx {
+                        globals: &g,
+                        times: self.times.clone(),
+                        ..*self
+                    }
+                    .eval(e, *x)
                 };
                 const H: f64 = 1e-5;
                 at(H).zip(at(-H), |a, b| (a - b) / (2.0 * H))
@@ -486,7 +498,11 @@ impl Ctx<'_> {
         let (nt, p) = (self.trajectory, self.setting.p());
         Mat::from_fn(nt * p, nt * p, |r, c| {
             let (k, j, a) = (r / p, c / p, c % p);
-            if j < k { x[(r, c)] * self.delta[j][a] } else { 0.0 }
+            if j < k {
+                x[(r, c)] * self.delta[j][a]
+            } else {
+                0.0
+            }
         })
     }
 }
@@ -540,7 +556,8 @@ pub fn march_sites(d: &Derivation, setting: &Setting, sites: &Sites) -> Vec<Vec<
     let output = d.equation("(f k)").expect("output equation");
     let error = d.equation("(delta k)").expect("error equation");
     let depth = d.spec.depth();
-    let mut store: Vec<HashMap<(char, i64, usize), Value>> = vec![HashMap::new(); sites.weight.len()];
+    let mut store: Vec<HashMap<(char, i64, usize), Value>> =
+        vec![HashMap::new(); sites.weight.len()];
     let mut delta: Vec<Vec<f64>> = Vec::new();
     let mut f_hist = Vec::new();
     let globals = HashMap::new();
@@ -583,10 +600,7 @@ pub fn march_sites(d: &Derivation, setting: &Setting, sites: &Sites) -> Vec<Vec<
         let f = ctx.eval(&output.rhs, root(&output.rhs));
         let mut g = HashMap::new();
         g.insert("(f k)".to_string(), f.clone());
-        let ctx = Ctx {
-            globals: &g,
-            ..ctx
-        };
+        let ctx = Ctx { globals: &g, ..ctx };
         let dk = error_value(&ctx, &error.rhs);
         f_hist.push(f.vector().to_vec());
         delta.push(dk);
@@ -609,13 +623,17 @@ pub fn solve_lazy(d: &Derivation, setting: &Setting, order: usize) -> Vec<Vec<f6
     let n = setting.kx.rows;
     let mut globals: HashMap<String, Value> = HashMap::new();
     globals.insert("(Phi 0 _ _)".into(), Value::M(setting.kx.clone()));
-    globals.insert(format!("(G {} _ _)", depth + 1), Value::M(Mat::from_fn(n, n, |_, _| 1.0)));
+    globals.insert(
+        format!("(G {} _ _)", depth + 1),
+        Value::M(Mat::from_fn(n, n, |_, _| 1.0)),
+    );
     let closures = equations(d, "Closure");
     let ntk = d.equation("(K _ _)").expect("NTK equation");
     // G^ℓ needs G^{ℓ+1}: sweep until every kernel is known (depth + 1 sweeps suffice).
     for _ in 0..=depth {
         for eq in &closures {
-            if let Some(v) = eval_gaussian(&eq.rhs, root(&eq.rhs), setting, depth, &globals, order) {
+            if let Some(v) = eval_gaussian(&eq.rhs, root(&eq.rhs), setting, depth, &globals, order)
+            {
                 globals.insert(eq.lhs.to_string(), v);
             }
         }
@@ -678,7 +696,10 @@ fn eval_gaussian(
             let (fx, lx) = single_source_function(e, *x);
             let (fy, ly) = single_source_function(e, *y);
             assert_eq!(lx, ly, "averages over two different sources");
-            let cov = globals.get(&format!("(Phi {} _ _)", lx - 1))?.matrix().clone();
+            let cov = globals
+                .get(&format!("(Phi {} _ _)", lx - 1))?
+                .matrix()
+                .clone();
             Value::M(pair_average(&cov, &fx, &fy, order))
         }
         Dmft::Num(n) => Value::S(*n as f64),
@@ -715,7 +736,11 @@ pub fn pair_average(cov: &Mat, f: &(String, usize), h: &(String, usize), order: 
     Mat::from_fn(cov.rows, cov.cols, |a, b| {
         let (qa, qb, c) = (cov[(a, a)], cov[(b, b)], cov[(a, b)]);
         // u_a = √qa ξ₁, u_b = ρ√qb ξ₁ + √(1−ρ²)√qb ξ₂.
-        let rho = if qa > 0.0 && qb > 0.0 { (c / (qa * qb).sqrt()).clamp(-1.0, 1.0) } else { 0.0 };
+        let rho = if qa > 0.0 && qb > 0.0 {
+            (c / (qa * qb).sqrt()).clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
         let mut acc = 0.0;
         for (x1, w1) in x.iter().zip(&w) {
             let ua = qa.sqrt() * x1;
@@ -737,7 +762,10 @@ pub fn pair_average(cov: &Mat, f: &(String, usize), h: &(String, usize), order: 
 pub fn solve_operators(d: &Derivation, setting: &Setting) -> Vec<Vec<f64>> {
     let depth = d.spec.depth();
     let p = setting.p();
-    assert_eq!(setting.kx.rows, p, "the operator interpreter takes training points only");
+    assert_eq!(
+        setting.kx.rows, p,
+        "the operator interpreter takes training points only"
+    );
     let nt = setting.steps + 1;
     let tiled = |m: &Mat| Mat::from_fn(nt * p, nt * p, |r, c| m[(r % p, c % p)]);
     let mut globals: HashMap<String, Value> = HashMap::new();
@@ -747,7 +775,10 @@ pub fn solve_operators(d: &Derivation, setting: &Setting) -> Vec<Vec<f64>> {
         Value::M(Mat::from_fn(nt * p, nt * p, |_, _| 1.0)),
     );
     globals.insert("(Rphi 0 : :)".into(), Value::M(Mat::zeros(nt * p, nt * p)));
-    globals.insert(format!("(Rg {} : :)", depth + 1), Value::M(Mat::zeros(nt * p, nt * p)));
+    globals.insert(
+        format!("(Rg {} : :)", depth + 1),
+        Value::M(Mat::zeros(nt * p, nt * p)),
+    );
     let ops: Vec<&Equation> = equations(d, "Causal operators")
         .into_iter()
         .filter(|e| matches!(e.lhs.as_ref().last(), Some(Dmft::OpC(_) | Dmft::OpE(_))))

@@ -137,7 +137,10 @@ impl Printer<'_> {
                 let rhs = if l { rhs.replace('−', "-") } else { rhs };
                 (format!("{}{rhs}", self.show(*a, SUM)), SUM)
             }
-            Dmft::Neg(a) => (format!("{}{}", if l { "-" } else { "−" }, self.show(*a, ATOM)), PRODUCT),
+            Dmft::Neg(a) => (
+                format!("{}{}", if l { "-" } else { "−" }, self.show(*a, ATOM)),
+                PRODUCT,
+            ),
             Dmft::Mul([a, b]) => {
                 let sep = if self.is_scalar(*a) || self.is_scalar(*b) {
                     " "
@@ -152,7 +155,14 @@ impl Printer<'_> {
                 } else {
                     PRODUCT
                 };
-                (format!("{}{sep}{}", self.show(*a, left_need), self.show(*b, PRODUCT)), PRODUCT)
+                (
+                    format!(
+                        "{}{sep}{}",
+                        self.show(*a, left_need),
+                        self.show(*b, PRODUCT)
+                    ),
+                    PRODUCT,
+                )
             }
             Dmft::Dot([a, b]) => {
                 let left_need = if matches!(self.node(*a), Dmft::SumBefore(_) | Dmft::SumUpTo(_)) {
@@ -160,7 +170,10 @@ impl Printer<'_> {
                 } else {
                     PRODUCT
                 };
-                (format!("{} {}", self.show(*a, left_need), self.show(*b, ATOM)), PRODUCT)
+                (
+                    format!("{} {}", self.show(*a, left_need), self.show(*b, ATOM)),
+                    PRODUCT,
+                )
             }
             Dmft::Recip(a) => (
                 if l {
@@ -188,11 +201,14 @@ impl Printer<'_> {
             Dmft::SourceR([ly, t]) => (self.indexed(("r", "r"), Some(*ly), &[*t]), ATOM),
             Dmft::Residual(t) => (self.indexed(("Δ", r"\Delta"), None, &[*t]), ATOM),
             Dmft::Output(t) => (self.indexed(("f", "f"), None, &[*t]), ATOM),
-            Dmft::PhiKernel([ly, a, b]) => (self.indexed(("Φ", r"\Phi"), Some(*ly), &[*a, *b]), ATOM),
-            Dmft::GradKernel([ly, a, b]) => (self.indexed(("G", "G"), Some(*ly), &[*a, *b]), ATOM),
-            Dmft::ResponsePhi([ly, a, b]) => {
-                (self.indexed(("R_φ", r"R_{\varphi}"), Some(*ly), &[*a, *b]), ATOM)
+            Dmft::PhiKernel([ly, a, b]) => {
+                (self.indexed(("Φ", r"\Phi"), Some(*ly), &[*a, *b]), ATOM)
             }
+            Dmft::GradKernel([ly, a, b]) => (self.indexed(("G", "G"), Some(*ly), &[*a, *b]), ATOM),
+            Dmft::ResponsePhi([ly, a, b]) => (
+                self.indexed(("R_φ", r"R_{\varphi}"), Some(*ly), &[*a, *b]),
+                ATOM,
+            ),
             Dmft::ResponseGrad([ly, a, b]) => {
                 (self.indexed(("R_g", "R_{g}"), Some(*ly), &[*a, *b]), ATOM)
             }
@@ -214,7 +230,10 @@ impl Printer<'_> {
                     (format!("{name}({s},{t})"), ATOM)
                 } else {
                     let name = if l { r"\mathrm{Cov}" } else { "Cov" };
-                    (format!("{name}({}, {})", self.show(*a, SUM), self.show(*b, SUM)), ATOM)
+                    (
+                        format!("{name}({}, {})", self.show(*a, SUM), self.show(*b, SUM)),
+                        ATOM,
+                    )
                 }
             }
             Dmft::SampleSum(e) => (
@@ -246,7 +265,11 @@ impl Printer<'_> {
             Dmft::TimeDelta([a, b]) => {
                 let (a, b) = (self.leaf(*a), self.leaf(*b));
                 (
-                    if l { format!(r"\delta_{{{a}{b}}}") } else { format!("δ_{{{a}{b}}}") },
+                    if l {
+                        format!(r"\delta_{{{a}{b}}}")
+                    } else {
+                        format!("δ_{{{a}{b}}}")
+                    },
                     ATOM,
                 )
             }
@@ -260,7 +283,11 @@ impl Printer<'_> {
                 PRODUCT,
             ),
             Dmft::Transpose(a) => (
-                format!("{}{}", self.show(*a, ATOM), if l { "^{\\top}" } else { "ᵀ" }),
+                format!(
+                    "{}{}",
+                    self.show(*a, ATOM),
+                    if l { "^{\\top}" } else { "ᵀ" }
+                ),
                 ATOM,
             ),
             Dmft::OpInverse(a) => (
@@ -288,7 +315,14 @@ impl Printer<'_> {
                     Dmft::ErfKernel(_) => ("erfk", r"\mathrm{erfk}"),
                     _ => ("erfk'", r"\mathrm{erfk}'"),
                 };
-                (format!("{}({})", if l { name.1 } else { name.0 }, self.show(*a, SUM)), ATOM)
+                (
+                    format!(
+                        "{}({})",
+                        if l { name.1 } else { name.0 },
+                        self.show(*a, SUM)
+                    ),
+                    ATOM,
+                )
             }
             Dmft::DSource([x, s]) | Dmft::DOrder([x, s]) => (
                 if l {
@@ -304,7 +338,11 @@ impl Printer<'_> {
             ),
             // Network-level nodes never survive extraction; print them plainly.
             other => {
-                let args: Vec<String> = other.children().iter().map(|c| self.show(*c, SUM)).collect();
+                let args: Vec<String> = other
+                    .children()
+                    .iter()
+                    .map(|c| self.show(*c, SUM))
+                    .collect();
                 (format!("{other}({})", args.join(", ")), ATOM)
             }
         };

@@ -33,7 +33,8 @@ pub(crate) fn guarded(name: &str, lhs: &str, rhs: &str, cond: Cond, vars: &[&str
 /// A nonzero scalar. Zero is excluded because the class of 0 absorbs every `(* 0 a)`, and
 /// moving "0" through products would enumerate all of them.
 fn scalar(eg: &mut EGraph, _: Id, s: &Subst, v: &[Var]) -> bool {
-    v.iter().all(|v| eg[s[*v]].data.scalar && !has_num(eg, s[*v], 0))
+    v.iter()
+        .all(|v| eg[s[*v]].data.scalar && !has_num(eg, s[*v], 0))
 }
 
 fn deterministic(eg: &mut EGraph, _: Id, s: &Subst, v: &[Var]) -> bool {
@@ -52,7 +53,10 @@ fn has_symbol(eg: &EGraph, id: Id, name: &str) -> bool {
 }
 
 fn has_num(eg: &EGraph, id: Id, value: i64) -> bool {
-    eg[id].nodes.iter().any(|n| matches!(n, Dmft::Num(x) if *x == value))
+    eg[id]
+        .nodes
+        .iter()
+        .any(|n| matches!(n, Dmft::Num(x) if *x == value))
 }
 
 /// A step time (a symbol such as k or j), not 0, not the trajectory `:` or the constant `_`.
@@ -133,24 +137,80 @@ pub fn algebra() -> Vec<Rewrite> {
 pub fn single_site(spec: &Spec) -> Vec<Rewrite> {
     let depth = spec.depth();
     let mut rules = vec![
-        guarded("unroll-weight", "(W ?l ?k)", "(+ (W ?l 0) (sum< j ?k (dW ?l j)))", step_time, &["?k"]),
-        guarded("unroll-readout", "(w ?k)", "(+ (w 0) (sum< j ?k (dw j)))", step_time, &["?k"]),
-        rule("forward-add", "(mv (+ ?A ?B) ?v)", "(+ (mv ?A ?v) (mv ?B ?v))"),
-        rule("forward-sum", "(mv (sum< ?i ?k ?A) ?v)", "(sum< ?i ?k (mv ?A ?v))"),
-        guarded("forward-scale", "(mv (* ?s ?A) ?v)", "(* ?s (mv ?A ?v))", scalar, &["?s"]),
-        rule("backward-add", "(mtv (+ ?A ?B) ?v)", "(+ (mtv ?A ?v) (mtv ?B ?v))"),
-        rule("backward-sum", "(mtv (sum< ?i ?k ?A) ?v)", "(sum< ?i ?k (mtv ?A ?v))"),
-        guarded("backward-scale", "(mtv (* ?s ?A) ?v)", "(* ?s (mtv ?A ?v))", scalar, &["?s"]),
-        rule("update-forward", "(mv (outer ?a ?b) ?v)", "(dot (navg (otimes ?v ?b)) ?a)"),
-        rule("update-backward", "(mtv (outer ?a ?b) ?v)", "(dot (navg (otimes ?v ?a)) ?b)"),
+        guarded(
+            "unroll-weight",
+            "(W ?l ?k)",
+            "(+ (W ?l 0) (sum< j ?k (dW ?l j)))",
+            step_time,
+            &["?k"],
+        ),
+        guarded(
+            "unroll-readout",
+            "(w ?k)",
+            "(+ (w 0) (sum< j ?k (dw j)))",
+            step_time,
+            &["?k"],
+        ),
+        rule(
+            "forward-add",
+            "(mv (+ ?A ?B) ?v)",
+            "(+ (mv ?A ?v) (mv ?B ?v))",
+        ),
+        rule(
+            "forward-sum",
+            "(mv (sum< ?i ?k ?A) ?v)",
+            "(sum< ?i ?k (mv ?A ?v))",
+        ),
+        guarded(
+            "forward-scale",
+            "(mv (* ?s ?A) ?v)",
+            "(* ?s (mv ?A ?v))",
+            scalar,
+            &["?s"],
+        ),
+        rule(
+            "backward-add",
+            "(mtv (+ ?A ?B) ?v)",
+            "(+ (mtv ?A ?v) (mtv ?B ?v))",
+        ),
+        rule(
+            "backward-sum",
+            "(mtv (sum< ?i ?k ?A) ?v)",
+            "(sum< ?i ?k (mtv ?A ?v))",
+        ),
+        guarded(
+            "backward-scale",
+            "(mtv (* ?s ?A) ?v)",
+            "(* ?s (mtv ?A ?v))",
+            scalar,
+            &["?s"],
+        ),
+        rule(
+            "update-forward",
+            "(mv (outer ?a ?b) ?v)",
+            "(dot (navg (otimes ?v ?b)) ?a)",
+        ),
+        rule(
+            "update-backward",
+            "(mtv (outer ?a ?b) ?v)",
+            "(dot (navg (otimes ?v ?a)) ?b)",
+        ),
         rule(
             "error-weight",
             "(dot (navg (otimes ?v (* (delta ?j) ?a))) ?b)",
             "(dot (navg (otimes ?v ?a)) (* (delta ?j) ?b))",
         ),
         rule("kernel-input", "(navg (otimes x x))", "Kx"),
-        rule("kernel-phi", "(navg (otimes (act ?a (h ?l ?k)) (act ?a (h ?l ?j))))", "(Phi ?l ?k ?j)"),
-        rule("kernel-grad", "(navg (otimes (g ?l ?k) (g ?l ?j)))", "(G ?l ?k ?j)"),
+        rule(
+            "kernel-phi",
+            "(navg (otimes (act ?a (h ?l ?k)) (act ?a (h ?l ?j))))",
+            "(Phi ?l ?k ?j)",
+        ),
+        rule(
+            "kernel-grad",
+            "(navg (otimes (g ?l ?k) (g ?l ?j)))",
+            "(G ?l ?k ?j)",
+        ),
         rule("neuron-to-site", "(navg ?e)", "(avg ?e)"),
         rule("decompose-input", "(mv (W 0 0) x)", "(u 1 _)"),
         rule("readout-init", "(w 0)", &format!("(r {depth} _)")),
@@ -160,19 +220,28 @@ pub fn single_site(spec: &Spec) -> Vec<Rewrite> {
         rules.push(rule(
             &format!("decompose-forward-{l}"),
             &format!("(mv (W {l} 0) (act {a} (h {l} ?k)))"),
-            &format!("(+ (u {n} ?k) (sum< j ?k (dot (Rphi {l} ?k j) (g {n} j))))", n = l + 1),
+            &format!(
+                "(+ (u {n} ?k) (sum< j ?k (dot (Rphi {l} ?k j) (g {n} j))))",
+                n = l + 1
+            ),
         ));
         rules.push(rule(
             &format!("decompose-backward-{l}"),
             &format!("(mtv (W {l} 0) (g {n} ?k))", n = l + 1),
-            &format!("(+ (r {l} ?k) (sum<= j ?k (dot (Rg {n} ?k j) (act {a} (h {l} j)))))", n = l + 1),
+            &format!(
+                "(+ (r {l} ?k) (sum<= j ?k (dot (Rg {n} ?k j) (act {a} (h {l} j)))))",
+                n = l + 1
+            ),
         ));
     }
     for l in 1..=depth {
         let a = spec.activation(l);
         // Backpropagation g = φ'(h) ⊙ z holds at every step, so it may be used at any time.
         let rhs = if spec.layers.get(l).is_some_and(|next| next.residual) {
-            format!("(+ (g {n} ?t) (* (* beta (recip (sqrt L))) (* (dact {a} (h {l} ?t)) (z {l} ?t))))", n = l + 1)
+            format!(
+                "(+ (g {n} ?t) (* (* beta (recip (sqrt L))) (* (dact {a} (h {l} ?t)) (z {l} ?t))))",
+                n = l + 1
+            )
         } else {
             format!("(* (dact {a} (h {l} ?t)) (z {l} ?t))")
         };
@@ -317,11 +386,41 @@ pub fn gaussian(spec: &Spec) -> Vec<Rewrite> {
 pub fn lifting(spec: &Spec) -> Vec<Rewrite> {
     let readout = spec.depth() + 1;
     let mut rules = vec![
-        guarded("lift-field-h", "(h ?l ?t)", "(row ?t (h ?l :))", step_time, &["?t"]),
-        guarded("lift-field-z", "(z ?l ?t)", "(row ?t (z ?l :))", step_time, &["?t"]),
-        guarded("lift-field-g", "(g ?l ?t)", "(row ?t (g ?l :))", step_time, &["?t"]),
-        guarded("lift-source-u", "(u ?l ?t)", "(row ?t (u ?l :))", step_time, &["?t"]),
-        guarded("lift-source-r", "(r ?l ?t)", "(row ?t (r ?l :))", step_time, &["?t"]),
+        guarded(
+            "lift-field-h",
+            "(h ?l ?t)",
+            "(row ?t (h ?l :))",
+            step_time,
+            &["?t"],
+        ),
+        guarded(
+            "lift-field-z",
+            "(z ?l ?t)",
+            "(row ?t (z ?l :))",
+            step_time,
+            &["?t"],
+        ),
+        guarded(
+            "lift-field-g",
+            "(g ?l ?t)",
+            "(row ?t (g ?l :))",
+            step_time,
+            &["?t"],
+        ),
+        guarded(
+            "lift-source-u",
+            "(u ?l ?t)",
+            "(row ?t (u ?l :))",
+            step_time,
+            &["?t"],
+        ),
+        guarded(
+            "lift-source-r",
+            "(r ?l ?t)",
+            "(row ?t (r ?l :))",
+            step_time,
+            &["?t"],
+        ),
         rule("lift-const-u", "(u ?l _)", "(row k (u ?l :))"),
         rule("lift-const-r", "(r ?l _)", "(row k (r ?l :))"),
         rule(
@@ -354,8 +453,18 @@ pub fn lifting(spec: &Spec) -> Vec<Rewrite> {
             "(sum< ?i ?k (sum-a (* (delta ?i) (row ?i ?X))))",
             &format!("(row ?k (dot (causal (G {readout} : :)) ?X))"),
         ),
-        rule("row-add", "(+ (row ?k ?a) (row ?k ?b))", "(row ?k (+ ?a ?b))"),
-        guarded("row-scale", "(* ?s (row ?k ?a))", "(row ?k (* ?s ?a))", scalar, &["?s"]),
+        rule(
+            "row-add",
+            "(+ (row ?k ?a) (row ?k ?b))",
+            "(row ?k (+ ?a ?b))",
+        ),
+        guarded(
+            "row-scale",
+            "(* ?s (row ?k ?a))",
+            "(row ?k (* ?s ?a))",
+            scalar,
+            &["?s"],
+        ),
     ];
     rules.retain(|r| !(spec.depth() == 1 && r.name.as_str() == "lift-response-phi"));
     rules

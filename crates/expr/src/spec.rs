@@ -56,7 +56,9 @@ impl FromStr for Activation {
             .into_iter()
             .find(|a| a.name() == s)
             .ok_or_else(|| {
-                format!("unknown activation `{s}` (expected linear, relu, tanh, erf, gelu or softplus)")
+                format!(
+                    "unknown activation `{s}` (expected linear, relu, tanh, erf, gelu or softplus)"
+                )
             })
     }
 }
@@ -175,7 +177,9 @@ impl Spec {
 
     /// True when every layer is linear: the Gaussian closed form of theory.md 2b applies.
     pub fn is_linear(&self) -> bool {
-        self.layers.iter().all(|l| l.activation == Activation::Linear)
+        self.layers
+            .iter()
+            .all(|l| l.activation == Activation::Linear)
     }
 
     /// Checks the structural rules; errors name the offending key.

@@ -59,7 +59,12 @@ fn schedule(eta: f64, steps: usize) -> Schedule {
 fn max_diff(ours: &[Vec<f64>], train: &Array2<f64>, test: &Array2<f64>) -> f64 {
     let mut worst: f64 = 0.0;
     for (k, f) in ours.iter().enumerate() {
-        let theirs: Vec<f64> = train.row(k).iter().chain(test.row(k).iter()).copied().collect();
+        let theirs: Vec<f64> = train
+            .row(k)
+            .iter()
+            .chain(test.row(k).iter())
+            .copied()
+            .collect();
         assert_eq!(f.len(), theirs.len(), "point count at step {k}");
         for (a, b) in f.iter().zip(&theirs) {
             worst = worst.max((a - b).abs());
@@ -109,8 +114,9 @@ fn deep_linear_closed_forms_reproduce_runtime() {
         let d = derive(&spec).unwrap();
         let ours = solve_operators(&d, &setting(&prob, gamma0, eta, steps));
         let m = model(depth, dmft_runtime::Activation::Linear, gamma0);
-        let theirs = dmft_runtime::deep_linear::solve(&prob, &m, &schedule(eta, steps), &no_progress)
-            .unwrap();
+        let theirs =
+            dmft_runtime::deep_linear::solve(&prob, &m, &schedule(eta, steps), &no_progress)
+                .unwrap();
         let diff = max_diff(&ours, &theirs.f_train, &theirs.f_test);
         println!("deep linear L={depth} γ₀={gamma0}: max |Δf| = {diff:.2e}");
         assert!(diff < TOL, "L={depth} γ₀={gamma0}: {diff:e}");
@@ -121,7 +127,12 @@ fn deep_linear_closed_forms_reproduce_runtime() {
 #[test]
 fn lazy_kernels_and_ntk_dynamics_reproduce_runtime() {
     let prob = problem(2, 2);
-    for act in [Activation::Linear, Activation::Relu, Activation::Erf, Activation::Tanh] {
+    for act in [
+        Activation::Linear,
+        Activation::Relu,
+        Activation::Erf,
+        Activation::Tanh,
+    ] {
         for depth in [1, 2] {
             let (eta, steps) = (0.7, 8);
             let spec = Spec::mlp("lazy", depth, act).lazy();
@@ -129,7 +140,8 @@ fn lazy_kernels_and_ntk_dynamics_reproduce_runtime() {
             let ours = solve_lazy(&d, &setting(&prob, 1.0, eta, steps), 96);
             let m = model(depth, runtime_activation(act), 1.0);
             let theirs =
-                dmft_runtime::lazy::solve(&prob, &m, &schedule(eta, steps), 0, &no_progress).unwrap();
+                dmft_runtime::lazy::solve(&prob, &m, &schedule(eta, steps), 0, &no_progress)
+                    .unwrap();
             let diff = max_diff(&ours, &theirs.f_train, &theirs.f_test);
             println!("lazy {act} L={depth}: max |Δf| = {diff:.2e}");
             assert!(diff < TOL, "{act} L={depth}: {diff:e}");

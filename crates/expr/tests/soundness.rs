@@ -35,10 +35,20 @@ fn random_globals(rng: &mut Xoshiro256PlusPlus) -> HashMap<String, Value> {
     let mut g = HashMap::new();
     for m in ["A", "B", "M", "Q"] {
         let data = (0..N * N).map(|_| rng.random_range(-1.0..1.0)).collect();
-        g.insert(m.to_string(), Value::M(Mat { rows: N, cols: N, data }));
+        g.insert(
+            m.to_string(),
+            Value::M(Mat {
+                rows: N,
+                cols: N,
+                data,
+            }),
+        );
     }
     for v in ["a", "b", "e", "v", "w"] {
-        g.insert(v.to_string(), Value::V((0..N).map(|_| rng.random_range(-1.5..1.5)).collect()));
+        g.insert(
+            v.to_string(),
+            Value::V((0..N).map(|_| rng.random_range(-1.5..1.5)).collect()),
+        );
     }
     for s in ["s", "t", "q", "x"] {
         g.insert(s.to_string(), Value::S(rng.random_range(-1.5..1.5)));
@@ -60,7 +70,10 @@ fn close(a: &Value, b: &Value, tol: f64) -> bool {
     if y.len() == 1 {
         y = vec![y[0]; x.len()];
     }
-    x.len() == y.len() && x.iter().zip(&y).all(|(p, q)| (p - q).abs() <= tol * (1.0 + q.abs()))
+    x.len() == y.len()
+        && x.iter()
+            .zip(&y)
+            .all(|(p, q)| (p - q).abs() <= tol * (1.0 + q.abs()))
 }
 
 /// The rule rewrites `lhs` so that `rhs` is in its class, after one iteration.
@@ -71,7 +84,11 @@ fn fires(rule: &Rewrite, lhs: &str, rhs: &str) -> bool {
         .with_egraph(eg)
         .with_iter_limit(1)
         .run(std::slice::from_ref(rule));
-    runner.egraph.lookup_expr(&parse(rhs)).map(|r| runner.egraph.find(r)) == Some(runner.egraph.find(l))
+    runner
+        .egraph
+        .lookup_expr(&parse(rhs))
+        .map(|r| runner.egraph.find(r))
+        == Some(runner.egraph.find(l))
 }
 
 fn all_rules() -> Vec<Rewrite> {
@@ -150,7 +167,10 @@ fn deterministic_rules_fire_and_agree_numerically() {
             .iter()
             .find(|r| r.name.as_str() == *name)
             .unwrap_or_else(|| panic!("no rule {name}"));
-        assert!(fires(rule, lhs, rhs), "{name} does not rewrite {lhs} to {rhs}");
+        assert!(
+            fires(rule, lhs, rhs),
+            "{name} does not rewrite {lhs} to {rhs}"
+        );
         for _ in 0..5 {
             let g = random_globals(&mut rng);
             let l = evaluate(&parse(lhs), &setting(), &g, &times, &[]);
@@ -175,11 +195,29 @@ fn solve_linear_and_derivative_of_constants() {
             }
         }
         g.insert("M".into(), Value::M(m));
-        let x = evaluate(&parse("(dot (opinv (+ I (neg M))) a)"), &setting(), &g, &HashMap::new(), &[]);
+        let x = evaluate(
+            &parse("(dot (opinv (+ I (neg M))) a)"),
+            &setting(),
+            &g,
+            &HashMap::new(),
+            &[],
+        );
         g.insert("xsol".into(), x.clone());
-        let fixed = evaluate(&parse("(+ a (dot M xsol))"), &setting(), &g, &HashMap::new(), &[]);
+        let fixed = evaluate(
+            &parse("(+ a (dot M xsol))"),
+            &setting(),
+            &g,
+            &HashMap::new(),
+            &[],
+        );
         assert!(close(&fixed, &x, 1e-12), "solve-linear: {fixed:?} vs {x:?}");
-        let d = evaluate(&parse("(d (* s (act tanh t)) x)"), &setting(), &g, &HashMap::new(), &[]);
+        let d = evaluate(
+            &parse("(d (* s (act tanh t)) x)"),
+            &setting(),
+            &g,
+            &HashMap::new(),
+            &[],
+        );
         assert!(close(&d, &Value::S(0.0), 1e-9), "d-const: {d:?}");
     }
 }
@@ -191,7 +229,11 @@ fn gaussian_rules_against_quadrature() {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
     for _ in 0..5 {
         let data = (0..N * N).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let b = Mat { rows: N, cols: N, data };
+        let b = Mat {
+            rows: N,
+            cols: N,
+            data,
+        };
         let mut cov = Mat::from_fn(N, N, |i, j| (0..N).map(|t| b[(i, t)] * b[(j, t)]).sum());
         for i in 0..N {
             cov[(i, i)] += 0.2;
@@ -205,7 +247,12 @@ fn gaussian_rules_against_quadrature() {
         ] {
             let quad = pair_average(&cov, &f(act, order), &f(act, order), 96);
             let closed = kernel_map(map, &cov);
-            let err = quad.data.iter().zip(&closed.data).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let err = quad
+                .data
+                .iter()
+                .zip(&closed.data)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
             // relu is not smooth: the tensor rule converges slowly there.
             let tol = if act == "relu" { 1e-2 } else { 1e-8 };
             println!("{rule}: max |quadrature − closed form| = {err:.2e}");
@@ -223,7 +270,11 @@ fn gaussian_rules_against_quadrature() {
                     .sum();
                 for bb in 0..N {
                     let rhs = mean_d1 * cov[(a, bb)];
-                    assert!((lhs[(a, bb)] - rhs).abs() < 1e-6, "stein {act}: {} vs {rhs}", lhs[(a, bb)]);
+                    assert!(
+                        (lhs[(a, bb)] - rhs).abs() < 1e-6,
+                        "stein {act}: {} vs {rhs}",
+                        lhs[(a, bb)]
+                    );
                 }
             }
         }
@@ -251,6 +302,10 @@ fn independence_of_sources_by_quadrature() {
             }
         }
     }
-    assert!((lhs - ab * g).abs() < 1e-12, "independent-sources: {lhs} vs {}", ab * g);
+    assert!(
+        (lhs - ab * g).abs() < 1e-12,
+        "independent-sources: {lhs} vs {}",
+        ab * g
+    );
     assert!(ur.abs() < 1e-12, "zero-mean-ur: {ur}");
 }
