@@ -441,6 +441,43 @@ impl Ctx<'_> {
                 }
                 acc.expect("at least one site")
             }
+            Dmft::SiteCov([a, b]) => {
+                // Cov_site(a, b) = ⟨a bᵀ⟩ − ⟨a⟩⟨b⟩ᵀ over the weighted sites.
+                let sites = self.sites.expect("site covariance needs sites");
+                let per_site: Vec<(Vec<f64>, Vec<f64>)> = (0..sites.weight.len())
+                    .map(|s| {
+                        let ctx = Ctx {
+                            site: Some(s),
+                            times: self.times.clone(),
+                            ..*self
+                        };
+                        let flat = |v: Value| match v {
+                            S(x) => vec![x],
+                            V(v) => v,
+                            M(_) => panic!("covariance of a matrix"),
+                        };
+                        (flat(ctx.eval(e, *a)), flat(ctx.eval(e, *b)))
+                    })
+                    .collect();
+                let (na, nb) = (per_site[0].0.len(), per_site[0].1.len());
+                let mut mean_a = vec![0.0; na];
+                let mut mean_b = vec![0.0; nb];
+                let mut second = Mat::zeros(na, nb);
+                for ((x, y), w) in per_site.iter().zip(&sites.weight) {
+                    for i in 0..na {
+                        mean_a[i] += w * x[i];
+                        for j in 0..nb {
+                            second[(i, j)] += w * x[i] * y[j];
+                        }
+                    }
+                    for j in 0..nb {
+                        mean_b[j] += w * y[j];
+                    }
+                }
+                M(Mat::from_fn(na, nb, |i, j| {
+                    second[(i, j)] - mean_a[i] * mean_b[j]
+                }))
+            }
             Dmft::Dot([a, b]) => dot(ev(*a), ev(*b)),
             Dmft::Transpose(a) => M(ev(*a).matrix().transpose()),
             Dmft::OpInverse(a) => M(ev(*a).matrix().inverse()),
@@ -552,6 +589,25 @@ fn equations<'a>(d: &'a Derivation, title: &str) -> Vec<&'a Equation> {
 /// Marches the single-site field equations (two-layer: constant sources u¹, r^L) over the
 /// weighted sites; returns f(k) over all points for k = 0..=steps.
 pub fn march_sites(d: &Derivation, setting: &Setting, sites: &Sites) -> Vec<Vec<f64>> {
+    march(d, setting, sites, None).0
+}
+
+/// An intervention on the error path: march open loop along `path` (Δ(k) is read from it,
+/// not from the error equation) with Δ_α(j) shifted by ε — the partial derivative
+/// D_f = ∂f/∂Δ of theory.md §3.
+pub struct OpenLoop<'a> {
+    pub path: &'a [Vec<f64>],
+    pub shift: (usize, usize, f64),
+}
+
+type FieldStore = Vec<HashMap<(char, i64, usize), Value>>;
+
+fn march(
+    d: &Derivation,
+    setting: &Setting,
+    sites: &Sites,
+    open_loop: Option<&OpenLoop>,
+) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, FieldStore) {
     let fields = equations(d, "Single-site field equations");
     let output = d.equation("(f k)").expect("output equation");
     let error = d.equation("(delta k)").expect("error equation");
@@ -601,11 +657,95 @@ pub fn march_sites(d: &Derivation, setting: &Setting, sites: &Sites) -> Vec<Vec<
         let mut g = HashMap::new();
         g.insert("(f k)".to_string(), f.clone());
         let ctx = Ctx { globals: &g, ..ctx };
-        let dk = error_value(&ctx, &error.rhs);
+        let dk = match open_loop {
+            None => error_value(&ctx, &error.rhs),
+            Some(o) => {
+                let mut dk = o.path[k].clone();
+                if o.shift.0 == k {
+                    dk[o.shift.1] += o.shift.2;
+                }
+                dk
+            }
+        };
         f_hist.push(f.vector().to_vec());
         delta.push(dk);
     }
-    f_hist
+    (f_hist, delta, store)
+}
+
+/// Σ_f of a two-layer derivation on the weighted sites, over (step, training point) with
+/// no test points: κ_f from its derived site-cumulant form, D_f = ∂f/∂Δ by central
+/// differences of the derived open-loop march (step `fd`), and Σ_f by the derived assembly.
+pub fn prediction_propagator(d: &Derivation, setting: &Setting, sites: &Sites, fd: f64) -> Mat {
+    let p = setting.p();
+    assert_eq!(
+        setting.kx.rows, p,
+        "the propagator interpreter takes training points only"
+    );
+    let nt = setting.steps + 1;
+    let (_, path, store) = march(d, setting, sites, None);
+    let kappa_eq = d.equation("(cov (f k) (f s))").expect("κ_f equation");
+    let mut kappa = Mat::zeros(nt * p, nt * p);
+    let empty = HashMap::new();
+    for k in 0..nt {
+        for s in 0..nt {
+            let ctx = Ctx {
+                setting,
+                depth: d.spec.depth(),
+                times: [("k".to_string(), k), ("s".to_string(), s)].into(),
+                site: None,
+                sites: Some(sites),
+                fields: &store,
+                globals: &empty,
+                delta: &path,
+                trajectory: nt,
+            };
+            let block = ctx.eval(&kappa_eq.rhs, root(&kappa_eq.rhs));
+            for a in 0..p {
+                for b in 0..p {
+                    kappa[(k * p + a, s * p + b)] = block.matrix()[(a, b)];
+                }
+            }
+        }
+    }
+    let mut d_f = Mat::zeros(nt * p, nt * p);
+    for j in 0..setting.steps {
+        for alpha in 0..p {
+            let shifted = |eps: f64| {
+                let o = OpenLoop {
+                    path: &path,
+                    shift: (j, alpha, eps),
+                };
+                march(d, setting, sites, Some(&o)).0
+            };
+            let (plus, minus) = (shifted(fd), shifted(-fd));
+            for k in j + 1..nt {
+                for nu in 0..p {
+                    d_f[(k * p + nu, j * p + alpha)] = (plus[k][nu] - minus[k][nu]) / (2.0 * fd);
+                }
+            }
+        }
+    }
+    let assembly = d.equation("Sigma_f").expect("propagator assembly");
+    let globals: HashMap<String, Value> = [
+        ("kappa_f".to_string(), Value::M(kappa)),
+        ("D_f".to_string(), Value::M(d_f)),
+    ]
+    .into();
+    let ctx = Ctx {
+        setting,
+        depth: d.spec.depth(),
+        times: HashMap::new(),
+        site: None,
+        sites: None,
+        fields: &[],
+        globals: &globals,
+        delta: &path,
+        trajectory: nt,
+    };
+    ctx.eval(&assembly.rhs, root(&assembly.rhs))
+        .matrix()
+        .clone()
 }
 
 /// Δ(k) = y − f(k) evaluated from its equation, on training points.
