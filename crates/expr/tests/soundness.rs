@@ -240,8 +240,6 @@ fn gaussian_rules_against_quadrature() {
         }
         let f = |name: &str, order: usize| (name.to_string(), order);
         for (rule, act, order, map) in [
-            ("relu-kernel", "relu", 0, "arccos1"),
-            ("relu-d1-kernel", "relu", 1, "arccos0"),
             ("erf-kernel", "erf", 0, "erfk"),
             ("erf-d1-kernel", "erf", 1, "derfk"),
         ] {
@@ -253,15 +251,16 @@ fn gaussian_rules_against_quadrature() {
                 .zip(&closed.data)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0, f64::max);
-            // relu is not smooth: the tensor rule converges slowly there.
-            let tol = if act == "relu" { 1e-2 } else { 1e-8 };
             println!("{rule}: max |quadrature − closed form| = {err:.2e}");
-            assert!(err < tol, "{rule}: max error {err:e}");
+            assert!(err < 1e-6, "{rule}: max error {err:e}");
         }
+        // relu has a kink, where tensor quadrature converges slowly: Monte Carlo instead,
+        // within 5 standard errors.
+        relu_maps_by_monte_carlo(&cov, &mut rng);
         // Stein: ⟨φ(u_a) u_b⟩ = ⟨φ'(u_a)⟩ Φ_ab.
-        let (x, w) = gauss_hermite(80);
+        let (x, w) = gauss_hermite(96);
         for act in ["tanh", "erf", "gelu", "softplus"] {
-            let lhs = pair_average(&cov, &f(act, 0), &f("linear", 0), 80);
+            let lhs = pair_average(&cov, &f(act, 0), &f("linear", 0), 96);
             for a in 0..N {
                 let mean_d1: f64 = x
                     .iter()
@@ -276,6 +275,56 @@ fn gaussian_rules_against_quadrature() {
                         lhs[(a, bb)]
                     );
                 }
+            }
+        }
+    }
+}
+
+fn relu_maps_by_monte_carlo(cov: &Mat, rng: &mut Xoshiro256PlusPlus) {
+    use rand_distr::{Distribution, StandardNormal};
+    // Cholesky factor of the 3×3 covariance.
+    let mut l = Mat::zeros(N, N);
+    for i in 0..N {
+        for j in 0..=i {
+            let sum: f64 = (0..j).map(|t| l[(i, t)] * l[(j, t)]).sum();
+            l[(i, j)] = if i == j {
+                (cov[(i, i)] - sum).sqrt()
+            } else {
+                (cov[(i, j)] - sum) / l[(j, j)]
+            };
+        }
+    }
+    let samples = 400_000;
+    for (rule, order, map) in [
+        ("relu-kernel", 0, "arccos1"),
+        ("relu-d1-kernel", 1, "arccos0"),
+    ] {
+        let closed = kernel_map(map, cov);
+        let (mut sum, mut sum2) = (Mat::zeros(N, N), Mat::zeros(N, N));
+        for _ in 0..samples {
+            let xi: Vec<f64> = (0..N).map(|_| StandardNormal.sample(&mut *rng)).collect();
+            let u: Vec<f64> = (0..N)
+                .map(|i| (0..=i).map(|t| l[(i, t)] * xi[t]).sum())
+                .collect();
+            for a in 0..N {
+                for b in 0..N {
+                    let v = dmft_expr::interp::activation("relu", order, u[a])
+                        * dmft_expr::interp::activation("relu", order, u[b]);
+                    sum[(a, b)] += v;
+                    sum2[(a, b)] += v * v;
+                }
+            }
+        }
+        for a in 0..N {
+            for b in 0..N {
+                let mean = sum[(a, b)] / samples as f64;
+                let se = ((sum2[(a, b)] / samples as f64 - mean * mean) / samples as f64).sqrt();
+                let gap = (mean - closed[(a, b)]).abs();
+                assert!(
+                    gap < 5.0 * se + 1e-12,
+                    "{rule}: {mean} vs {} (SE {se:e})",
+                    closed[(a, b)]
+                );
             }
         }
     }
