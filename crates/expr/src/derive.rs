@@ -428,8 +428,22 @@ impl CostFunction<Dmft> for DmftCost<'_> {
             | Dmft::Backward(_)
             | Dmft::NeuronMean(_)
             | Dmft::Row(_) => 1e4,
-            Dmft::DSource([x, _]) | Dmft::DOrder([x, _]) => {
-                if self.class_has(*x, is_field) {
+            Dmft::DSource([x, src]) | Dmft::DOrder([x, src]) => {
+                // A tangent field is an unknown of its own equations, except at equal
+                // times, where causality gives its value (e.g. R_g(k,k) = ⟨φ''(h) z⟩).
+                let time_of = |id: Id| {
+                    self.egraph[id].nodes.iter().find_map(|n| match n {
+                        Dmft::Pre([_, t])
+                        | Dmft::Back([_, t])
+                        | Dmft::Grad([_, t])
+                        | Dmft::SourceU([_, t])
+                        | Dmft::SourceR([_, t]) => Some(self.egraph.find(*t)),
+                        Dmft::Residual(t) => Some(self.egraph.find(*t)),
+                        _ => None,
+                    })
+                };
+                let equal_time = time_of(*x).is_some() && time_of(*x) == time_of(*src);
+                if self.class_has(*x, is_field) && !equal_time {
                     2.0
                 } else {
                     200.0
