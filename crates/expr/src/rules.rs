@@ -385,7 +385,7 @@ pub fn gaussian(spec: &Spec) -> Vec<Rewrite> {
 /// kernel times a field is one block row of an operator applied to the field's trajectory.
 pub fn lifting(spec: &Spec) -> Vec<Rewrite> {
     let readout = spec.depth() + 1;
-    let mut rules = vec![
+    let rules = vec![
         guarded(
             "lift-field-h",
             "(h ?l ?t)",
@@ -466,7 +466,6 @@ pub fn lifting(spec: &Spec) -> Vec<Rewrite> {
             &["?s"],
         ),
     ];
-    rules.retain(|r| !(spec.depth() == 1 && r.name.as_str() == "lift-response-phi"));
     rules
 }
 
