@@ -70,6 +70,18 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Derive the infinite-width field equations, closure equations and Hessian blocks of
+    /// an architecture spec (see docs/derivation.md) by e-graph rewriting, and print them.
+    Derive {
+        /// The architecture spec (TOML).
+        spec: PathBuf,
+        /// Print LaTeX instead of Unicode.
+        #[arg(long)]
+        latex: bool,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,12 +109,34 @@ fn main() -> ExitCode {
             run(config, out, width.map(|w| w as usize), cli.quiet)
         }
         Some(Command::Sweep { config, out }) => sweep::run(config, out, cli.quiet),
+        Some(Command::Derive { spec, latex, out }) => derive(spec, *latex, out.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()
+        }
+    }
+}
+
+/// `dmft derive`: bad specs are input errors (exit code 2) that name the file and the key.
+fn derive(spec_path: &Path, latex: bool, out: Option<&Path>) -> Result<(), Failure> {
+    use dmft_expr::print::{Style, derivation};
+    let name = spec_path.display().to_string();
+    let text = std::fs::read_to_string(spec_path)
+        .map_err(|e| Failure::Input(format!("{name}: cannot read the spec: {e}")))?;
+    let spec =
+        dmft_expr::Spec::from_toml(&text).map_err(|e| Failure::Input(format!("{name}: {e}")))?;
+    let d = dmft_expr::derive(&spec).map_err(|e| Failure::Input(format!("{name}: {e}")))?;
+    let style = if latex { Style::Latex } else { Style::Unicode };
+    let text = derivation(&d, style);
+    match out {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| Failure::Input(format!("{}: cannot write: {e}", path.display()))),
+        None => {
+            print!("{text}");
+            Ok(())
         }
     }
 }
