@@ -173,7 +173,7 @@ fn agreement_improves_with_dimension() {
 }
 
 #[test]
-#[ignore = "full grid of issue 7 at D = 512 (several minutes); run with --ignored --nocapture"]
+#[ignore = "full grid of issue 7 at D = 512 (about 90 minutes on 2 cores); run with --ignored --nocapture"]
 fn full_grid_matches_simulation() {
     let mut failures = Vec::new();
     for mup in [true, false] {
@@ -185,7 +185,12 @@ fn full_grid_matches_simulation() {
                             continue; // no hidden-to-hidden layer to make residual
                         }
                         let s = setting(mup, depth, nu, alpha, residual);
-                        let (rel, se) = compare(&s, DIM, SEEDS);
+                        let (mut rel, mut se) = compare(&s, DIM, SEEDS);
+                        if 2.0 * se >= TOLERANCE / 2.0 {
+                            // Too noisy to decide at 96 seeds (10 of the 60 cases were):
+                            // decide it with twice the seeds.
+                            (rel, se) = compare(&s, DIM, 2 * SEEDS);
+                        }
                         if rel >= TOLERANCE || 2.0 * se >= TOLERANCE / 2.0 {
                             failures.push(format!(
                                 "{}: {:.2}% (SE {:.2}%)",
