@@ -1,7 +1,9 @@
 //! One timed run of the benchmark's propagator case (relu, P = 10, Q = 2, T = 100), for a
 //! machine too loaded for criterion's ten samples:
 //!
-//!   cargo run --release -p dmft-runtime --example time_propagator -- [SITES]   (default 10⁵)
+//!   cargo run --release -p dmft-runtime --example time_propagator -- [SITES] [RECORD_EVERY]
+//!
+//! (defaults 10⁵ sites, NTK entry variances recorded every 10 steps).
 
 use dmft_runtime::propagator::two_layer_prediction_fluctuations;
 use dmft_runtime::sampling::{normal_matrix, replica_rng};
@@ -23,15 +25,18 @@ fn main() {
         gamma0: 1.0,
         centered: false,
     };
+    let arg = |i: usize, name: &str, default: usize| -> usize {
+        std::env::args().nth(i).map_or(default, |a| {
+            a.parse()
+                .unwrap_or_else(|_| panic!("{name} must be a positive integer, got {a}"))
+        })
+    };
+    let m = arg(1, "SITES", 100_000);
     let schedule = Schedule {
         eta: 0.5,
         steps: 100,
-        record_every: 1,
+        record_every: arg(2, "RECORD_EVERY", 10),
     };
-    let m: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().expect("SITES must be a positive integer"))
-        .unwrap_or(100_000);
     let opts = SolverOptions {
         sites: m,
         quadrature: 0,
