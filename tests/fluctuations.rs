@@ -6,6 +6,7 @@
 mod common;
 
 use common::dataset;
+use dmft_runtime::lazy_fluctuations::two_layer_lazy_fluctuations;
 use dmft_runtime::propagator::two_layer_prediction_fluctuations;
 use dmft_runtime::{Activation, Model, Parameterization, Schedule, SolverOptions};
 use dmft_sim::{Architecture, EnsembleConfig, run_ensemble};
@@ -150,10 +151,101 @@ fn two_layer_grid_matches_ensembles() {
                         "{act} γ₀={gamma0} N={width} NTK: N·Var {nv} ± {ne} vs Σ_K {want}"
                     );
                 }
+                // Top NTK eigenvalue: first-order perturbation vᵀδKv against each network's own
+                // top eigenvalue. It holds where the gap to the second eigenvalue is large
+                // against the spread √(Σ_λ/N): second order is ≈ (spread/gap)² relative, 6 %
+                // at 4 spreads, inside the 10 % tolerance (measured at relu γ₀ = 2: gap/spread
+                // 3.3 at N = 512 was 13 % high, 6.5 at N = 2048 within 2 %). Steps with a gap
+                // under 4 spreads are counted, not compared; they must stay a minority.
+                let se = sim.ntk_top.se_var();
+                let (mut worst_top, mut near_degenerate) = (0.0f64, 0);
+                for (((v, e), &want), &gap) in sim
+                    .ntk_top
+                    .var
+                    .iter()
+                    .zip(&se)
+                    .zip(&theory.var_ntk_top)
+                    .zip(&theory.ntk_gap)
+                {
+                    if gap < 4.0 * (want / width as f64).sqrt() {
+                        near_degenerate += 1;
+                        continue;
+                    }
+                    let (nv, ne) = (v * width as f64, e * width as f64);
+                    let tol = (3.0 * ne).max(0.1 * want);
+                    worst_top = worst_top.max((nv - want).abs() / tol);
+                    assert!(
+                        (nv - want).abs() <= tol,
+                        "{act} γ₀={gamma0} N={width} top NTK eigenvalue: N·Var {nv} ± {ne} vs {want}"
+                    );
+                }
+                assert!(
+                    near_degenerate * 2 < theory.ntk_gap.len(),
+                    "{act} γ₀={gamma0} N={width}: the top NTK eigenvalue is near-degenerate at {near_degenerate} of {} steps",
+                    theory.ntk_gap.len()
+                );
                 println!(
-                    "{act} γ₀={gamma0} N={width}: worst |N·Var − Σ| / tolerance = {worst:.2} (predictions), {worst_ntk:.2} (NTK)"
+                    "{act} γ₀={gamma0} N={width}: worst |N·Var − Σ| / tolerance = {worst:.2} (predictions), {worst_ntk:.2} (NTK), {worst_top:.2} (top eigenvalue; {near_degenerate} near-degenerate steps skipped)"
                 );
             }
+        }
+    }
+}
+
+/// The NTK parameterization is lazy at infinite width; its finite-width variance (centered,
+/// since f(0) is an O(1) Gaussian process there) is the lazy universal form's: the NTK
+/// fluctuation at initialization propagated by the linear dynamics. Relu and tanh, N ∈
+/// {2048, 8192}, 2000 seeds, every recorded step, train and test, within 3 SE or 10 %.
+/// N = 512 is left out: there the relu train point whose variance collapses late sits above
+/// the leading order by a finite-width correction (measured N·Var at the last step 0.01075,
+/// 0.01009, 0.00975 ± 0.0003 at N = 512, 2048, 8192 against 0.00972), as μP does at small N.
+#[test]
+fn ntk_parameterization_matches_the_lazy_universal_form() {
+    let data = dataset(3, 2, 16, 5);
+    let problem = data.to_problem().unwrap();
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 12,
+        record_every: 2,
+    };
+    for act in [Activation::Relu, Activation::Tanh] {
+        let model = Model {
+            depth: 1,
+            activation: act,
+            parameterization: Parameterization::Ntk,
+            gamma0: 1.0,
+            centered: true,
+        };
+        let opts = SolverOptions {
+            sites: 400_000,
+            quadrature: 0,
+            seed: 8,
+        };
+        let theory = two_layer_lazy_fluctuations(&problem, &model, &schedule, &opts).unwrap();
+        for width in [2048, 8192] {
+            let mut cfg =
+                EnsembleConfig::new(Architecture::from_model(&model, width), schedule, 2000);
+            cfg.base_seed = 41;
+            let sim = run_ensemble(&data, &cfg).unwrap();
+            let mut worst: f64 = 0.0;
+            for (moments, predicted) in [
+                (&sim.f_train, &theory.var_f_train),
+                (&sim.f_test, &theory.var_f_test),
+            ] {
+                let se = moments.se_var();
+                for ((v, e), &want) in moments.var.iter().zip(&se).zip(predicted) {
+                    let (nv, ne) = (v * width as f64, e * width as f64);
+                    let tol = (3.0 * ne).max(0.1 * want);
+                    worst = worst.max((nv - want).abs() / tol);
+                    assert!(
+                        (nv - want).abs() <= tol,
+                        "NTK parameterization {act} N={width}: N·Var {nv} ± {ne} vs {want}"
+                    );
+                }
+            }
+            println!(
+                "NTK parameterization {act} N={width}: worst |N·Var − Σ| / tolerance = {worst:.2}"
+            );
         }
     }
 }

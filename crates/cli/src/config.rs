@@ -466,12 +466,14 @@ impl Config {
 
         let m = &self.model;
         let solver = self.theory.solver;
-        if self.theory.fluctuations && (m.depth != 1 || m.parameterization != Parameterization::Mup)
-        {
+        if self.theory.fluctuations && m.depth != 1 {
             return Err(format!(
-                "theory.fluctuations = true needs a two-layer μP network (model.depth = 1, model.parameterization = \"mup\"), got depth {} and \"{}\"; the propagator of deeper networks and of the NTK parameterization is not implemented yet",
-                m.depth, m.parameterization
+                "theory.fluctuations = true needs a two-layer network (model.depth = 1), got depth {}; the propagator of deeper networks is not implemented yet",
+                m.depth
             ));
+        }
+        if self.theory.fluctuations && m.parameterization == Parameterization::Ntk && !m.centered {
+            return Err("theory.fluctuations = true with model.parameterization = \"ntk\" needs model.centered = true: there f(0) is an O(1) Gaussian process, not a finite-width effect".into());
         }
         if self.data.kind == DataKind::Proportional {
             if self.theory.fluctuations {

@@ -6,8 +6,9 @@ use crate::failure::Failure;
 use crate::progress::Bar;
 use crate::results::{self, Metrics};
 use dmft_data::{Dataset, GaussianTask};
-use dmft_runtime::Trajectory;
+use dmft_runtime::lazy_fluctuations;
 use dmft_runtime::propagator::{self, PredictionFluctuations};
+use dmft_runtime::{Parameterization, Trajectory};
 use dmft_sim::digits::{self, ClassSplit};
 use std::path::Path;
 use std::time::Instant;
@@ -146,7 +147,12 @@ pub fn fluctuations(
     }
     let (p, q, steps) = (data.n_train(), data.n_test(), config.train.steps);
     let recorded = config.schedule().recorded_steps().len();
-    let bytes = propagator::memory_bytes(p, q, steps, recorded);
+    let lazy = config.model().parameterization == Parameterization::Ntk;
+    let bytes = if lazy {
+        lazy_fluctuations::memory_bytes(p, q, steps)
+    } else {
+        propagator::memory_bytes(p, q, steps, recorded)
+    };
     if bytes > MAX_PROPAGATOR_BYTES {
         return Err(Failure::Input(format!(
             "{}: theory.fluctuations over {} (step, point) pairs (P + Q = {}, T + 1 = {}) needs about {:.1} GiB; the limit is {} GiB (use fewer points or steps)",
@@ -162,6 +168,17 @@ pub fn fluctuations(
         .to_problem()
         .map_err(|e| Failure::from_solver(source.name, e))?;
     let options = config.solver_options();
+    if lazy {
+        // The NTK parameterization is lazy: the universal form from the NTK covariance.
+        return lazy_fluctuations::two_layer_lazy_fluctuations(
+            &problem,
+            &config.model(),
+            &config.schedule(),
+            &options,
+        )
+        .map(Some)
+        .map_err(|e| Failure::from_solver(source.name, e));
+    }
     let total = if options.quadrature > 0 {
         dmft_runtime::two_layer::SiteSet::quadrature(problem.kx.view(), options.quadrature)
             .map_err(|e| Failure::from_solver(source.name, e))?

@@ -122,6 +122,19 @@ pub fn ntk_eigenvalues(traj: &Trajectory) -> Result<Figure, Failure> {
     for j in 0..shown {
         fig = fig.line(format!("λ{}", j + 1), &traj.t, eig.column(j));
     }
+    // Gradient descent on the train loss is stable while η λ_max / P < 2; drawn once the
+    // top eigenvalue comes within a factor 2 of the threshold (the edge of stability).
+    let eta = traj
+        .t
+        .get(1)
+        .zip(traj.steps.get(1))
+        .map(|(t, &k)| t / k as f64);
+    if let Some(eta) = eta.filter(|e| e.is_finite() && *e > 0.0) {
+        let threshold = 2.0 * p as f64 / eta;
+        if max >= 0.5 * threshold {
+            fig = fig.hline("2P/η (edge of stability)", threshold);
+        }
+    }
     Ok(fig)
 }
 
@@ -183,5 +196,33 @@ mod tests {
             let overlay = loss_overlay(&[("γ₀ = 1".into(), &traj)]).to_svg();
             assert!(overlay.contains("γ₀ = 1"));
         }
+    }
+
+    #[test]
+    fn edge_of_stability_is_drawn_only_near_the_threshold() {
+        let data = dataset();
+        let mut traj = trajectory(&data, false);
+        let (p, eta) = (traj.ntk.shape()[1] as f64, 0.5);
+        let top = |traj: &Trajectory| {
+            traj.ntk
+                .axis_iter(Axis(0))
+                .map(|k| *dmft_runtime::linalg::eigvalsh(k).unwrap().last().unwrap())
+                .fold(0.0f64, f64::max)
+        };
+        let far = 2.0 * p / eta / top(&traj) / 4.0;
+        traj.ntk.mapv_inplace(|v| v * far);
+        assert!(
+            !ntk_eigenvalues(&traj)
+                .unwrap()
+                .to_svg()
+                .contains("edge of stability")
+        );
+        traj.ntk.mapv_inplace(|v| v * 3.0);
+        assert!(
+            ntk_eigenvalues(&traj)
+                .unwrap()
+                .to_svg()
+                .contains("edge of stability")
+        );
     }
 }

@@ -4,8 +4,9 @@
 //! ```text
 //! DIR/summary.json
 //! DIR/theory/{t,f_train,f_test,loss,ntk}.npy  (+ test_loss, f_train_se, f_test_se, loss_se)
-//! DIR/theory/{var_f_train,var_f_test,var_loss,var_ntk}.npy  (theory.fluctuations: N·Var)
-//! DIR/theory/{var_f_train,var_f_test,var_loss,var_ntk}_N{width}.npy  (--width: Var at N)
+//! DIR/theory/{var_f_train,var_f_test,var_loss,var_ntk,var_ntk_top}.npy  (theory.fluctuations:
+//!   N·Var), and ntk_top.npy (top eigenvalue of the infinite-width train NTK)
+//! DIR/theory/{var_f_train,var_f_test,var_loss,var_ntk,var_ntk_top}_N{width}.npy  (--width)
 //! DIR/plots/{loss,predictions,ntk_eigenvalues}.svg  (+ fluctuations.svg)
 //! ```
 //!
@@ -161,12 +162,15 @@ pub fn write_fluctuations(
             ("var_f_test", fl.var_f_test.mapv(|v| v * scale).into_dyn()),
             ("var_loss", fl.var_loss.mapv(|v| v * scale).into_dyn()),
             ("var_ntk", fl.var_ntk.mapv(|v| v * scale).into_dyn()),
+            ("var_ntk_top", fl.var_ntk_top.mapv(|v| v * scale).into_dyn()),
         ] {
             let name = format!("{name}{suffix}");
             save(&theory, &name, &a)?;
             files.push(format!("theory/{name}.npy"));
         }
     }
+    save(&theory, "ntk_top", &fl.ntk_top.clone().into_dyn())?;
+    files.push("theory/ntk_top.npy".into());
     Ok(files)
 }
 
@@ -177,7 +181,9 @@ pub fn check_fluctuations(fl: &PredictionFluctuations, traj: &Trajectory) -> Res
     check_array(origin, "var_f_train", &fl.var_f_train, &[t, p], &traj.t)?;
     check_array(origin, "var_f_test", &fl.var_f_test, &[t, q], &traj.t)?;
     check_array(origin, "var_loss", &fl.var_loss, &[t], &traj.t)?;
-    check_array(origin, "var_ntk", &fl.var_ntk, &[t, p, p], &traj.t)
+    check_array(origin, "var_ntk", &fl.var_ntk, &[t, p, p], &traj.t)?;
+    check_array(origin, "ntk_top", &fl.ntk_top, &[t], &traj.t)?;
+    check_array(origin, "var_ntk_top", &fl.var_ntk_top, &[t], &traj.t)
 }
 
 /// Writes the trajectory's arrays into `root/theory/` (the layout of module docs) and
@@ -257,6 +263,8 @@ fn summary(record: &Record, metrics: &Metrics, files: &[String]) -> serde_json::
                 "final_max_var_f_train": fl.var_f_train.row(last).iter().cloned().fold(0.0f64, f64::max),
                 "final_max_var_f_test": fl.var_f_test.row(last).iter().cloned().fold(0.0f64, f64::max),
                 "final_var_loss": fl.var_loss[last],
+                "final_ntk_top": fl.ntk_top[last],
+                "final_var_ntk_top": fl.var_ntk_top[last],
             })
         }),
         "wall_time_seconds": record.wall_time,

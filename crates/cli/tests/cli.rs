@@ -334,7 +334,8 @@ fn fluctuations_are_written_with_their_width_conversion() {
 import sys, os
 import numpy as np
 d = os.path.join(sys.argv[1], "theory")
-shapes = {"var_f_train": (5, 4), "var_f_test": (5, 3), "var_loss": (5,), "var_ntk": (5, 4, 4)}
+shapes = {"var_f_train": (5, 4), "var_f_test": (5, 3), "var_loss": (5,), "var_ntk": (5, 4, 4),
+          "var_ntk_top": (5,)}
 for name, shape in shapes.items():
     a = np.load(os.path.join(d, name + ".npy"))
     b = np.load(os.path.join(d, name + "_N512.npy"))
@@ -344,6 +345,12 @@ for name, shape in shapes.items():
     if name == "var_ntk":
         # The NTK is not centered: it fluctuates from the start.
         assert a.min() > 0 and np.allclose(a, a.transpose(0, 2, 1)), name
+        continue
+    if name == "var_ntk_top":
+        top = np.load(os.path.join(d, "ntk_top.npy"))
+        ntk = np.load(os.path.join(d, "ntk.npy"))
+        # Different site sets (4000 sites each: ≈ 2 % Monte Carlo error), so 10 % is ≥ 5 SE.
+        assert a.min() > 0 and np.allclose(top, np.linalg.eigvalsh(ntk)[:, -1], rtol=0.1), name
         continue
     # Centered model: f − f0 starts at 0 on every width, so its variance does too.
     assert a[0].max() == 0, (name, a[0])
@@ -356,10 +363,14 @@ print("ok")
 }
 
 #[test]
-fn fluctuations_need_a_two_layer_mup_network_and_width_needs_them() {
+fn fluctuations_need_a_two_layer_network_and_width_needs_them() {
     rejects(
         "[model]\ndepth = 2\n[theory]\nfluctuations = true\n",
-        "theory.fluctuations = true needs a two-layer μP network",
+        "theory.fluctuations = true needs a two-layer network",
+    );
+    rejects(
+        "[model]\nparameterization = \"ntk\"\n[theory]\nfluctuations = true\n",
+        "needs model.centered = true",
     );
     let dir = TempDir::new();
     dir.write("config.toml", SMALL);

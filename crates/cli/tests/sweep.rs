@@ -120,6 +120,8 @@ fn sweep_writes_the_whole_contract() {
             "loss_var",
             "test_loss_mean",
             "test_loss_var",
+            "ntk_top_mean",
+            "ntk_top_var",
         ];
         for name in vectors {
             let a: Array1<f64> = read_npy(w.join(format!("{name}.npy"))).unwrap();
@@ -222,7 +224,8 @@ T, P, Q = s["sizes"]["recorded_steps"], s["sizes"]["p_train"], s["sizes"]["p_tes
 E = len(s["config"]["sim"]["ensemble_sizes"])
 shapes = {"t": (T,), "f_train_mean": (T, P), "f_train_var": (T, P), "f_test_mean": (T, Q),
           "f_test_var": (T, Q), "loss_mean": (T,), "loss_var": (T,), "ntk_mean": (T, P, P),
-          "ntk_var": (T, P, P), "test_loss_mean": (T,), "test_loss_var": (T,),
+          "ntk_var": (T, P, P), "ntk_top_mean": (T,), "ntk_top_var": (T,),
+          "test_loss_mean": (T,), "test_loss_var": (T,),
           "ensemble_loss": (E, T, 2), "ensemble_test_loss": (E, T, 2)}
 for w in s["widths"]:
     folder = os.path.join(d, w["folder"])

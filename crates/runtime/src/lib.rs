@@ -8,6 +8,7 @@ pub mod activation;
 pub mod deep_linear;
 pub mod deep_nonlinear;
 pub mod lazy;
+pub mod lazy_fluctuations;
 pub mod linalg;
 pub mod problem;
 pub mod propagator;

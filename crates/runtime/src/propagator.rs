@@ -38,6 +38,14 @@ pub struct PredictionFluctuations {
     pub var_loss: Array1<f64>,
     /// N·Var of every train NTK entry K_μα(k) at the recorded steps (T_rec × P × P).
     pub var_ntk: Array3<f64>,
+    /// Top eigenvalue of the infinite-width train NTK at the recorded steps (from the same
+    /// sites), and N·Var of the top eigenvalue of K_N to first order, vᵀ δK v with v the top
+    /// eigenvector (valid while the gap to the second eigenvalue exceeds the O(1/√N) spread).
+    pub ntk_top: Array1<f64>,
+    pub var_ntk_top: Array1<f64>,
+    /// Gap between the top two eigenvalues of the infinite-width train NTK: the first-order
+    /// variance holds while √(var_ntk_top / N) is well below it.
+    pub ntk_gap: Array1<f64>,
     /// Σ_f over all steps 0..=T and all points, time-major (index k·(P+Q) + ν).
     pub sigma: Array2<f64>,
 }
@@ -122,18 +130,59 @@ pub fn two_layer_prediction_fluctuations(
             .view()
             .insert_axis(Axis(1))
             .dot(&sums.ntk_first.view().insert_axis(Axis(0)));
-    let kappa_kk = &sums.ntk_square - &sums.ntk_first.mapv(|m| m * m);
+    let second_diagonal: Array1<f64> = sums
+        .ntk_second
+        .outer_iter()
+        .flat_map(|block| block.diag().to_vec())
+        .collect();
+    let kappa_kk = second_diagonal - sums.ntk_first.mapv(|m| m * m);
     let driven = solve(&kappa_fk)?;
     let cross_term = (&d_ntk * &driven.t()).sum_axis(Axis(1));
     let response_term = (&d_ntk.dot(&sigma) * &d_ntk).sum_axis(Axis(1));
     let var_ntk_entries = kappa_kk - 2.0 * cross_term + response_term;
+
+    // Top eigenvalue: δλ = cᵀ δK with c_e = v_μ v_α (twice for μ ≠ α), so N·Var λ =
+    // cᵀ κ_KK c − 2 (D_Kᵀ c)ᵀ (I + D_f)⁻¹ κ_fK c + (D_Kᵀ c)ᵀ Σ_f (D_Kᵀ c), within one step.
+    let pairs = ntk_pairs(p);
+    let entries = pairs.len();
+    let recorded_count = sums.ntk_second.shape()[0];
+    let mut ntk_top = Array1::zeros(recorded_count);
+    let mut var_ntk_top = Array1::zeros(recorded_count);
+    let mut ntk_gap = Array1::from_elem(recorded_count, f64::INFINITY);
+    for r in 0..recorded_count {
+        let rows = r * entries..(r + 1) * entries;
+        let mean = sums.ntk_first.slice(s![rows.clone()]);
+        let mut kernel = Array2::<f64>::zeros((p, p));
+        for (e, &(mu, alpha)) in pairs.iter().enumerate() {
+            kernel[[mu, alpha]] = mean[e];
+            kernel[[alpha, mu]] = mean[e];
+        }
+        let (values, vectors) = crate::linalg::eigh(kernel.view())?;
+        let top = vectors.column(p - 1);
+        ntk_top[r] = values[p - 1];
+        if p > 1 {
+            ntk_gap[r] = values[p - 1] - values[p - 2];
+        }
+        let c: Array1<f64> = pairs
+            .iter()
+            .map(|&(mu, alpha)| top[mu] * top[alpha] * if mu == alpha { 1.0 } else { 2.0 })
+            .collect();
+        let kappa_block = &sums.ntk_second.index_axis(Axis(0), r)
+            - &mean
+                .view()
+                .insert_axis(Axis(1))
+                .dot(&mean.view().insert_axis(Axis(0)));
+        let a = d_ntk.slice(s![rows.clone(), ..]).t().dot(&c);
+        var_ntk_top[r] = c.dot(&kappa_block.dot(&c))
+            - 2.0 * a.dot(&driven.slice(s![.., rows.clone()]).dot(&c))
+            + a.dot(&sigma.dot(&a));
+    }
 
     let recorded = schedule.recorded_steps();
     let mut var_f_train = Array2::zeros((recorded.len(), p));
     let mut var_f_test = Array2::zeros((recorded.len(), n - p));
     let mut var_loss = Array1::zeros(recorded.len());
     let mut var_ntk = Array3::zeros((recorded.len(), p, p));
-    let pairs = ntk_pairs(p);
     for (i, &k) in recorded.iter().enumerate() {
         for (e, &(mu, alpha)) in pairs.iter().enumerate() {
             let v = var_ntk_entries[i * pairs.len() + e];
@@ -154,6 +203,9 @@ pub fn two_layer_prediction_fluctuations(
         var_f_test,
         var_loss,
         var_ntk,
+        ntk_top,
+        var_ntk_top,
+        ntk_gap,
         sigma,
     })
 }
@@ -173,7 +225,8 @@ pub fn memory_bytes(p: usize, q: usize, steps: usize, recorded: usize) -> u128 {
     let rows = ((p + q) * (steps + 1)) as u128;
     let dirs = (p * steps) as u128;
     let ntk = (recorded * p * (p + 1) / 2) as u128;
-    let per_block = rows * rows + rows * dirs + ntk * (dirs + rows);
+    let entries = (p * (p + 1) / 2) as u128;
+    let per_block = rows * rows + rows * dirs + ntk * (dirs + rows + entries);
     8 * ((SITE_BLOCKS as u128 + 1) * per_block + 4 * rows * rows + rows * dirs + 3 * ntk * rows)
 }
 
@@ -194,7 +247,7 @@ pub const CROSSING_WIDTH: f64 = 0.2;
 
 /// Site sums of one pass: D_f by blocks of source steps j (each [k][ν][(j − j₀)·P + α]),
 /// Σψ and Σψψᵀ; for the train NTK entries κ_e = φ_μφ_α + g_μg_α K^x_μα at the recorded
-/// steps (index r·E + e), D_K by the same blocks, Σκ, Σκ² and Σψκᵀ.
+/// steps (index r·E + e), D_K by the same blocks, Σκ, Σκκᵀ within each step and Σψκᵀ.
 struct SiteSums {
     blocks: Vec<Range<usize>>,
     sensitivity: Vec<Vec<f64>>,
@@ -202,12 +255,14 @@ struct SiteSums {
     second: Array2<f64>,
     ntk_sensitivity: Vec<Vec<f64>>,
     ntk_first: Array1<f64>,
-    ntk_square: Array1<f64>,
+    /// Σκκᵀ within each recorded step, T_rec × E × E.
+    ntk_second: Array3<f64>,
     cross: Array2<f64>,
 }
 
 impl SiteSums {
     fn zeros(rows: usize, ntk_rows: usize, p: usize, blocks: &[Range<usize>]) -> Self {
+        let entries = ntk_pairs(p).len();
         let per_block = |rows: usize| {
             blocks
                 .iter()
@@ -221,7 +276,7 @@ impl SiteSums {
             second: Array2::zeros((rows, rows)),
             ntk_sensitivity: per_block(ntk_rows),
             ntk_first: Array1::zeros(ntk_rows),
-            ntk_square: Array1::zeros(ntk_rows),
+            ntk_second: Array3::zeros((ntk_rows / entries, entries, entries)),
             cross: Array2::zeros((rows, ntk_rows)),
         }
     }
@@ -240,7 +295,7 @@ impl SiteSums {
         self.first += &other.first;
         self.second += &other.second;
         self.ntk_first += &other.ntk_first;
-        self.ntk_square += &other.ntk_square;
+        self.ntk_second += &other.ntk_second;
         self.cross += &other.cross;
     }
 
@@ -329,6 +384,11 @@ fn site_sums(
                 general_mat_mul(1.0, &rows.t(), &rows, 1.0, &mut sums.second);
                 let ntk_part = ntk.slice(s![..chunk.len(), ..]);
                 general_mat_mul(1.0, &rows.t(), &ntk_part, 1.0, &mut sums.cross);
+                let entries = sums.ntk_second.shape()[1];
+                for (r, mut block) in sums.ntk_second.outer_iter_mut().enumerate() {
+                    let at_step = ntk_part.slice(s![.., r * entries..(r + 1) * entries]);
+                    general_mat_mul(1.0, &at_step.t(), &at_step, 1.0, &mut block);
+                }
                 for ((block, acc), ntk_acc) in blocks
                     .iter()
                     .zip(sums.sensitivity.iter_mut())
@@ -429,7 +489,7 @@ impl<'a> SiteMarch<'a> {
 
     /// Marches site `slot` of the chunk, caching its trajectory; writes √w ψ(k) for all k
     /// (minus ψ(0) for the centered model) and √w κ_e(k) at the recorded steps into the two
-    /// rows, and adds w ψ, w κ and w κ² to `sums`.
+    /// rows, and adds w ψ and w κ to `sums`.
     fn base(
         &mut self,
         slot: usize,
@@ -471,7 +531,6 @@ impl<'a> SiteMarch<'a> {
                     let row = rec_index * entries + e;
                     ntk_row[row] = root_w * kappa;
                     sums.ntk_first[row] += weight * kappa;
-                    sums.ntk_square[row] += weight * kappa * kappa;
                 }
             }
             for (beta, curv) in curvature.iter_mut().enumerate() {

@@ -22,6 +22,7 @@ use crate::network::{Architecture, Forward, Network, half_mean_square, residual}
 use crate::rng::seed_streams;
 use crate::stats::{MomentAccumulator, Moments};
 use dmft_runtime::Schedule;
+use dmft_runtime::linalg::eigvalsh;
 use ndarray::{Array1, Array2, Array3, ArrayView1, Axis, Ix1, Ix2, Ix3, s, stack};
 use rayon::prelude::*;
 
@@ -122,6 +123,8 @@ pub struct SeedRecord {
     pub loss: Array1<f64>,
     pub test_loss: Option<Array1<f64>>,
     pub ntk: Array3<f64>,
+    /// Top eigenvalue of the train NTK, T_rec.
+    pub ntk_top: Array1<f64>,
     /// Φ^ℓ(k,k) for ℓ = 1..L (index ℓ−1), T_rec × (P+Q) × (P+Q).
     pub phi_kernel: Vec<Array3<f64>>,
     /// G^ℓ(k,k) for ℓ = 1..L (index ℓ−1), T_rec × P × P.
@@ -136,6 +139,7 @@ impl SeedRecord {
             loss: Array1::zeros(t),
             test_loss: has_test_targets.then(|| Array1::zeros(t)),
             ntk: Array3::zeros((t, p, p)),
+            ntk_top: Array1::zeros(t),
             phi_kernel: (0..depth)
                 .map(|_| Array3::zeros((t, p + q, p + q)))
                 .collect(),
@@ -193,6 +197,7 @@ pub struct EnsembleStats {
     pub loss: Moments<Ix1>,
     pub test_loss: Option<Moments<Ix1>>,
     pub ntk: Moments<Ix3>,
+    pub ntk_top: Moments<Ix1>,
     pub phi_kernel: Vec<Moments<Ix3>>,
     pub grad_kernel: Vec<Moments<Ix3>>,
     pub ensemble_average: Vec<EnsembleAverage>,
@@ -254,6 +259,11 @@ fn record_step(
     let kernels = fwd.kernels(prepared.kx_train.view());
     finite &= kernels.ntk.iter().all(|v| v.is_finite());
     record.ntk.index_axis_mut(Axis(0), i).assign(&kernels.ntk);
+    if finite {
+        // Finite symmetric P × P: LAPACK cannot fail on it.
+        let values = eigvalsh(kernels.ntk.view()).expect("eigenvalues of a finite NTK");
+        record.ntk_top[i] = values[values.len() - 1];
+    }
     for (dst, k) in record.phi_kernel.iter_mut().zip(&kernels.phi) {
         finite &= k.iter().all(|v| v.is_finite());
         dst.index_axis_mut(Axis(0), i).assign(k);
@@ -420,6 +430,7 @@ struct Aggregator {
     loss: MomentAccumulator<Ix1>,
     test_loss: Option<MomentAccumulator<Ix1>>,
     ntk: MomentAccumulator<Ix3>,
+    ntk_top: MomentAccumulator<Ix1>,
     phi_kernel: Vec<MomentAccumulator<Ix3>>,
     grad_kernel: Vec<MomentAccumulator<Ix3>>,
     groups: Vec<GroupAccumulator>,
@@ -438,6 +449,7 @@ impl Aggregator {
             loss: MomentAccumulator::new(Ix1(t)),
             test_loss: has_test.then(|| MomentAccumulator::new(Ix1(t))),
             ntk: MomentAccumulator::new(Ix3(t, p, p)),
+            ntk_top: MomentAccumulator::new(Ix1(t)),
             phi_kernel: (0..depth)
                 .map(|_| MomentAccumulator::new(Ix3(t, p + q, p + q)))
                 .collect(),
@@ -476,6 +488,7 @@ impl Aggregator {
             acc.push(tl.view());
         }
         self.ntk.push(record.ntk.view());
+        self.ntk_top.push(record.ntk_top.view());
         for (acc, k) in self.phi_kernel.iter_mut().zip(&record.phi_kernel) {
             acc.push(k.view());
         }
@@ -513,6 +526,7 @@ impl Aggregator {
         let f_test = self.f_test.finish().expect(enough);
         let loss = self.loss.finish().expect(enough);
         let ntk = self.ntk.finish().expect(enough);
+        let ntk_top = self.ntk_top.finish().expect(enough);
         let all = |accs: Vec<MomentAccumulator<Ix3>>| -> Vec<_> {
             accs.into_iter()
                 .map(|acc| acc.finish().expect(enough))
@@ -561,6 +575,7 @@ impl Aggregator {
             loss,
             test_loss,
             ntk,
+            ntk_top,
             phi_kernel,
             grad_kernel,
             ensemble_average,

@@ -86,6 +86,12 @@ fn entries(run: &WidthRun, p: usize, q: usize) -> Vec<Entry<'_>> {
         entry("loss_var", s.loss.var.view().into_dyn().into(), &[t]),
         entry("ntk_mean", s.ntk.mean.view().into_dyn().into(), &[t, p, p]),
         entry("ntk_var", s.ntk.var.view().into_dyn().into(), &[t, p, p]),
+        entry(
+            "ntk_top_mean",
+            s.ntk_top.mean.view().into_dyn().into(),
+            &[t],
+        ),
+        entry("ntk_top_var", s.ntk_top.var.view().into_dyn().into(), &[t]),
     ];
     if let Some(m) = &s.test_loss {
         list.push(entry(
@@ -318,6 +324,7 @@ mod tests {
             loss: moments(t, 0.1),
             test_loss: Some(moments(t, 0.2)),
             ntk: moments((t, p, p), 1.0),
+            ntk_top: moments(t, 2.0),
             phi_kernel: Vec::new(),
             grad_kernel: Vec::new(),
             ensemble_average: vec![average(2, Some(moments(t, 0.05))), average(6, None)],
