@@ -4,7 +4,7 @@
 //! depth) are generated from the [`Spec`].
 
 use crate::lang::{Dmft, EGraph, Rewrite};
-use crate::spec::Spec;
+use crate::spec::{Activation, Spec};
 use egg::{ConditionalApplier, Id, Pattern, Subst, Var};
 
 fn pat(s: &str) -> Pattern<Dmft> {
@@ -493,5 +493,78 @@ pub fn operators() -> Vec<Rewrite> {
 rule("dot-distrib-r", "(dot ?A (+ ?x ?y))", "(+ (dot ?A ?x) (dot ?A ?y))"),
         rule("dot-assoc",    "(dot ?A (dot ?B ?x))", "(dot (dot ?A ?B) ?x)"),
         rule("assoc-add",    "(+ ?a (+ ?b ?c))",   "(+ (+ ?a ?b) ?c)"),
+    ]
+}
+
+/// Rules for ∂/∂(order parameter) at fixed other order parameters, and the cumulant.
+/// Differentiating inside the site average is exact for smooth activations only; for a
+/// kink (relu) D_f stays d⟨ψ⟩/dΔ, to be computed on the site average (theory.md 3).
+pub fn hessian(spec: &Spec) -> Vec<Rewrite> {
+    let mut rs = vec![
+        rule("dq-add", "(dq (+ ?a ?b) ?q)", "(+ (dq ?a ?q) (dq ?b ?q))"),
+        rule(
+            "dq-mul",
+            "(dq (* ?a ?b) ?q)",
+            "(+ (* (dq ?a ?q) ?b) (* ?a (dq ?b ?q)))",
+        ),
+        rule(
+            "dq-dot",
+            "(dq (dot ?A ?b) ?q)",
+            "(+ (dot (dq ?A ?q) ?b) (dot ?A (dq ?b ?q)))",
+        ),
+        rule("dq-neg", "(dq (neg ?a) ?q)", "(neg (dq ?a ?q))"),
+        rule(
+            "dq-sum<",
+            "(dq (sum< ?i ?k ?e) ?q)",
+            "(sum< ?i ?k (dq ?e ?q))",
+        ),
+        rule("dq-sum-a", "(dq (sum-a ?e) ?q)", "(sum-a (dq ?e ?q))"),
+        guarded(
+            "dq-act",
+            "(dq (act ?a ?x) ?q)",
+            "(* (dact ?a ?x) (dq ?x ?q))",
+            nonlinear,
+            &["?a"],
+        ),
+        guarded(
+            "dq-dact",
+            "(dq (dact ?a ?x) ?q)",
+            "(* (ddact ?a ?x) (dq ?x ?q))",
+            nonlinear,
+            &["?a"],
+        ),
+        rule("dq-self", "(dq (delta ?i) (delta ?j))", "(kron ?i ?j)"),
+        rule("dq-kx", "(dq Kx ?q)", "0"),
+        rule("dq-source-u", "(dq (u ?l ?k) ?q)", "0"),
+        rule("dq-source-r", "(dq (r ?l ?k) ?q)", "0"),
+        rule("dq-c", "(dq c ?q)", "0"),
+        rule("dq-gamma", "(dq (recip gamma0) ?q)", "0"),
+    ];
+    if spec.layers.iter().all(|l| l.activation != Activation::Relu) {
+        rs.push(rule(
+            "dq-avg-smooth",
+            "(dq (avg ?e) ?q)",
+            "(avg (dq ?e ?q))",
+        ));
+    }
+    rs
+}
+
+/// Every rule set the derivation of `spec` can use, by name: what tests/soundness.rs
+/// enumerates so that no rule goes without a numeric soundness case.
+pub fn all_sets(spec: &Spec) -> Vec<(&'static str, Vec<Rewrite>)> {
+    vec![
+        ("algebra", algebra()),
+        ("commutative", commutative()),
+        ("single_site", single_site(spec)),
+        ("source_calculus", source_calculus()),
+        ("activations", activations()),
+        ("gaussian", gaussian(spec)),
+        ("lazy", lazy()),
+        ("lazy_output", lazy_output(spec)),
+        ("lifting", lifting(spec)),
+        ("factoring", factoring()),
+        ("operators", operators()),
+        ("hessian", hessian(spec)),
     ]
 }

@@ -2,27 +2,10 @@
 //! bound on saturation: every stage of every catalogue derivation stops by saturation or by
 //! a documented limit, and a whole derivation stays under the time budget.
 
+use dmft_expr::derive;
 use dmft_expr::print::{Style, derivation};
-use dmft_expr::{Activation, Spec, derive};
+use dmft_expr::spec::catalogue;
 use std::time::Instant;
-
-/// The catalogue of issue 5, each with its lazy limit.
-pub fn catalogue() -> Vec<Spec> {
-    let rich = vec![
-        Spec::mlp("two-layer-linear", 1, Activation::Linear),
-        Spec::mlp("two-layer-relu", 1, Activation::Relu),
-        Spec::mlp("two-layer-tanh", 1, Activation::Tanh),
-        Spec::mlp("deep-linear-2", 2, Activation::Linear),
-        Spec::mlp("deep-linear-3", 3, Activation::Linear),
-        Spec::mlp("deep-relu-2", 2, Activation::Relu),
-        Spec::input("residual-linear-3")
-            .dense(Activation::Linear)
-            .residual(Activation::Linear)
-            .residual(Activation::Linear),
-    ];
-    let lazy: Vec<Spec> = rich.iter().map(|s| s.clone().lazy()).collect();
-    rich.into_iter().chain(lazy).collect()
-}
 
 #[test]
 fn catalogue_snapshots() {
