@@ -15,11 +15,13 @@ use egg::{CostFunction, Extractor, Id, Language, Runner, StopReason};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// Limits of every stage. A catalogue derivation saturates well inside them (see
-/// docs/performance.md); they exist so that a new rule can never run away.
+/// Limits of every stage. The node and iteration limits bound the work and are
+/// deterministic (checked between iterations), so the extracted result does not depend on
+/// the machine's load; the time limit is only a backstop against a runaway rule and is far
+/// above any catalogue stage (docs/performance.md has the measured times and stop reasons).
 pub const NODE_LIMIT: usize = 50_000;
 pub const ITER_LIMIT: usize = 40;
-pub const TIME_LIMIT: Duration = Duration::from_secs(3);
+pub const TIME_LIMIT: Duration = Duration::from_secs(30);
 
 /// `lhs = rhs`, with a name from the papers' vocabulary.
 #[derive(Clone, Debug)]
@@ -620,7 +622,11 @@ fn derive_lazy(spec: &Spec, d: &mut Derivation) {
     add_seed(&mut egraph, &f_seed);
     add_fact(&mut egraph, &format!("(z {depth} k)"), "(w k)");
     let mut rs = rules::lazy_output(spec);
-    rs.push(rules::rule("neuron-to-site", "(navg ?e)", "(avg ?e)"));
+    rs.extend(
+        rules::single_site(spec)
+            .into_iter()
+            .filter(|r| r.name.as_str() == "neuron-to-site"),
+    );
     let (egraph, report) = run("lazy-output", egraph, &rs);
     d.stages.push(report);
     let lazy_f = extract_without_average(&egraph, "(f k)");

@@ -546,7 +546,15 @@ impl Ctx<'_> {
                 let name = e[id].to_string();
                 M(kernel_map(&name, ev(*a).matrix()))
             }
-            _ => self.global(&self.grounded(e, id)),
+            // By grounded key ("(K 2 0)"), else as printed ("(f k)", "(Phi 1 : :)").
+            _ => {
+                let key = self.grounded(e, id);
+                if self.globals.contains_key(&key) {
+                    self.global(&key)
+                } else {
+                    self.global(&subtree(e, id).to_string())
+                }
+            }
         }
     }
 

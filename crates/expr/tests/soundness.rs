@@ -1,11 +1,12 @@
 //! Numeric soundness of the rewrite rules: for each rule, an instance is rewritten by that
 //! rule alone (so the test is about the rule, not about the identity), and both sides are
-//! evaluated by the reference interpreter on random inputs (random matrices and vectors;
-//! finite differences for ∂; Gauss–Hermite quadrature for Gaussian averages).
+//! evaluated independently of the rules: by the reference interpreter on random inputs
+//! (finite differences for ∂), over Gaussian sites (Monte Carlo within 5 standard errors),
+//! on trajectories, by a finite-width network evaluator, or by simulating a finite network.
 //!
 //! `every_rule_has_a_soundness_case` enumerates every rule of every rule set used for the
-//! catalogue specs and fails if one has no case in this file; the cases are in
-//! tests/soundness/ by kind of oracle.
+//! catalogue specs and fails if one has no case here; `cases` lists them with their oracle
+//! (docs/derivation.md §4 has the table).
 
 use dmft_expr::interp::{Mat, Setting, Value, evaluate, gauss_hermite, kernel_map, pair_average};
 use dmft_expr::lang::{EGraph, Rewrite, parse};
