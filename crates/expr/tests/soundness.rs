@@ -1848,6 +1848,18 @@ fn conditions_block_false_instances() {
         (fourth / square - 3.0).abs() < 0.2,
         "{fourth} vs 3 × {square}"
     );
+    // A causal sum whose body holds a random quantity at time k is not blind to time k.
+    let mixed = "(d (sum< i k (* (u 1 k) (act tanh (h 1 i)))) (u 1 k))";
+    blocked("causal-u", mixed, "0");
+    blocked(
+        "causal-r",
+        "(d (sum< i k (* (r 1 k) (h 1 i))) (r 1 k))",
+        "0",
+    );
+    let mut ground = ground_globals(&mut rng);
+    ground.insert("t".into(), Value::S(0.0));
+    let slope = evaluate(&parse(mixed), &setting(), &ground, &step_times(), &[]);
+    assert!(!close(&slope, &Value::S(0.0), 1e-3), "{mixed} = {slope:?}");
     // Steps only: (kron : :) is the identity operator, not the number 1.
     blocked("kron-same", "(kron : :)", "1");
     blocked(
