@@ -383,6 +383,19 @@ impl Ctx<'_> {
                 let name = e[*a].to_string();
                 ev(*x).map(|v| activation(&name, order, v))
             }
+            // Outside a marched site, a field or time-dependent source at a bound time is
+            // a value of its own, read by its grounded key, e.g. "(h 1 2)".
+            Dmft::Pre(_) | Dmft::Back(_) | Dmft::Grad(_) if self.site.is_none() => {
+                self.global(&self.grounded(e, id))
+            }
+            Dmft::SourceU([_, t]) | Dmft::SourceR([_, t])
+                if self.site.is_none() || !Self::is_symbol(e, *t, "_") =>
+            {
+                self.global(&self.grounded(e, id))
+            }
+            Dmft::Residual(_) if self.globals.contains_key(&self.grounded(e, id)) => {
+                self.global(&self.grounded(e, id))
+            }
             Dmft::Pre([l, t]) | Dmft::Back([l, t]) | Dmft::Grad([l, t]) => {
                 let letter = e[id].to_string().chars().next().expect("name");
                 let site = self.site.expect("a field outside a site average");
@@ -393,10 +406,7 @@ impl Ctx<'_> {
                     .clone()
             }
             Dmft::SourceU([_, t]) | Dmft::SourceR([_, t]) => {
-                assert!(
-                    Self::is_symbol(e, *t, "_"),
-                    "time-dependent sources need sampling"
-                );
+                debug_assert!(Self::is_symbol(e, *t, "_"));
                 let site = self.site.expect("a source outside a site average");
                 let sites = self.sites.expect("sites");
                 match &e[id] {
@@ -479,25 +489,51 @@ impl Ctx<'_> {
                 }))
             }
             Dmft::Dot([a, b]) => dot(ev(*a), ev(*b)),
+            // At a site, the outer product over samples a bᵀ.
+            Dmft::SampleOuter([a, b]) => match (ev(*a), ev(*b)) {
+                (V(x), V(y)) => M(Mat::from_fn(x.len(), y.len(), |i, j| x[i] * y[j])),
+                (x, y) => x.zip(y, |p, q| p * q),
+            },
+            Dmft::TimeDelta([a, b]) => S(f64::from(u8::from(self.time(e, *a) == self.time(e, *b)))),
             Dmft::Transpose(a) => M(ev(*a).matrix().transpose()),
             Dmft::OpInverse(a) => M(ev(*a).matrix().inverse()),
+            // The diagonal of a matrix; a vector already stands for its diagonal matrix.
             Dmft::Diag(a) => match ev(*a) {
                 M(m) => V((0..m.rows).map(|i| m[(i, i)]).collect()),
+                V(v) => V(v),
                 other => panic!("diag of {other:?}"),
             },
+            // Block row t of a trajectory (time-major, P entries per step) or an operator.
+            Dmft::Row([t, x]) => {
+                let (t, p) = (self.time(e, *t), self.setting.p());
+                match ev(*x) {
+                    V(v) => V(v[t * p..(t + 1) * p].to_vec()),
+                    M(m) => M(Mat::from_fn(p, m.cols, |i, j| m[(t * p + i, j)])),
+                    S(s) => S(s),
+                }
+            }
             Dmft::CausalDelta(a) => M(self.causal(ev(*a).matrix())),
             // ∂e/∂s for a scalar symbol s: central finite difference (the soundness oracle).
+            // The variable is a bound value (a scalar, or every entry of a vector at once:
+            // a directional derivative, the partial one for a single sample) or Δ(t).
             Dmft::DSource([x, s]) | Dmft::DOrder([x, s]) => {
-                let name = e[*s].to_string();
+                let name = self.grounded(e, *s);
                 let at = |shift: f64| {
                     let mut g = self.globals.clone();
-                    let base = g
-                        .get(&name)
-                        .map(Value::scalar)
-                        .expect("∂ by a bound scalar");
-                    g.insert(name.clone(), S(base + shift));
+                    let mut delta = self.delta.to_vec();
+                    match (g.get(&name).cloned(), &e[*s]) {
+                        (Some(base), _) => {
+                            g.insert(name.clone(), base.map(|v| v + shift));
+                        }
+                        (None, Dmft::Residual(t)) => {
+                            let t = self.time(e, *t);
+                            delta[t].iter_mut().for_each(|v| *v += shift);
+                        }
+                        _ => panic!("∂ by an unbound variable {name}"),
+                    }
                     Ctx {
                         globals: &g,
+                        delta: &delta,
                         times: self.times.clone(),
                         ..*self
                     }
@@ -510,11 +546,36 @@ impl Ctx<'_> {
                 let name = e[id].to_string();
                 M(kernel_map(&name, ev(*a).matrix()))
             }
+            // By grounded key ("(K 2 0)"), else as printed ("(f k)", "(Phi 1 : :)").
             _ => {
-                let key = subtree(e, id).to_string();
-                self.global(&key)
+                let key = self.grounded(e, id);
+                if self.globals.contains_key(&key) {
+                    self.global(&key)
+                } else {
+                    self.global(&subtree(e, id).to_string())
+                }
             }
         }
+    }
+
+    /// The printed sub-expression with bound time symbols replaced by their values.
+    fn grounded(&self, e: &Expr, id: Id) -> String {
+        use egg::Language;
+        let node = &e[id];
+        if let Dmft::Symbol(s) = node
+            && let Some(t) = self.times.get(s.as_str())
+        {
+            return t.to_string();
+        }
+        if node.is_leaf() {
+            return node.to_string();
+        }
+        let children: Vec<String> = node
+            .children()
+            .iter()
+            .map(|c| self.grounded(e, *c))
+            .collect();
+        format!("({} {})", node, children.join(" "))
     }
 
     fn rebind(&self, var: &str, step: usize) -> Ctx<'_> {
@@ -553,6 +614,19 @@ pub fn evaluate(
     times: &HashMap<String, usize>,
     delta: &[Vec<f64>],
 ) -> Value {
+    // One time step: `I` is the identity over the training points.
+    evaluate_over(e, setting, globals, times, delta, 1)
+}
+
+/// [`evaluate`] with operators over `trajectory` steps (`I`, `causal`).
+pub fn evaluate_over(
+    e: &Expr,
+    setting: &Setting,
+    globals: &HashMap<String, Value>,
+    times: &HashMap<String, usize>,
+    delta: &[Vec<f64>],
+    trajectory: usize,
+) -> Value {
     let ctx = Ctx {
         setting,
         depth: 1,
@@ -562,7 +636,30 @@ pub fn evaluate(
         fields: &[],
         globals,
         delta,
-        // One time step: `I` is the identity over the training points.
+        trajectory,
+    };
+    ctx.eval(e, root(e))
+}
+
+/// [`evaluate`] with site averages taken over the weighted `sites` (u¹ and r^L, constant
+/// in time): on an empirical measure, the oracle of rules about averages.
+pub fn evaluate_on_sites(
+    e: &Expr,
+    setting: &Setting,
+    globals: &HashMap<String, Value>,
+    times: &HashMap<String, usize>,
+    delta: &[Vec<f64>],
+    sites: &Sites,
+) -> Value {
+    let ctx = Ctx {
+        setting,
+        depth: 1,
+        times: times.clone(),
+        site: None,
+        sites: Some(sites),
+        fields: &vec![HashMap::new(); sites.weight.len()],
+        globals,
+        delta,
         trajectory: 1,
     };
     ctx.eval(e, root(e))

@@ -4,8 +4,9 @@
 //! depth) are generated from the [`Spec`].
 
 use crate::lang::{Dmft, EGraph, Rewrite};
-use crate::spec::Spec;
-use egg::{ConditionalApplier, Id, Pattern, Subst, Var};
+use crate::spec::{Activation, Spec};
+use egg::{ConditionalApplier, Id, Language, Pattern, Subst, Var};
+use std::collections::HashMap;
 
 fn pat(s: &str) -> Pattern<Dmft> {
     s.parse()
@@ -69,6 +70,35 @@ fn step_time(eg: &mut EGraph, _: Id, s: &Subst, v: &[Var]) -> bool {
 
 pub(crate) fn nonlinear(eg: &mut EGraph, _: Id, s: &Subst, v: &[Var]) -> bool {
     v.iter().all(|v| !has_symbol(eg, s[*v], "linear"))
+}
+
+/// Causality of a sum's body: the class `v[0]` has a form whose random parts are fields or
+/// sources at times other than `v[1]` (deterministic classes, e.g. kernels at time k,
+/// qualify). Then the body cannot depend on a source at time `v[1]`.
+fn blind_to_time(eg: &mut EGraph, _: Id, s: &Subst, v: &[Var]) -> bool {
+    fn free(eg: &EGraph, class: Id, time: Id, seen: &mut HashMap<Id, bool>) -> bool {
+        let class = eg.find(class);
+        if !eg[class].data.random {
+            return true;
+        }
+        if let Some(known) = seen.get(&class) {
+            return *known;
+        }
+        // A cycle back to a class being decided gives no form: assume not free.
+        seen.insert(class, false);
+        let result = eg[class].nodes.iter().any(|n| match n {
+            Dmft::Pre([_, t])
+            | Dmft::Back([_, t])
+            | Dmft::Grad([_, t])
+            | Dmft::SourceU([_, t])
+            | Dmft::SourceR([_, t]) => eg.find(*t) != time,
+            _ => n.children().iter().all(|c| free(eg, *c, time, seen)),
+        });
+        seen.insert(class, result);
+        result
+    }
+    let time = eg.find(s[v[1]]);
+    free(eg, s[v[0]], time, &mut HashMap::new())
 }
 
 /// The bound variable is the matched class itself: x = a + M x.
@@ -274,9 +304,10 @@ pub fn source_calculus() -> Vec<Rewrite> {
         rule("d-indep-ru", "(d (r ?l ?k) (u ?m ?j))", "0"),
         guarded("kron-same", "(kron ?k ?k)",   "1", step_time, &["?k"]),
 
-        // Everything inside a strictly causal sum lives at times before the source's time.
-        rule("causal-u",  "(d (sum< ?i ?k ?e) (u ?l ?k))", "0"),
-        rule("causal-r",  "(d (sum< ?i ?k ?e) (r ?l ?k))", "0"),
+        // A strictly causal sum whose body sees only fields and sources at other times (its
+        // bound time, or kernels at time k) is blind to a source at time k.
+        guarded("causal-u", "(d (sum< ?i ?k ?e) (u ?l ?k))", "0", blind_to_time, &["?e", "?k"]),
+        guarded("causal-r", "(d (sum< ?i ?k ?e) (r ?l ?k))", "0", blind_to_time, &["?e", "?k"]),
         // Of Σ_{j≤k} R_g(k,j) v(j) only the j = k term sees a source at time k.
         rule("equal-time-act",
              "(d (sum<= ?i ?k (dot (Rg ?m ?k ?i) (act ?a (h ?l ?i)))) (u ?l ?k))",
@@ -493,5 +524,78 @@ pub fn operators() -> Vec<Rewrite> {
 rule("dot-distrib-r", "(dot ?A (+ ?x ?y))", "(+ (dot ?A ?x) (dot ?A ?y))"),
         rule("dot-assoc",    "(dot ?A (dot ?B ?x))", "(dot (dot ?A ?B) ?x)"),
         rule("assoc-add",    "(+ ?a (+ ?b ?c))",   "(+ (+ ?a ?b) ?c)"),
+    ]
+}
+
+/// Rules for ∂/∂(order parameter) at fixed other order parameters, and the cumulant.
+/// Differentiating inside the site average is exact for smooth activations only; for a
+/// kink (relu) D_f stays d⟨ψ⟩/dΔ, to be computed on the site average (theory.md 3).
+pub fn hessian(spec: &Spec) -> Vec<Rewrite> {
+    let mut rs = vec![
+        rule("dq-add", "(dq (+ ?a ?b) ?q)", "(+ (dq ?a ?q) (dq ?b ?q))"),
+        rule(
+            "dq-mul",
+            "(dq (* ?a ?b) ?q)",
+            "(+ (* (dq ?a ?q) ?b) (* ?a (dq ?b ?q)))",
+        ),
+        rule(
+            "dq-dot",
+            "(dq (dot ?A ?b) ?q)",
+            "(+ (dot (dq ?A ?q) ?b) (dot ?A (dq ?b ?q)))",
+        ),
+        rule("dq-neg", "(dq (neg ?a) ?q)", "(neg (dq ?a ?q))"),
+        rule(
+            "dq-sum<",
+            "(dq (sum< ?i ?k ?e) ?q)",
+            "(sum< ?i ?k (dq ?e ?q))",
+        ),
+        rule("dq-sum-a", "(dq (sum-a ?e) ?q)", "(sum-a (dq ?e ?q))"),
+        guarded(
+            "dq-act",
+            "(dq (act ?a ?x) ?q)",
+            "(* (dact ?a ?x) (dq ?x ?q))",
+            nonlinear,
+            &["?a"],
+        ),
+        guarded(
+            "dq-dact",
+            "(dq (dact ?a ?x) ?q)",
+            "(* (ddact ?a ?x) (dq ?x ?q))",
+            nonlinear,
+            &["?a"],
+        ),
+        rule("dq-self", "(dq (delta ?i) (delta ?j))", "(kron ?i ?j)"),
+        rule("dq-kx", "(dq Kx ?q)", "0"),
+        rule("dq-source-u", "(dq (u ?l ?k) ?q)", "0"),
+        rule("dq-source-r", "(dq (r ?l ?k) ?q)", "0"),
+        rule("dq-c", "(dq c ?q)", "0"),
+        rule("dq-gamma", "(dq (recip gamma0) ?q)", "0"),
+    ];
+    if spec.layers.iter().all(|l| l.activation != Activation::Relu) {
+        rs.push(rule(
+            "dq-avg-smooth",
+            "(dq (avg ?e) ?q)",
+            "(avg (dq ?e ?q))",
+        ));
+    }
+    rs
+}
+
+/// Every rule set the derivation of `spec` can use, by name: what tests/soundness.rs
+/// enumerates so that no rule goes without a numeric soundness case.
+pub fn all_sets(spec: &Spec) -> Vec<(&'static str, Vec<Rewrite>)> {
+    vec![
+        ("algebra", algebra()),
+        ("commutative", commutative()),
+        ("single_site", single_site(spec)),
+        ("source_calculus", source_calculus()),
+        ("activations", activations()),
+        ("gaussian", gaussian(spec)),
+        ("lazy", lazy()),
+        ("lazy_output", lazy_output(spec)),
+        ("lifting", lifting(spec)),
+        ("factoring", factoring()),
+        ("operators", operators()),
+        ("hessian", hessian(spec)),
     ]
 }

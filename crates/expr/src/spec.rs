@@ -331,3 +331,23 @@ impl SpecError {
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+/// The catalogue of issue 5 (two-layer linear/relu/tanh, deep linear L = 2, 3, deep relu
+/// L = 2, residual linear L = 3 with β/√L branches), each followed by its lazy limit: what
+/// the snapshots, the rule soundness enumeration and the derivation benchmark run.
+pub fn catalogue() -> Vec<Spec> {
+    let rich = vec![
+        Spec::mlp("two-layer-linear", 1, Activation::Linear),
+        Spec::mlp("two-layer-relu", 1, Activation::Relu),
+        Spec::mlp("two-layer-tanh", 1, Activation::Tanh),
+        Spec::mlp("deep-linear-2", 2, Activation::Linear),
+        Spec::mlp("deep-linear-3", 3, Activation::Linear),
+        Spec::mlp("deep-relu-2", 2, Activation::Relu),
+        Spec::input("residual-linear-3")
+            .dense(Activation::Linear)
+            .residual(Activation::Linear)
+            .residual(Activation::Linear),
+    ];
+    let lazy: Vec<Spec> = rich.iter().map(|s| s.clone().lazy()).collect();
+    rich.into_iter().chain(lazy).collect()
+}

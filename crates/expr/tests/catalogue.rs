@@ -2,27 +2,9 @@
 //! bound on saturation: every stage of every catalogue derivation stops by saturation or by
 //! a documented limit, and a whole derivation stays under the time budget.
 
+use dmft_expr::derive;
 use dmft_expr::print::{Style, derivation};
-use dmft_expr::{Activation, Spec, derive};
-use std::time::Instant;
-
-/// The catalogue of issue 5, each with its lazy limit.
-pub fn catalogue() -> Vec<Spec> {
-    let rich = vec![
-        Spec::mlp("two-layer-linear", 1, Activation::Linear),
-        Spec::mlp("two-layer-relu", 1, Activation::Relu),
-        Spec::mlp("two-layer-tanh", 1, Activation::Tanh),
-        Spec::mlp("deep-linear-2", 2, Activation::Linear),
-        Spec::mlp("deep-linear-3", 3, Activation::Linear),
-        Spec::mlp("deep-relu-2", 2, Activation::Relu),
-        Spec::input("residual-linear-3")
-            .dense(Activation::Linear)
-            .residual(Activation::Linear)
-            .residual(Activation::Linear),
-    ];
-    let lazy: Vec<Spec> = rich.iter().map(|s| s.clone().lazy()).collect();
-    rich.into_iter().chain(lazy).collect()
-}
+use dmft_expr::spec::catalogue;
 
 #[test]
 fn catalogue_snapshots() {
@@ -41,26 +23,31 @@ fn catalogue_latex_snapshots() {
     }
 }
 
-/// Every stage saturates or stops at a documented limit, and a derivation takes < 5 s.
+/// Every stage saturates, except the documented ones that stop at the node limit after the
+/// closed forms are in the e-graph (the snapshots and tests/interpreter.rs check what is
+/// extracted from them). Time and memory are measured by benches/derive.rs, not here.
 #[test]
 fn saturation_is_bounded() {
+    let node_limited = [
+        ("two-layer-linear", "operators"),
+        ("deep-linear-2", "operators"),
+        ("deep-linear-3", "site-process"),
+        ("deep-linear-3", "operators"),
+        ("residual-linear-3", "site-process"),
+    ];
     for spec in catalogue() {
-        let start = Instant::now();
         let d = derive(&spec).unwrap();
-        let secs = start.elapsed().as_secs_f64();
         for s in &d.stages {
             println!(
-                "{:<24} {:<12} {:>3} iterations {:>7} nodes {:>7.3} s  {}",
-                spec.name, s.stage, s.iterations, s.nodes, s.seconds, s.stop
+                "{:<24} {:<12} {:>3} iterations {:>7} nodes  {}",
+                spec.name, s.stage, s.iterations, s.nodes, s.stop
             );
-            assert!(
-                s.saturated() || s.stop.starts_with("node limit"),
-                "{} {}: {}",
-                spec.name,
-                s.stage,
-                s.stop
-            );
+            let expected = if node_limited.contains(&(spec.name.as_str(), s.stage)) {
+                s.stop.starts_with("node limit")
+            } else {
+                s.saturated()
+            };
+            assert!(expected, "{} {}: {}", spec.name, s.stage, s.stop);
         }
-        assert!(secs < 5.0, "{} took {secs:.2} s", spec.name);
     }
 }
