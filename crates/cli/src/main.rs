@@ -217,6 +217,14 @@ fn run(config_path: &Path, out: &Path, width: Option<usize>, quiet: bool) -> Res
             max(fl.var_f_test.row(last)),
             fl.var_loss[last]
         );
+        // Gradient descent is linearly unstable once η λ_max / P > 2 (the edge of stability).
+        let threshold = 2.0 * data.n_train() as f64 / config.train.eta;
+        if let Some(i) = fl.ntk_top.iter().position(|&l| l > threshold) {
+            eprintln!(
+                "warning: the top NTK eigenvalue {:.3e} exceeds 2P/η = {threshold:.3e} at t = {}: past the edge of stability the O(1/√N) expansion breaks down and Σ_f grows without bound",
+                fl.ntk_top[i], fl.t[i]
+            );
+        }
     }
     println!("results in {}", out.display());
     Ok(())

@@ -531,3 +531,32 @@ fn derive_rejects_bad_specs_naming_the_key() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// Needs the runtime's propagator. At η = 2.5 on this task the infinite-width two-layer run
+/// sharpens its NTK past 2P/η (measured λ_max η/2P up to 1.7): the run completes, and a
+/// warning says the O(1/√N) expansion no longer holds there.
+#[test]
+fn fluctuations_warn_past_the_edge_of_stability() {
+    let dir = TempDir::new();
+    let config = SMALL.replace("eta = 0.5", "eta = 2.5").replace(
+        "record_every = 5",
+        "record_every = 5\n[model]\ngamma0 = 1.0",
+    );
+    dir.write("config.toml", &format!("{config}fluctuations = true\n"));
+    let out = dmft(&dir.0, &["run", "config.toml", "--out", "res", "--quiet"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("edge of stability"),
+        "{}",
+        stderr(&out)
+    );
+    let calm = TempDir::new();
+    calm.write("config.toml", &format!("{SMALL}fluctuations = true\n"));
+    let out = dmft(&calm.0, &["run", "config.toml", "--out", "res", "--quiet"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("edge of stability"),
+        "{}",
+        stderr(&out)
+    );
+}
