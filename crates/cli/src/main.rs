@@ -221,7 +221,7 @@ fn run(config_path: &Path, out: &Path, width: Option<usize>, quiet: bool) -> Res
         let threshold = 2.0 * data.n_train() as f64 / config.train.eta;
         if let Some(i) = fl.ntk_top.iter().position(|&l| l > threshold) {
             eprintln!(
-                "warning: the top NTK eigenvalue {:.3e} exceeds 2P/η = {threshold:.3e} at t = {}: past the edge of stability the O(1/√N) expansion breaks down and Σ_f grows without bound",
+                "warning: the top NTK eigenvalue {:.3e} exceeds 2P/η = {threshold:.3e} at t = {}: past the edge of stability the linearized fluctuations can grow without bound; check Σ_f against ensembles (dmft sweep)",
                 fl.ntk_top[i], fl.t[i]
             );
         }
