@@ -29,6 +29,41 @@ fn neighbour(
     Ok((layer != edge).then_some(layer))
 }
 
+/// f = γ₀⁻¹ diag(X) where X reads only the top layer's fields and operators and its
+/// neighbours' kernels (⟨z^L h^L⟩ in some extracted form): the runtime's output row.
+fn check_output(output: &Sexp, depth: usize) -> Result<()> {
+    let diag = output
+        .args("*", 2)
+        .filter(|a| a[0].to_string() == "(recip gamma0)")
+        .and_then(|a| a[1].args("diag", 1))
+        .ok_or_else(|| shape("operators: the output", output))?;
+    let mut layers = Vec::new();
+    collect_layers(&diag[0], &mut layers);
+    let near = |l: &usize| *l + 1 >= depth && *l <= depth + 1;
+    if !layers.contains(&depth) || !layers.iter().all(near) {
+        return Err(shape(
+            "operators: the output (not read from the top layer)",
+            output,
+        ));
+    }
+    Ok(())
+}
+
+/// Layers of every `(Phi ℓ ..)`, `(G ℓ ..)`, `(Rphi ℓ ..)`, `(Rg ℓ ..)`, `(C ℓ)`, `(E ℓ)`.
+fn collect_layers(e: &Sexp, out: &mut Vec<usize>) {
+    for name in ["Phi", "G", "Rphi", "Rg", "C", "E"] {
+        if let Some(l) = e.layer_of(name) {
+            out.push(l);
+            return;
+        }
+    }
+    if let Some((_, args)) = e.call() {
+        for a in args {
+            collect_layers(a, out);
+        }
+    }
+}
+
 fn arg(layer: Option<usize>, mutable: bool) -> String {
     match (layer, mutable) {
         (Some(l), false) => format!("Some(&layer_{l})"),
@@ -61,14 +96,9 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
         }
         wiring.push((l, below, above, c.to_string(), e.to_string()));
     }
-    let output = eqs.need("(f :)", "output")?.to_string();
-    for top in [format!("(Phi {depth} : :)"), format!("(Rphi {depth} : :)")] {
-        if !output.contains(&top) {
-            return Err(CodegenError::Unsupported(format!(
-                "operators: the output does not read layer {depth}: {output}"
-            )));
-        }
-    }
+    let output = eqs.need("(f :)", "output")?;
+    check_output(output, depth)?;
+    let output = output.to_string();
     let mut body = String::new();
     for (l, ..) in &wiring {
         body.push_str(&format!("let mut layer_{l} = setup.layer();\n"));

@@ -75,6 +75,14 @@ pub const REGISTRY: &[Generated] = &[
         solve: two_layer_linear::sites::solve,
     },
     Generated {
+        variant: "two-layer-linear",
+        spec: "specs/two-layer-linear.toml",
+        solver: SolverKind::DeepLinear,
+        depth: 1,
+        activation: Activation::Linear,
+        solve: two_layer_linear::closed_form::solve,
+    },
+    Generated {
         variant: "two-layer-relu-lazy",
         spec: "specs/two-layer-relu-lazy.toml",
         solver: SolverKind::Lazy,

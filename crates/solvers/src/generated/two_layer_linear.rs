@@ -166,3 +166,50 @@ pub mod sites {
         )
     }
 }
+
+pub mod closed_form {
+    use dmft_runtime::deep_linear::{Setup, equal_time_ntk};
+    use dmft_runtime::record::Recorder;
+    use dmft_runtime::{
+        Model, Problem, Progress, Result, Schedule, SolverKind, SolverOptions, Trajectory,
+    };
+    use ndarray::{Array2, s};
+
+    /// The block-triangular closed form, one block row per step: O(L P³ T³) time, no sampling.
+    pub fn solve(
+        problem: &Problem,
+        model: &Model,
+        schedule: &Schedule,
+        _options: &SolverOptions,
+        progress: Progress,
+    ) -> Result<Trajectory> {
+        let setup = Setup::new(problem, model, schedule)?;
+        let mut layer_1 = setup.layer();
+
+        let mut delta = Array2::<f64>::zeros((setup.nt, setup.p));
+        let mut rec = Recorder::new(problem, schedule, false);
+        for k in 0..setup.nt {
+            // Forward up the layers: h^ℓ(k), Φ^ℓ(k, ≤k).
+            // C^1 = (* c (causal (Phi 0 : :)))
+            setup.forward_row(k, &delta, None, &mut layer_1, None);
+            // Backward down the layers: z^ℓ(k), G^ℓ(k, ≤k).
+            // E^1 = (* c (causal (G 2 : :)))
+            setup.backward_row(k, &delta, None, &mut layer_1, None);
+
+            // f(k) = γ₀⁻¹ ⟨z^1(k) h^1(k)⟩: (* (recip gamma0) (diag (+ (dot (Rg 1 : :) (Phi 0 : :)) (dot (G 1 : :) (T (C 1))))))
+            let f = setup.output_row(k, None, &layer_1, model.gamma0);
+            let d = &problem.y - &f.slice(s![..setup.p]);
+            delta.row_mut(k).assign(&d);
+            rec.observe(k, f.view(), d.view(), || {
+                equal_time_ntk(problem, &[&layer_1], k)
+            })?;
+            if k > 0 {
+                progress(k);
+            }
+        }
+        rec.finish(
+            SolverKind::DeepLinear,
+            "closed form (block-triangular solves)".into(),
+        )
+    }
+}
