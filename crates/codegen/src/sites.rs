@@ -214,45 +214,39 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
     // Pass 1: per-chunk iteration over whichever per-site arrays are stored.
     let (chunks, chunk_args) = match (phi_stored, g_stored) {
         (true, true) => (
-            "phi.axis_chunks_iter_mut(Axis(0), CHUNK).into_par_iter().zip(g.axis_chunks_iter_mut(Axis(0), CHUNK)).enumerate()",
-            "(ci, (mut phi_c, mut g_c))",
+            "phi.par_chunks_mut(CHUNK * n).zip(g.par_chunks_mut(CHUNK * p)).enumerate()",
+            "(ci, (phi_s, g_s))",
         ),
-        (true, false) => (
-            "phi.axis_chunks_iter_mut(Axis(0), CHUNK).into_par_iter().enumerate()",
-            "(ci, mut phi_c)",
-        ),
-        (false, true) => (
-            "g.axis_chunks_iter_mut(Axis(0), CHUNK).into_par_iter().enumerate()",
-            "(ci, mut g_c)",
-        ),
+        (true, false) => ("phi.par_chunks_mut(CHUNK * n).enumerate()", "(ci, phi_s)"),
+        (false, true) => ("g.par_chunks_mut(CHUNK * p).enumerate()", "(ci, g_s)"),
         (false, false) => ("(0..m.div_ceil(CHUNK)).into_par_iter()", "ci"),
     };
     let mut site_body = String::from(
-        "let site = lo + i;\nlet (h_i, z_i, w_i) = (h.row(site), z[site], weight[site]);\n",
+        "let site = lo + i;\nlet (h_i, z_i, w_i) = (&h_all[site * n..(site + 1) * n], z[site], weight[site]);\n",
     );
     if phi_stored {
-        site_body.push_str("let mut phi_i = phi_c.row_mut(i);\n");
+        site_body.push_str("let phi_i = &mut phi_s[i * n..(i + 1) * n];\n");
     }
     if g_stored {
-        site_body.push_str("let mut g_i = g_c.row_mut(i);\n");
+        site_body.push_str("let g_i = &mut g_s[i * p..(i + 1) * p];\n");
     }
     let phi_value = activation::phi(act, "h_i[nu]")?;
     site_body.push_str("for nu in 0..n {\n");
     if phi_stored {
         site_body.push_str(&format!("phi_i[nu] = {phi_value};\n"));
     }
-    site_body.push_str(&format!("sums.zphi[nu] += w_i * {z_code};\n}}\n"));
+    site_body.push_str(&format!("zphi_s[nu] += w_i * {z_code};\n}}\n"));
     if g_stored {
         let g_code = site.product(&site.g_def, "mu", phi_stored)?;
         site_body.push_str(&format!("for mu in 0..p {{\ng_i[mu] = {g_code};\n}}\n"));
     }
     let grad_acc = match grad_k[0] {
-        Field::G => "rank_one_update(gk, w_i, g_i.as_slice().unwrap());",
+        Field::G => "rank_one_update(gk, w_i, g_i);",
         _ => "*gk += w_i * z_i * z_i;",
     };
     site_body.push_str(&format!(
         "if let (Some(pk), Some(gk)) = (sums.phi.as_mut(), sums.grad.as_mut()) {{\n\
-         rank_one_update(pk, w_i, {phi_vector}.as_slice().unwrap());\n{grad_acc}\n}}\n"
+         rank_one_update(pk, w_i, {phi_vector});\n{grad_acc}\n}}\n"
     ));
     let (grad_type, grad_zero, grad_final) = match grad_k[0] {
         Field::G => (
@@ -278,15 +272,15 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
     }
     let reads = |code: &str, v: &str| code.contains(&format!("{v}_i["));
     if reads(&x_code, "g") || reads(&y_code, "g") {
-        update.push_str("let g_i = g.row(site);\n");
+        update.push_str("let g_i = &g_all[site * p..(site + 1) * p];\n");
     }
     if reads(&x_code, "phi") || reads(&y_code, "phi") {
-        update.push_str("let phi_i = phi.row(site);\n");
+        update.push_str("let phi_i = &phi_all[site * n..(site + 1) * n];\n");
     }
     update.push_str(&format!(
         "let mut dz = 0.0;\nfor alpha in 0..p {{\ndz += cd[alpha] * {y_code};\n}}\n"
     ));
-    let apply = "h_i.scaled_add(coef, &kx_train_rows.row(alpha));";
+    let apply = "for (hv, kv) in h_i.iter_mut().zip(kx_rows[alpha]) {\n*hv += coef * kv;\n}";
     let apply = if act == "relu" {
         format!("if coef != 0.0 {{\n{apply}\n}}")
     } else {
@@ -295,35 +289,42 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
     update.push_str(&format!(
         "for alpha in 0..p {{\nlet coef = cd[alpha] * {x_code};\n{apply}\n}}\n*z_s += dz;\n"
     ));
-    let uses_site = update.contains(".row(site)");
+    let uses_site = update.contains("_all[site");
     if !uses_site {
         update = update.replace("let site = lo + i;\n", "");
     }
 
     let alloc_phi = if phi_stored {
-        "let mut phi = Array2::<f64>::zeros((m, n));\n"
+        "let mut phi = vec![0.0; m * n];\n"
     } else {
         ""
     };
     let alloc_g = if g_stored {
-        "let mut g = Array2::<f64>::zeros((m, p));\n"
+        "let mut g = vec![0.0; m * p];\n"
     } else {
         ""
     };
     let (pass2_head, pass2_args, pass2_iter) = if uses_site {
         (
             "let lo = ci * CHUNK;",
-            "(ci, (mut h_c, mut z_c))",
-            "(i, (mut h_i, z_s)) in h_c.outer_iter_mut().zip(z_c.iter_mut()).enumerate()",
+            "(ci, (h_c, z_c))",
+            "(i, (h_i, z_s)) in h_c.chunks_mut(n).zip(z_c.iter_mut()).enumerate()",
         )
     } else {
         (
             "",
-            "(mut h_c, mut z_c)",
-            "(mut h_i, z_s) in h_c.outer_iter_mut().zip(z_c.iter_mut())",
+            "(h_c, z_c)",
+            "(h_i, z_s) in h_c.chunks_mut(n).zip(z_c.iter_mut())",
         )
     };
     let pass2_enumerate = if uses_site { ".enumerate()" } else { "" };
+    let mut pass2_shared = String::new();
+    if update.contains("g_all") {
+        pass2_shared.push_str("let g_all: &[f64] = &g;\n");
+    }
+    if update.contains("phi_all") {
+        pass2_shared.push_str("let phi_all: &[f64] = &phi;\n");
+    }
     let source = format!(
         r#"
 pub mod sites {{
@@ -331,7 +332,7 @@ use dmft_runtime::record::{{RawRun, Recorder, replica_trajectory}};
 use dmft_runtime::sampling::replica_sizes;
 use dmft_runtime::two_layer::{{CHUNK, SiteSet, mirror_lower, rank_one_update}};
 use dmft_runtime::{{Model, Problem, Progress, Result, Schedule, SolverKind, SolverOptions, Trajectory}};
-use ndarray::{{Array1, Array2, Axis, s}};
+use ndarray::{{Array1, Array2, s}};
 use rayon::prelude::*;
 
 /// Site averages of one step: f before the 1/γ₀, and when recording Φ¹ and G¹.
@@ -347,12 +348,16 @@ pub fn march(problem: &Problem, model: &Model, schedule: &Schedule, sites: &Site
     let m = sites.r.len();
     let c = schedule.eta * model.gamma0 / p as f64;
     let kx_train_rows = problem.kx.slice(s![..p, ..]).to_owned();
-    let (mut h, mut z, weight) = (sites.u.clone(), sites.r.clone(), &sites.weight);
+    let kx_rows: Vec<&[f64]> = kx_train_rows.rows().into_iter().map(|r| r.to_slice().expect("owned rows are contiguous")).collect();
+    // Plain slices, row-major (sites × points): the per-site loops index them directly.
+    let mut h: Vec<f64> = sites.u.as_standard_layout().iter().copied().collect();
+    let (mut z, weight) = (sites.r.to_vec(), &sites.weight);
     {alloc_phi}{alloc_g}
     let mut rec = Recorder::new(problem, schedule, false);
     let mut f0: Option<Array1<f64>> = None;
     for k in 0..=schedule.steps {{
         let recording = rec.needs_ntk(k);
+        let h_all: &[f64] = &h;
         let partial: Vec<StepSums> = {chunks}
             .map(|{chunk_args}| {{
                 let lo = ci * CHUNK;
@@ -361,6 +366,7 @@ pub fn march(problem: &Problem, model: &Model, schedule: &Schedule, sites: &Site
                     phi: recording.then(|| Array2::zeros((n, n))),
                     grad: {grad_zero},
                 }};
+                let zphi_s = sums.zphi.as_slice_mut().expect("fresh arrays are contiguous");
                 for i in 0..CHUNK.min(m - lo) {{
                     {site_body}
                 }}
@@ -394,10 +400,9 @@ pub fn march(problem: &Problem, model: &Model, schedule: &Schedule, sites: &Site
         if k == schedule.steps {{
             break;
         }}
-        let cd: Array1<f64> = &delta * c;
-        h.axis_chunks_iter_mut(Axis(0), CHUNK)
-            .into_par_iter()
-            .zip(z.axis_chunks_iter_mut(Axis(0), CHUNK))
+        let cd: Vec<f64> = delta.iter().map(|d| d * c).collect();
+        {pass2_shared}h.par_chunks_mut(CHUNK * n)
+            .zip(z.par_chunks_mut(CHUNK))
             {pass2_enumerate}
             .for_each(|{pass2_args}| {{
                 {pass2_head}

@@ -76,10 +76,12 @@ fn bench(c: &mut Criterion) {
             gamma0: 1.0,
             centered: false,
         };
-        group.bench_function(format!("{}/generated", g.variant), |b| {
+        // A spec can serve two solver kinds (two-layer-linear: sites and closed form).
+        let id = format!("{}-{}", g.variant, g.solver);
+        group.bench_function(format!("{id}/generated"), |b| {
             b.iter(|| (g.solve)(&prob, &model, &schedule, &options, &no_progress).unwrap())
         });
-        group.bench_function(format!("{}/reference", g.variant), |b| {
+        group.bench_function(format!("{id}/reference"), |b| {
             b.iter(|| solve(&prob, &model, &schedule, g.solver, &options, &no_progress).unwrap())
         });
     }

@@ -9,7 +9,7 @@ pub mod sites {
     use dmft_runtime::{
         Model, Problem, Progress, Result, Schedule, SolverKind, SolverOptions, Trajectory,
     };
-    use ndarray::{Array1, Array2, Axis, s};
+    use ndarray::{Array1, Array2, s};
     use rayon::prelude::*;
 
     /// Site averages of one step: f before the 1/γ₀, and when recording Φ¹ and G¹.
@@ -31,12 +31,20 @@ pub mod sites {
         let m = sites.r.len();
         let c = schedule.eta * model.gamma0 / p as f64;
         let kx_train_rows = problem.kx.slice(s![..p, ..]).to_owned();
-        let (mut h, mut z, weight) = (sites.u.clone(), sites.r.clone(), &sites.weight);
+        let kx_rows: Vec<&[f64]> = kx_train_rows
+            .rows()
+            .into_iter()
+            .map(|r| r.to_slice().expect("owned rows are contiguous"))
+            .collect();
+        // Plain slices, row-major (sites × points): the per-site loops index them directly.
+        let mut h: Vec<f64> = sites.u.as_standard_layout().iter().copied().collect();
+        let (mut z, weight) = (sites.r.to_vec(), &sites.weight);
 
         let mut rec = Recorder::new(problem, schedule, false);
         let mut f0: Option<Array1<f64>> = None;
         for k in 0..=schedule.steps {
             let recording = rec.needs_ntk(k);
+            let h_all: &[f64] = &h;
             let partial: Vec<StepSums> = (0..m.div_ceil(CHUNK))
                 .into_par_iter()
                 .map(|ci| {
@@ -46,14 +54,19 @@ pub mod sites {
                         phi: recording.then(|| Array2::zeros((n, n))),
                         grad: recording.then_some(0.0),
                     };
+                    let zphi_s = sums
+                        .zphi
+                        .as_slice_mut()
+                        .expect("fresh arrays are contiguous");
                     for i in 0..CHUNK.min(m - lo) {
                         let site = lo + i;
-                        let (h_i, z_i, w_i) = (h.row(site), z[site], weight[site]);
+                        let (h_i, z_i, w_i) =
+                            (&h_all[site * n..(site + 1) * n], z[site], weight[site]);
                         for nu in 0..n {
-                            sums.zphi[nu] += w_i * z_i * h_i[nu];
+                            zphi_s[nu] += w_i * z_i * h_i[nu];
                         }
                         if let (Some(pk), Some(gk)) = (sums.phi.as_mut(), sums.grad.as_mut()) {
-                            rank_one_update(pk, w_i, h_i.as_slice().unwrap());
+                            rank_one_update(pk, w_i, h_i);
                             *gk += w_i * z_i * z_i;
                         }
                     }
@@ -94,12 +107,11 @@ pub mod sites {
             if k == schedule.steps {
                 break;
             }
-            let cd: Array1<f64> = &delta * c;
-            h.axis_chunks_iter_mut(Axis(0), CHUNK)
-                .into_par_iter()
-                .zip(z.axis_chunks_iter_mut(Axis(0), CHUNK))
-                .for_each(|(mut h_c, mut z_c)| {
-                    for (mut h_i, z_s) in h_c.outer_iter_mut().zip(z_c.iter_mut()) {
+            let cd: Vec<f64> = delta.iter().map(|d| d * c).collect();
+            h.par_chunks_mut(CHUNK * n)
+                .zip(z.par_chunks_mut(CHUNK))
+                .for_each(|(h_c, z_c)| {
+                    for (h_i, z_s) in h_c.chunks_mut(n).zip(z_c.iter_mut()) {
                         let z_i = *z_s;
                         let mut dz = 0.0;
                         for alpha in 0..p {
@@ -107,7 +119,9 @@ pub mod sites {
                         }
                         for alpha in 0..p {
                             let coef = cd[alpha] * z_i;
-                            h_i.scaled_add(coef, &kx_train_rows.row(alpha));
+                            for (hv, kv) in h_i.iter_mut().zip(kx_rows[alpha]) {
+                                *hv += coef * kv;
+                            }
                         }
                         *z_s += dz;
                     }

@@ -9,7 +9,7 @@ pub mod sites {
     use dmft_runtime::{
         Model, Problem, Progress, Result, Schedule, SolverKind, SolverOptions, Trajectory,
     };
-    use ndarray::{Array1, Array2, Axis, s};
+    use ndarray::{Array1, Array2, s};
     use rayon::prelude::*;
 
     /// Site averages of one step: f before the 1/γ₀, and when recording Φ¹ and G¹.
@@ -31,41 +31,53 @@ pub mod sites {
         let m = sites.r.len();
         let c = schedule.eta * model.gamma0 / p as f64;
         let kx_train_rows = problem.kx.slice(s![..p, ..]).to_owned();
-        let (mut h, mut z, weight) = (sites.u.clone(), sites.r.clone(), &sites.weight);
-        let mut phi = Array2::<f64>::zeros((m, n));
-        let mut g = Array2::<f64>::zeros((m, p));
+        let kx_rows: Vec<&[f64]> = kx_train_rows
+            .rows()
+            .into_iter()
+            .map(|r| r.to_slice().expect("owned rows are contiguous"))
+            .collect();
+        // Plain slices, row-major (sites × points): the per-site loops index them directly.
+        let mut h: Vec<f64> = sites.u.as_standard_layout().iter().copied().collect();
+        let (mut z, weight) = (sites.r.to_vec(), &sites.weight);
+        let mut phi = vec![0.0; m * n];
+        let mut g = vec![0.0; m * p];
 
         let mut rec = Recorder::new(problem, schedule, false);
         let mut f0: Option<Array1<f64>> = None;
         for k in 0..=schedule.steps {
             let recording = rec.needs_ntk(k);
+            let h_all: &[f64] = &h;
             let partial: Vec<StepSums> = phi
-                .axis_chunks_iter_mut(Axis(0), CHUNK)
-                .into_par_iter()
-                .zip(g.axis_chunks_iter_mut(Axis(0), CHUNK))
+                .par_chunks_mut(CHUNK * n)
+                .zip(g.par_chunks_mut(CHUNK * p))
                 .enumerate()
-                .map(|(ci, (mut phi_c, mut g_c))| {
+                .map(|(ci, (phi_s, g_s))| {
                     let lo = ci * CHUNK;
                     let mut sums = StepSums {
                         zphi: Array1::zeros(n),
                         phi: recording.then(|| Array2::zeros((n, n))),
                         grad: recording.then(|| Array2::zeros((p, p))),
                     };
+                    let zphi_s = sums
+                        .zphi
+                        .as_slice_mut()
+                        .expect("fresh arrays are contiguous");
                     for i in 0..CHUNK.min(m - lo) {
                         let site = lo + i;
-                        let (h_i, z_i, w_i) = (h.row(site), z[site], weight[site]);
-                        let mut phi_i = phi_c.row_mut(i);
-                        let mut g_i = g_c.row_mut(i);
+                        let (h_i, z_i, w_i) =
+                            (&h_all[site * n..(site + 1) * n], z[site], weight[site]);
+                        let phi_i = &mut phi_s[i * n..(i + 1) * n];
+                        let g_i = &mut g_s[i * p..(i + 1) * p];
                         for nu in 0..n {
                             phi_i[nu] = h_i[nu].tanh();
-                            sums.zphi[nu] += w_i * z_i * phi_i[nu];
+                            zphi_s[nu] += w_i * z_i * phi_i[nu];
                         }
                         for mu in 0..p {
                             g_i[mu] = z_i * (1.0 - phi_i[mu] * phi_i[mu]);
                         }
                         if let (Some(pk), Some(gk)) = (sums.phi.as_mut(), sums.grad.as_mut()) {
-                            rank_one_update(pk, w_i, phi_i.as_slice().unwrap());
-                            rank_one_update(gk, w_i, g_i.as_slice().unwrap());
+                            rank_one_update(pk, w_i, phi_i);
+                            rank_one_update(gk, w_i, g_i);
                         }
                     }
                     sums
@@ -103,25 +115,27 @@ pub mod sites {
             if k == schedule.steps {
                 break;
             }
-            let cd: Array1<f64> = &delta * c;
-            h.axis_chunks_iter_mut(Axis(0), CHUNK)
-                .into_par_iter()
-                .zip(z.axis_chunks_iter_mut(Axis(0), CHUNK))
+            let cd: Vec<f64> = delta.iter().map(|d| d * c).collect();
+            let g_all: &[f64] = &g;
+            let phi_all: &[f64] = &phi;
+            h.par_chunks_mut(CHUNK * n)
+                .zip(z.par_chunks_mut(CHUNK))
                 .enumerate()
-                .for_each(|(ci, (mut h_c, mut z_c))| {
+                .for_each(|(ci, (h_c, z_c))| {
                     let lo = ci * CHUNK;
-                    for (i, (mut h_i, z_s)) in h_c.outer_iter_mut().zip(z_c.iter_mut()).enumerate()
-                    {
+                    for (i, (h_i, z_s)) in h_c.chunks_mut(n).zip(z_c.iter_mut()).enumerate() {
                         let site = lo + i;
-                        let g_i = g.row(site);
-                        let phi_i = phi.row(site);
+                        let g_i = &g_all[site * p..(site + 1) * p];
+                        let phi_i = &phi_all[site * n..(site + 1) * n];
                         let mut dz = 0.0;
                         for alpha in 0..p {
                             dz += cd[alpha] * phi_i[alpha];
                         }
                         for alpha in 0..p {
                             let coef = cd[alpha] * g_i[alpha];
-                            h_i.scaled_add(coef, &kx_train_rows.row(alpha));
+                            for (hv, kv) in h_i.iter_mut().zip(kx_rows[alpha]) {
+                                *hv += coef * kv;
+                            }
                         }
                         *z_s += dz;
                     }
