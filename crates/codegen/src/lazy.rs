@@ -4,7 +4,8 @@
 //! layers, G down). A kernel equal to the constant 1 (G^ℓ of a linear network) is folded
 //! away, a kernel equal to another (Φ^ℓ = Kˣ) becomes an alias, and only bindings the NTK
 //! reaches are emitted. Closed-form Gaussian maps (arc-cosine kernels) are written into the
-//! module; averages without one use a 2-D Gauss–Hermite rule with φ or φ' inlined.
+//! module; averages without one use a 2-D Gauss–Hermite rule with φ and φ' inlined,
+//! both averages over one covariance in a single sweep.
 
 use crate::activation;
 use crate::sexp::Sexp;
@@ -50,8 +51,10 @@ struct Lowering<'a> {
     act: &'a str,
     /// Kernel name (`phi_1`, `grad_2`) → value, once lowered.
     env: Vec<(String, Value)>,
-    /// Helpers the module needs: `arccos0`, `arccos1`, `pair_average`.
+    /// Helpers the module needs: `arccos0`, `arccos1`, `pair_averages`.
     helpers: BTreeSet<&'static str>,
+    /// `let` bindings in evaluation order: (names bound, code).
+    bindings: Vec<(Vec<String>, String)>,
 }
 
 impl Lowering<'_> {
@@ -133,22 +136,33 @@ impl Lowering<'_> {
         if name.atom() != Some(self.act) {
             return Err(shape("an averaged field's activation", a));
         }
-        let body = match op {
-            "act" => activation::phi(self.act, "x")?,
-            "dact" => activation::d1(self.act, "x", None)?,
+        let name = match op {
+            "act" => format!("avg_phi_{layer}"),
+            "dact" => format!("avg_dphi_{layer}"),
             _ => return Err(shape("an averaged field", a)),
         };
-        let cov = if layer == 1 {
-            Some(Value::Var("kx".into()))
-        } else {
-            self.lookup(&format!("phi_{}", layer - 1))
-        };
-        let Some(cov) = cov else { return Ok(None) };
-        self.helpers.insert("pair_average");
-        Ok(Some(Value::Code(format!(
-            "pair_average({}, &rule, |x: f64| {body})",
-            cov.view()?
-        ))))
+        // ⟨φφᵀ⟩ and ⟨φ'φ'ᵀ⟩ over the same u^ℓ share one sweep of the rule: φ is evaluated
+        // once per node and φ' reuses it where it can (tanh' = 1 − tanh²).
+        let pair = vec![format!("avg_phi_{layer}"), format!("avg_dphi_{layer}")];
+        if !self.bindings.iter().any(|(names, _)| *names == pair) {
+            let cov = if layer == 1 {
+                Some(Value::Var("kx".into()))
+            } else {
+                self.lookup(&format!("phi_{}", layer - 1))
+            };
+            let Some(cov) = cov else { return Ok(None) };
+            let phi = activation::phi(self.act, "x")?;
+            let d1 = activation::d1(self.act, "x", Some("t"))?;
+            self.helpers.insert("pair_averages");
+            self.bindings.push((
+                pair,
+                format!(
+                    "pair_averages({}, &rule, |x: f64| {{ let t = {phi}; (t, {d1}) }})",
+                    cov.view()?
+                ),
+            ));
+        }
+        Ok(Some(Value::Var(name)))
     }
 }
 
@@ -186,8 +200,8 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
         act,
         env: vec![(format!("grad_{}", depth + 1), Value::Ones)],
         helpers: BTreeSet::new(),
+        bindings: Vec::new(),
     };
-    let mut bindings: Vec<(String, String)> = Vec::new();
     // Dependency order: each pass lowers every kernel whose inputs are known.
     while !todo.is_empty() {
         let before = todo.len();
@@ -195,7 +209,7 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
         for (name, rhs) in todo {
             match low.lower(rhs)? {
                 Some(Value::Code(code)) => {
-                    bindings.push((name.clone(), code));
+                    low.bindings.push((vec![name.clone()], code));
                     low.env.push((name.clone(), Value::Var(name)));
                 }
                 Some(v) => low.env.push((name, v)),
@@ -216,12 +230,20 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
         _ => return Err(CodegenError::Malformed("lazy: NTK is constant".into())),
     };
     // Only the bindings the NTK reaches.
-    let mut live: Vec<&(String, String)> = Vec::new();
+    let mut live: Vec<(String, &String)> = Vec::new();
     let mut need = ntk.clone();
-    for b in bindings.iter().rev() {
-        if mentions(&need, &b.0) {
-            need.push_str(&b.1);
-            live.push(b);
+    for (names, code) in low.bindings.iter().rev() {
+        if names.iter().any(|n| mentions(&need, n)) {
+            let bound: Vec<&str> = names
+                .iter()
+                .map(|n| if mentions(&need, n) { n.as_str() } else { "_" })
+                .collect();
+            let pattern = match bound.as_slice() {
+                [one] => one.to_string(),
+                many => format!("({})", many.join(", ")),
+            };
+            need.push_str(code);
+            live.push((pattern, code));
         }
     }
     live.reverse();
@@ -229,7 +251,7 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
     if mentions(&need, "kx") {
         body.push_str("let kx = problem.kx.clone();\n");
     }
-    let quadrature = low.helpers.contains("pair_average");
+    let quadrature = low.helpers.contains("pair_averages");
     if quadrature {
         body.push_str(
             "let order = if options.quadrature == 0 { DEFAULT_LAZY_ORDER } else { options.quadrature };\n\
@@ -363,12 +385,18 @@ fn arccos0(cov: ArrayView2<f64>) -> Array2<f64> {
 "#;
 
 const PAIR_AVERAGE: &str = r#"
-/// ⟨ψ(u_a) ψ(u_b)⟩ for u ~ N(0, cov) on a 2-D Gauss–Hermite rule, with
-/// u_a = √q_a ξ₁ and u_b = (c/√q_a) ξ₁ + √(q_b − c²/q_a) ξ₂; ψ is inlined per call site.
-fn pair_average(cov: ArrayView2<f64>, rule: &(Array1<f64>, Array1<f64>), psi: impl Fn(f64) -> f64) -> Array2<f64> {
+/// ⟨φ(u_a) φ(u_b)⟩ and ⟨φ'(u_a) φ'(u_b)⟩ for u ~ N(0, cov) on a 2-D Gauss–Hermite rule, with
+/// u_a = √q_a ξ₁ and u_b = (c/√q_a) ξ₁ + √(q_b − c²/q_a) ξ₂; `psi` returns (φ, φ') at a
+/// node and is inlined per call site.
+fn pair_averages(
+    cov: ArrayView2<f64>,
+    rule: &(Array1<f64>, Array1<f64>),
+    psi: impl Fn(f64) -> (f64, f64),
+) -> (Array2<f64>, Array2<f64>) {
     let (nodes, weights) = rule;
     let n = cov.nrows();
-    let mut out = Array2::zeros((n, n));
+    let mut phi = Array2::zeros((n, n));
+    let mut dphi = Array2::zeros((n, n));
     for a in 0..n {
         for b in 0..=a {
             let (qa, qb, c) = (cov[[a, a]], cov[[b, b]], cov[[a, b]]);
@@ -379,19 +407,24 @@ fn pair_average(cov: ArrayView2<f64>, rule: &(Array1<f64>, Array1<f64>), psi: im
             } else {
                 (0.0, qb.max(0.0).sqrt())
             };
-            let mut total = 0.0;
+            let (mut pp, mut dd) = (0.0, 0.0);
             for (x1, w1) in nodes.iter().zip(weights) {
-                let fa = psi(sa * x1);
-                let mut inner = 0.0;
+                let (fa, da) = psi(sa * x1);
+                let (mut ip, mut id) = (0.0, 0.0);
                 for (x2, w2) in nodes.iter().zip(weights) {
-                    inner += w2 * psi(m * x1 + s_perp * x2);
+                    let (fb, db) = psi(m * x1 + s_perp * x2);
+                    ip += w2 * fb;
+                    id += w2 * db;
                 }
-                total += w1 * fa * inner;
+                pp += w1 * fa * ip;
+                dd += w1 * da * id;
             }
-            out[[a, b]] = total;
-            out[[b, a]] = total;
+            phi[[a, b]] = pp;
+            phi[[b, a]] = pp;
+            dphi[[a, b]] = dd;
+            dphi[[b, a]] = dd;
         }
     }
-    out
+    (phi, dphi)
 }
 "#;

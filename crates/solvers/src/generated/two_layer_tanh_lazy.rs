@@ -28,12 +28,11 @@ pub mod lazy {
             options.quadrature
         };
         let rule = gauss_hermite(order)?;
-        let phi_1 = pair_average(kx.view(), &rule, |x: f64| x.tanh());
-        let grad_1 = pair_average(kx.view(), &rule, |x: f64| {
+        let (avg_phi_1, avg_dphi_1) = pair_averages(kx.view(), &rule, |x: f64| {
             let t = x.tanh();
-            1.0 - t * t
+            (t, (1.0 - t * t))
         });
-        let ntk = &phi_1 + &(&kx * &grad_1);
+        let ntk = &avg_phi_1 + &(&kx * &avg_dphi_1);
 
         let method = format!("gauss-hermite kernels, order {order}");
         let p = problem.n_train();
@@ -62,16 +61,18 @@ pub mod lazy {
         rec.finish(SolverKind::Lazy, method)
     }
 
-    /// ⟨ψ(u_a) ψ(u_b)⟩ for u ~ N(0, cov) on a 2-D Gauss–Hermite rule, with
-    /// u_a = √q_a ξ₁ and u_b = (c/√q_a) ξ₁ + √(q_b − c²/q_a) ξ₂; ψ is inlined per call site.
-    fn pair_average(
+    /// ⟨φ(u_a) φ(u_b)⟩ and ⟨φ'(u_a) φ'(u_b)⟩ for u ~ N(0, cov) on a 2-D Gauss–Hermite rule, with
+    /// u_a = √q_a ξ₁ and u_b = (c/√q_a) ξ₁ + √(q_b − c²/q_a) ξ₂; `psi` returns (φ, φ') at a
+    /// node and is inlined per call site.
+    fn pair_averages(
         cov: ArrayView2<f64>,
         rule: &(Array1<f64>, Array1<f64>),
-        psi: impl Fn(f64) -> f64,
-    ) -> Array2<f64> {
+        psi: impl Fn(f64) -> (f64, f64),
+    ) -> (Array2<f64>, Array2<f64>) {
         let (nodes, weights) = rule;
         let n = cov.nrows();
-        let mut out = Array2::zeros((n, n));
+        let mut phi = Array2::zeros((n, n));
+        let mut dphi = Array2::zeros((n, n));
         for a in 0..n {
             for b in 0..=a {
                 let (qa, qb, c) = (cov[[a, a]], cov[[b, b]], cov[[a, b]]);
@@ -82,19 +83,24 @@ pub mod lazy {
                 } else {
                     (0.0, qb.max(0.0).sqrt())
                 };
-                let mut total = 0.0;
+                let (mut pp, mut dd) = (0.0, 0.0);
                 for (x1, w1) in nodes.iter().zip(weights) {
-                    let fa = psi(sa * x1);
-                    let mut inner = 0.0;
+                    let (fa, da) = psi(sa * x1);
+                    let (mut ip, mut id) = (0.0, 0.0);
                     for (x2, w2) in nodes.iter().zip(weights) {
-                        inner += w2 * psi(m * x1 + s_perp * x2);
+                        let (fb, db) = psi(m * x1 + s_perp * x2);
+                        ip += w2 * fb;
+                        id += w2 * db;
                     }
-                    total += w1 * fa * inner;
+                    pp += w1 * fa * ip;
+                    dd += w1 * da * id;
                 }
-                out[[a, b]] = total;
-                out[[b, a]] = total;
+                phi[[a, b]] = pp;
+                phi[[b, a]] = pp;
+                dphi[[a, b]] = dd;
+                dphi[[b, a]] = dd;
             }
         }
-        out
+        (phi, dphi)
     }
 }
