@@ -1,7 +1,7 @@
 //! One experiment from config to written results: load the data, run the solver with a
 //! progress bar, write the results folder.
 
-use crate::config::{Config, DataKind};
+use crate::config::{Config, DataKind, SolverChoice};
 use crate::failure::Failure;
 use crate::progress::Bar;
 use crate::results::{self, Metrics};
@@ -201,9 +201,12 @@ pub fn fluctuations(
         .map_err(|e| Failure::from_solver(source.name, e))
 }
 
-/// A solved infinite-width trajectory and the seconds the solver took.
+/// A solved infinite-width trajectory, which implementation produced it, and the seconds
+/// the solver took.
 pub struct Solved {
     pub trajectory: Trajectory,
+    /// "generated:<variant>" or "reference" (see `dmft_solvers::Source`).
+    pub solver_source: String,
     pub wall_time: f64,
 }
 
@@ -221,18 +224,36 @@ pub fn solve(
         .map_err(|e| Failure::from_solver(source.name, e))?;
     let bar = Bar::new(config.train.steps as u64, "steps", label, quiet);
     let started = Instant::now();
-    let solved = dmft_runtime::solve(
-        &problem,
-        &config.model(),
-        &config.schedule(),
-        config.solver(),
-        &config.solver_options(),
-        &|k| bar.advance(k as u64),
-    );
+    let progress = |k: usize| bar.advance(k as u64);
+    let (model, schedule, options) = (config.model(), config.schedule(), config.solver_options());
+    // `auto` takes the generated solver of the variant when the catalogue has one; an
+    // explicitly named solver is always the hand-written reference.
+    let solved = if config.theory.solver == SolverChoice::Auto {
+        dmft_solvers::solve(
+            &problem,
+            &model,
+            &schedule,
+            config.solver(),
+            &options,
+            &progress,
+        )
+        .map(|(t, from)| (t, from.to_string()))
+    } else {
+        dmft_runtime::solve(
+            &problem,
+            &model,
+            &schedule,
+            config.solver(),
+            &options,
+            &progress,
+        )
+        .map(|t| (t, dmft_solvers::Source::Reference.to_string()))
+    };
     bar.finish();
-    let trajectory = solved.map_err(|e| Failure::from_solver(source.name, e))?;
+    let (trajectory, solver_source) = solved.map_err(|e| Failure::from_solver(source.name, e))?;
     Ok(Solved {
         trajectory,
+        solver_source,
         wall_time: started.elapsed().as_secs_f64(),
     })
 }
@@ -250,6 +271,7 @@ pub fn run_and_write(
 ) -> Result<Outcome, Failure> {
     let Solved {
         trajectory,
+        solver_source,
         wall_time,
     } = solve(config, data, source, label, quiet)?;
     let fluctuations = fluctuations(config, data, source, label, quiet)?;
@@ -258,6 +280,7 @@ pub fn run_and_write(
         source: source.name,
         data,
         trajectory: &trajectory,
+        solver_source: &solver_source,
         fluctuations: fluctuations.as_ref(),
         width,
         wall_time,

@@ -39,6 +39,8 @@ pub struct Record<'a> {
     pub source: &'a str,
     pub data: &'a Dataset,
     pub trajectory: &'a Trajectory,
+    /// Which implementation solved it: "generated:<variant>" or "reference".
+    pub solver_source: &'a str,
     /// Σ_f when theory.fluctuations = true.
     pub fluctuations: Option<&'a PredictionFluctuations>,
     /// `--width N`: also write the variances at width N.
@@ -235,6 +237,7 @@ fn summary(record: &Record, metrics: &Metrics, files: &[String]) -> serde_json::
         "config": record.config,
         "solver": traj.solver.name(),
         "solver_requested": record.config.theory.solver.to_string(),
+        "solver_source": record.solver_source,
         "method": traj.method,
         "sizes": {
             "p_train": record.data.n_train(),
@@ -515,6 +518,7 @@ pub(crate) mod tests {
             source: "fake.toml",
             data: &data,
             trajectory: traj,
+            solver_source: "reference",
             fluctuations: None,
             width: None,
             wall_time: 0.25,
@@ -561,6 +565,7 @@ pub(crate) mod tests {
             serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
         assert_eq!(summary["solver"], "two-layer");
         assert_eq!(summary["method"], "fake");
+        assert_eq!(summary["solver_source"], "reference");
         assert_eq!(summary["sizes"]["p_train"], 3);
         assert_eq!(summary["sizes"]["recorded_steps"], 6);
         assert_eq!(summary["config"]["model"]["activation"], "relu");

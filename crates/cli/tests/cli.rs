@@ -278,6 +278,7 @@ fn run_writes_results_contract() {
     let summary: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(res.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["solver"], "two-layer");
+    assert_eq!(summary["solver_source"], "reference");
     assert!(summary["method"].as_str().is_some_and(|m| !m.is_empty()));
     assert_eq!(summary["sizes"]["p_train"], 4);
     assert_eq!(summary["sizes"]["p_test"], 3);
@@ -298,6 +299,37 @@ fn run_writes_results_contract() {
         .collect();
     names.sort();
     assert_eq!(names, ["config.toml", "res"]);
+}
+
+/// `solver = "auto"` runs the generated solver of the variant and says so; for the same
+/// seed its predictions are the reference's to the last bit (the .npy files are equal).
+#[test]
+fn auto_uses_the_generated_solver_and_records_it() {
+    let dir = TempDir::new();
+    dir.write("reference.toml", SMALL);
+    dir.write(
+        "auto.toml",
+        &SMALL.replace(r#"solver = "two-layer""#, r#"solver = "auto""#),
+    );
+    for name in ["reference", "auto"] {
+        let out = dmft(
+            &dir.0,
+            &["run", &format!("{name}.toml"), "--out", name, "--quiet"],
+        );
+        assert!(out.status.success(), "stderr: {}", stderr(&out));
+    }
+    let summary = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(dir.path(name).join("summary.json")).unwrap())
+            .unwrap()
+    };
+    assert_eq!(summary("auto")["solver_source"], "generated:two-layer-relu");
+    assert_eq!(summary("auto")["solver"], "two-layer");
+    assert_eq!(summary("reference")["solver_source"], "reference");
+    for file in ["f_train", "f_test", "ntk", "f_train_se"] {
+        let read =
+            |name: &str| fs::read(dir.path(name).join(format!("theory/{file}.npy"))).unwrap();
+        assert!(read("auto") == read("reference"), "{file}.npy differs");
+    }
 }
 
 /// Needs the runtime's propagator and python3 with numpy (skipped with a notice when numpy

@@ -14,7 +14,7 @@ pub mod problem;
 pub mod propagator;
 pub mod proportional;
 pub mod quadrature;
-mod record;
+pub mod record;
 pub mod sampling;
 pub mod two_layer;
 
@@ -46,7 +46,8 @@ pub fn solve(
     }
 }
 
-fn validate(model: &Model, schedule: &Schedule, solver: SolverKind) -> Result<()> {
+/// The input checks every solver shares; errors name the offending key.
+pub fn validate(model: &Model, schedule: &Schedule, solver: SolverKind) -> Result<()> {
     let bad = |msg: String| Err(DmftError::Invalid(msg));
     if model.depth == 0 {
         return bad("model.depth must be ≥ 1, got 0".into());

@@ -11,7 +11,7 @@ use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, Axis, s};
 /// back down; 1e8 separates those from the geometric blow-up of an unstable step size.
 const DIVERGENCE_FACTOR: f64 = 1e8;
 
-pub(crate) struct Recorder {
+pub struct Recorder {
     steps: Vec<usize>,
     next: usize,
     eta: f64,
@@ -28,13 +28,13 @@ pub(crate) struct Recorder {
 }
 
 /// Per-recorded-step Monte Carlo standard errors of f_train, f_test and the loss.
-pub(crate) struct StepErrors<'a> {
+pub struct StepErrors<'a> {
     pub f_train: ArrayView1<'a, f64>,
     pub f_test: ArrayView1<'a, f64>,
     pub loss: f64,
 }
 
-pub(crate) fn half_mse(err: ArrayView1<f64>) -> f64 {
+pub fn half_mse(err: ArrayView1<f64>) -> f64 {
     0.5 * err.iter().map(|e| e * e).sum::<f64>() / err.len().max(1) as f64
 }
 
@@ -191,7 +191,7 @@ fn ensure_finite(traj: &Trajectory) -> Result<()> {
 }
 
 /// Trajectory of one site population before statistics: f at recorded steps and the NTK.
-pub(crate) struct RawRun {
+pub struct RawRun {
     pub f_train: Array2<f64>,
     pub f_test: Array2<f64>,
     pub ntk: Array3<f64>,
@@ -214,7 +214,7 @@ impl From<Trajectory> for RawRun {
 /// is the Richardson extrapolation (R·f_M − f̄_{M/R})/(R − 1): a population of m sites is
 /// biased by b/m, so this cancels the O(1/M) bias that the replicas' mean alone would carry
 /// at O(R/M). The two terms are independent, so the standard error scales by √(R²+1)/(R−1).
-pub(crate) fn replica_trajectory(
+pub fn replica_trajectory(
     problem: &Problem,
     schedule: &Schedule,
     runs: Vec<RawRun>,

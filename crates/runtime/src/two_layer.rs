@@ -22,7 +22,7 @@ pub const MAX_QUADRATURE_POINTS: usize = 4_000_000;
 
 /// Sites processed together by one task; large enough to amortize scheduling,
 /// small enough to balance two cores.
-const CHUNK: usize = 2048;
+pub const CHUNK: usize = 2048;
 
 /// Weighted single-site samples: u (M × (P+Q)), r (M), weights summing to 1.
 pub struct SiteSet {
@@ -213,7 +213,7 @@ pub(crate) fn march(
 }
 
 /// Lower triangle of A += w x xᵀ (mirrored once at the end of the step).
-fn rank_one_update(a: &mut Array2<f64>, w: f64, x: &[f64]) {
+pub fn rank_one_update(a: &mut Array2<f64>, w: f64, x: &[f64]) {
     for (i, &xi) in x.iter().enumerate() {
         let wxi = w * xi;
         let mut row = a.row_mut(i);
@@ -223,7 +223,7 @@ fn rank_one_update(a: &mut Array2<f64>, w: f64, x: &[f64]) {
     }
 }
 
-fn mirror_lower(a: &mut Array2<f64>) {
+pub fn mirror_lower(a: &mut Array2<f64>) {
     for i in 0..a.nrows() {
         for j in 0..i {
             a[[j, i]] = a[[i, j]];

@@ -1,0 +1,81 @@
+//! What the lowerings specialize, and what they refuse, read off the generated source.
+
+use dmft_codegen::{CodegenError, derivation_hash, generate};
+use dmft_expr::{Activation, Spec, derive};
+
+fn source(spec: Spec) -> String {
+    generate("specs/test.toml", &derive(&spec).unwrap())
+        .unwrap()
+        .source
+}
+
+#[test]
+fn relu_sites_inline_the_activation_and_skip_dead_updates() {
+    let s = source(Spec::mlp("two-layer-relu", 1, Activation::Relu));
+    assert!(s.contains("phi_i[nu] = h_i[nu].max(0.0);"), "{s}");
+    assert!(s.contains("g_i[mu] = if h_i[mu] > 0.0 { z_i } else { 0.0 };"));
+    assert!(s.contains("if coef != 0.0"));
+    assert!(
+        !s.contains(".phi(") && !s.contains(".d1("),
+        "no activation dispatch"
+    );
+    assert!(s.contains("derivation hash") && s.contains("specs/test.toml"));
+}
+
+#[test]
+fn linear_sites_store_neither_phi_nor_g() {
+    let s = source(Spec::mlp("two-layer-linear", 1, Activation::Linear));
+    assert!(!s.contains("let mut phi ="), "φ(h) = h needs no array");
+    assert!(!s.contains("let mut g ="), "g = z needs no array");
+    assert!(s.contains("dz += cd[alpha] * h_i[alpha];"));
+    // The Gaussian closed form is generated beside the site march.
+    assert!(s.contains("pub mod closed_form"));
+}
+
+#[test]
+fn tanh_derivative_reuses_the_stored_tanh() {
+    let s = source(Spec::mlp("two-layer-tanh", 1, Activation::Tanh));
+    assert!(s.contains("(1.0 - phi_i[mu] * phi_i[mu])"), "{s}");
+    assert_eq!(
+        s.matches(".tanh()").count(),
+        1,
+        "tanh evaluated once per sample"
+    );
+}
+
+#[test]
+fn lazy_linear_folds_constant_kernels_away() {
+    let s = source(Spec::mlp("deep-linear-3", 3, Activation::Linear).lazy());
+    assert!(s.contains("let ntk = &kx + &(&kx + &(&kx + &kx));"), "{s}");
+    assert!(!s.contains("grad_"), "G = 1 multiplies away");
+}
+
+#[test]
+fn unsupported_variants_are_refused_with_the_reason() {
+    let rich_relu = derive(&Spec::mlp("deep-relu-2", 2, Activation::Relu)).unwrap();
+    match generate("specs/deep-relu.toml", &rich_relu) {
+        Err(CodegenError::Unsupported(why)) => {
+            assert!(
+                why.contains("deep-relu-2") && why.contains("sites"),
+                "{why}"
+            )
+        }
+        other => panic!("expected unsupported, got {:?}", other.map(|g| g.variant)),
+    }
+    let residual = Spec::input("res")
+        .dense(Activation::Linear)
+        .residual(Activation::Linear);
+    let err = generate("specs/res.toml", &derive(&residual).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("residual"), "{err}");
+    let frozen = Spec::mlp("frozen", 1, Activation::Relu).frozen_readout();
+    let err = generate("specs/frozen.toml", &derive(&frozen).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("frozen readout"), "{err}");
+}
+
+#[test]
+fn the_hash_follows_the_derivation() {
+    let a = derive(&Spec::mlp("x", 1, Activation::Relu)).unwrap();
+    let b = derive(&Spec::mlp("x", 1, Activation::Tanh)).unwrap();
+    assert_eq!(derivation_hash(&a), derivation_hash(&a.clone()));
+    assert_ne!(derivation_hash(&a), derivation_hash(&b));
+}
