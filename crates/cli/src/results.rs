@@ -388,11 +388,8 @@ pub fn write_atomically(
     };
     create_dir(&parent)?;
     let pid = std::process::id();
+    remove_stale_partials(&parent, &name, pid);
     let partial = parent.join(format!(".{name}.partial-{pid}"));
-    if partial.exists() {
-        // Left by an earlier process with the same id that was killed mid-write.
-        let _ = fs::remove_dir_all(&partial);
-    }
     create_dir(&partial)?;
     let filled = fill(&partial).and_then(|()| {
         // Checked again: the folder may have appeared while the solver ran.
@@ -403,6 +400,31 @@ pub fn write_atomically(
         let _ = fs::remove_dir_all(&partial);
     }
     filled
+}
+
+/// Removes `.{name}.partial-{pid}` folders of killed runs: ours (an earlier process with the
+/// same id) and, where the process table is visible (/proc), those of dead processes. A
+/// live run's folder is left alone. Failures are ignored: these are leftovers.
+fn remove_stale_partials(parent: &Path, name: &str, own_pid: u32) {
+    let prefix = format!(".{name}.partial-");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    let proc_visible = Path::new("/proc/self").exists();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dead = pid == own_pid || (proc_visible && !Path::new(&format!("/proc/{pid}")).exists());
+        if dead {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Renames `new` to `dir`. An existing `dir` is first moved aside to `old` (a directory
@@ -583,6 +605,28 @@ pub(crate) mod tests {
         let summary: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
         assert!(summary["monte_carlo"].is_null());
+    }
+
+    #[test]
+    fn partial_folders_of_dead_runs_are_removed() {
+        let root = std::env::temp_dir().join(format!("dmft-stale-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        // pid_max on Linux is at most 2²², so this process cannot exist.
+        let dead = root.join(".res.partial-4294967295");
+        let ours = root.join(format!(".res.partial-{}", std::process::id()));
+        let other = root.join(".other.partial-4294967295");
+        for d in [&dead, &other] {
+            fs::create_dir_all(d).unwrap();
+        }
+        write_atomically(&root.join("res"), |tmp| {
+            assert!(!dead.exists() && other.exists());
+            assert_eq!(tmp, ours.as_path());
+            write_file(&tmp.join("x.txt"), b"x")
+        })
+        .unwrap();
+        assert!(root.join("res/x.txt").is_file() && other.exists());
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -172,6 +172,9 @@ fn sweep_writes_the_whole_contract() {
     assert_eq!(s["config"]["sim"]["seeds"], 8);
     assert_eq!(s["sizes"]["recorded_steps"], t);
     assert_eq!(s["theory"]["solver"], "two-layer");
+    // `auto` with a catalogued variant runs its generated solver, and says so.
+    let source = s["theory"]["solver_source"].as_str().unwrap();
+    assert!(source.starts_with("generated:two-layer"), "{source}");
     let widths = s["widths"].as_array().unwrap();
     assert_eq!(widths.len(), 2);
     assert_eq!(

@@ -39,11 +39,7 @@ pub fn two_layer_kernel_noise(
     model: &Model,
     options: &SolverOptions,
 ) -> Result<KernelNoise> {
-    let sites = if options.quadrature > 0 {
-        SiteSet::quadrature(problem.kx.view(), options.quadrature)?
-    } else {
-        SiteSet::monte_carlo(problem.kx.view(), options.sites, options.seed, 0)?
-    };
+    let sites = SiteSet::from_options(problem.kx.view(), options)?;
     let (p, n) = (problem.n_train(), problem.n_all());
     let act = model.activation;
     let scale = match model.parameterization {

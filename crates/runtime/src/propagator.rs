@@ -64,11 +64,7 @@ pub fn two_layer_prediction_fluctuations(
             "prediction fluctuations are implemented for two-layer μP networks (model.depth = 1, parameterization = mup)".into(),
         ));
     }
-    let sites = if options.quadrature > 0 {
-        SiteSet::quadrature(problem.kx.view(), options.quadrature)?
-    } else {
-        SiteSet::monte_carlo(problem.kx.view(), options.sites, options.seed, 0)?
-    };
+    let sites = SiteSet::from_options(problem.kx.view(), options)?;
     let every_step = Schedule {
         record_every: 1,
         ..*schedule

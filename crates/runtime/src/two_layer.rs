@@ -52,6 +52,16 @@ impl SiteSet {
     }
 
     /// M independent draws u ~ N(0, K^x), r ~ N(0, 1), equal weights.
+    /// One population as `options` ask: the Gauss–Hermite grid when `quadrature > 0`, else
+    /// `sites` Monte Carlo sites (replica 0), as the propagators use them.
+    pub fn from_options(kx: ArrayView2<f64>, options: &SolverOptions) -> Result<Self> {
+        if options.quadrature > 0 {
+            Self::quadrature(kx, options.quadrature)
+        } else {
+            Self::monte_carlo(kx, options.sites, options.seed, 0)
+        }
+    }
+
     pub fn monte_carlo(kx: ArrayView2<f64>, sites: usize, seed: u64, replica: u64) -> Result<Self> {
         let factor = psd_factor(kx)?;
         let mut rng = replica_rng(seed, replica);

@@ -202,6 +202,7 @@ fn summary(sweep: &Sweep, deviations: &[DeviationSummary], files: &[String]) -> 
         json!({
             "solver": traj.solver.name(),
             "solver_requested": config.theory.solver.to_string(),
+            "solver_source": th.solver_source,
             "method": traj.method,
             "wall_time_seconds": th.wall_time,
             "final": {
