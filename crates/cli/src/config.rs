@@ -1144,6 +1144,38 @@ mod tests {
     }
 
     #[test]
+    fn proportional_sim_keys() {
+        let base = "[data]\nkind = \"proportional\"\n[model]\nactivation = \"linear\"\n[sim]\n";
+        let c = Config::parse(&format!("{base}etas = [0.1, 1]\nnus = [2]")).unwrap();
+        // Theory only unless seeds are asked for; integers are numbers.
+        assert_eq!(c.sim.seeds, 0);
+        assert_eq!(c.sim.etas, Some(vec![0.1, 1.0]));
+        assert_eq!(c.sim.nus, Some(vec![2.0]));
+        assert_eq!((c.sim.depths.clone(), c.sim.dim), (None, None));
+        let c = Config::parse(&format!("{base}seeds = 4\ndim = 64\ndepths = [1, 3]")).unwrap();
+        assert_eq!((c.sim.seeds, c.sim.dim), (4, Some(64)));
+        assert_eq!(c.sim.depths, Some(vec![1, 3]));
+        assert_eq!(
+            err(&format!("{base}depths = [2, 2]")),
+            "sim.depths lists 2 more than once"
+        );
+        assert_eq!(
+            err(&format!("{base}nus = [1, 1.0]")),
+            "sim.nus lists 1 more than once"
+        );
+        assert!(
+            err(&format!("{base}ensemble_sizes = [1]"))
+                .starts_with("sim.ensemble_sizes does not apply to data.kind = \"proportional\"")
+        );
+        // Elsewhere seeds = 0 stays refused, and the grid keys do not apply.
+        assert_eq!(err("[sim]\nseeds = 0"), "sim.seeds must be ≥ 2, got 0");
+        assert_eq!(
+            err("[sim]\nnus = [1]"),
+            "sim.nus applies only to data.kind = \"proportional\""
+        );
+    }
+
+    #[test]
     fn digits_keys() {
         let c = Config::parse("[data]\nkind = \"digits\"").unwrap();
         assert_eq!((c.data.n_train, c.data.n_test), (200, 150));
