@@ -244,8 +244,13 @@ fn bad_grids_are_one_line_errors() {
         &config("etas = [0.1]").replace("steps = 20", "steps = 200000"),
         "GiB at its largest point",
     );
+    // A stray digit in sim.dim: the simulated weights grow as D².
     rejects(
-        &config("etas = [0.1, 0.2]\ndim = 1024\nseeds = 10000"),
+        &config("etas = [0.1]\ndim = 40000\nseeds = 2\nnus = [8]"),
+        "GiB at its largest point",
+    );
+    rejects(
+        &config("etas = [0.1, 0.2]\ndim = 1024\nseeds = 1000000"),
         "floating-point operations",
     );
 }
