@@ -254,6 +254,18 @@ pub struct SimConfig {
     pub batch: usize,
     /// A seed whose loss exceeds this (or is not finite) is stopped and left out.
     pub divergence_threshold: f64,
+    /// proportional: the learning rates η of the transfer grid (required by `dmft sweep`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etas: Option<Vec<f64>>,
+    /// proportional: the width ratios ν of the grid; default [data.nu].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nus: Option<Vec<f64>>,
+    /// proportional: the depths L of the grid; default [model.depth].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depths: Option<Vec<usize>>,
+    /// proportional: the input dimension D of the simulated networks; default data.dim.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
 }
 
 impl Default for SimConfig {
@@ -268,6 +280,10 @@ impl Default for SimConfig {
             training: TrainingChoice::Gd,
             batch: 32,
             divergence_threshold: dmft_sim::ensemble::DEFAULT_DIVERGENCE_THRESHOLD,
+            etas: None,
+            nus: None,
+            depths: None,
+            dim: None,
         }
     }
 }
@@ -293,6 +309,8 @@ enum Type {
         min: i64,
         empty_ok: bool,
     },
+    /// A non-empty list of finite numbers > 0.
+    Positives,
     /// An integer 0–9 naming a digit class.
     Digit,
     /// Two different digits 0–9.
@@ -371,7 +389,8 @@ const SCHEMA: &[Section] = &[
                     empty_ok: false,
                 },
             ),
-            ("seeds", Type::Int { min: 2 }),
+            // ≥ 2 except for the proportional kind, where 0 means theory only (check_sim).
+            ("seeds", Type::Int { min: 0 }),
             (
                 "ensemble_sizes",
                 Type::Ints {
@@ -385,9 +404,32 @@ const SCHEMA: &[Section] = &[
             ("training", Type::Choice(&["gd", "online-sgd"])),
             ("batch", Type::Int { min: 1 }),
             ("divergence_threshold", Type::Positive),
+            ("etas", Type::Positives),
+            ("nus", Type::Positives),
+            (
+                "depths",
+                Type::Ints {
+                    min: 1,
+                    empty_ok: false,
+                },
+            ),
+            ("dim", Type::Int { min: 1 }),
         ],
     ),
 ];
+
+/// [sim] keys that apply to one side only: the finite-width networks of the point-set kinds,
+/// or the transfer grid of the proportional kind. `seeds`, `base_seed` and `memory_gib`
+/// apply to both.
+const SIM_POINT_SET_KEYS: &[&str] = &[
+    "widths",
+    "ensemble_sizes",
+    "theory",
+    "training",
+    "batch",
+    "divergence_threshold",
+];
+const SIM_PROPORTIONAL_KEYS: &[&str] = &["etas", "nus", "depths", "dim"];
 
 /// The data kinds each [data] key applies to. Giving a key that the chosen kind ignores is
 /// almost certainly a mistake, so it is refused rather than silently ignored.
@@ -415,12 +457,17 @@ impl Config {
         check_schema(&table)?;
         check_data_keys(&table)?;
         check_sim_keys(&table)?;
+        let seeds_given = table.get("sim").and_then(|s| s.get("seeds")).is_some();
         let mut config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| one_line(e.message()))?;
         if config.data.one_vs_rest.is_some() {
             // The default pair does not apply; echoing it would misstate the task.
             config.data.classes = None;
+        }
+        if config.data.kind == DataKind::Proportional && !seeds_given {
+            // A transfer grid is theory only unless simulations are asked for.
+            config.sim.seeds = 0;
         }
         config.check_combinations()?;
         config.check_sim()?;
@@ -430,6 +477,12 @@ impl Config {
     /// Rules of the [sim] table that involve more than one key or a whole list.
     fn check_sim(&self) -> Result<(), String> {
         let sim = &self.sim;
+        if self.data.kind == DataKind::Proportional {
+            return self.check_proportional_sim();
+        }
+        if sim.seeds < 2 {
+            return Err(format!("sim.seeds must be ≥ 2, got {}", sim.seeds));
+        }
         if let Some(w) = repeated(&sim.widths) {
             return Err(format!("sim.widths lists {w} more than once"));
         }
@@ -529,6 +582,40 @@ impl Config {
             return Err(format!(
                 "data.kind = \"proportional\" has its own solver; theory.solver must be \"auto\", got \"{}\"",
                 self.theory.solver
+            ));
+        }
+        Ok(())
+    }
+
+    /// The transfer grid's [sim] rules (docs/sweep.md, proportional regime).
+    fn check_proportional_sim(&self) -> Result<(), String> {
+        let sim = &self.sim;
+        if sim.seeds == 1 {
+            return Err("sim.seeds must be 0 (theory only) or ≥ 2 (a standard error needs two seeds), got 1".into());
+        }
+        let twice = |values: &[f64]| {
+            values
+                .iter()
+                .enumerate()
+                .find(|(i, v)| values[..*i].contains(v))
+                .map(|(_, v)| *v)
+        };
+        if let Some(eta) = sim.etas.as_deref().and_then(twice) {
+            return Err(format!("sim.etas lists {eta} more than once"));
+        }
+        if let Some(nu) = sim.nus.as_deref().and_then(twice) {
+            return Err(format!("sim.nus lists {nu} more than once"));
+        }
+        if let Some(l) = sim.depths.as_deref().and_then(repeated) {
+            return Err(format!("sim.depths lists {l} more than once"));
+        }
+        if let Some(dim) = sim.dim
+            && self.data.spectrum_exponent > 0.0
+            && dim != self.data.dim
+        {
+            return Err(format!(
+                "sim.dim = {dim} differs from data.dim = {}, which fixes the power-law spectrum (data.spectrum_exponent > 0); set sim.dim = data.dim or leave it out",
+                self.data.dim
             ));
         }
         Ok(())
@@ -678,6 +765,33 @@ fn check_type(path: &str, ty: Type, value: &toml::Value) -> Result<(), String> {
             "{path} must be a list of integers ≥ {min} such as [256, 1024], got {}",
             describe(v)
         )),
+        (Type::Positives, V::Array(items)) => {
+            if items.is_empty() {
+                return Err(format!(
+                    "{path} must be a non-empty list of numbers > 0, got []"
+                ));
+            }
+            for (i, item) in items.iter().enumerate() {
+                let x = match item {
+                    V::Integer(v) => *v as f64,
+                    V::Float(x) => *x,
+                    v => {
+                        return Err(format!(
+                            "{path}[{i}] must be a number > 0, got {}",
+                            describe(v)
+                        ));
+                    }
+                };
+                if !(x.is_finite() && x > 0.0) {
+                    return Err(format!("{path}[{i}] must be a finite number > 0, got {x}"));
+                }
+            }
+            Ok(())
+        }
+        (Type::Positives, v) => Err(format!(
+            "{path} must be a list of numbers > 0 such as [0.1, 0.3, 1], got {}",
+            describe(v)
+        )),
         (Type::Digit, V::Integer(d)) if (0..=9).contains(d) => Ok(()),
         (Type::Digit, v) => Err(format!("{path} must be a digit 0–9, got {}", describe(v))),
         (Type::DigitPair, V::Array(items))
@@ -755,6 +869,25 @@ fn check_sim_keys(table: &toml::Table) -> Result<(), String> {
     let Some(toml::Value::Table(sim)) = table.get("sim") else {
         return Ok(());
     };
+    let proportional = table
+        .get("data")
+        .and_then(|d| d.get("kind"))
+        .and_then(|k| k.as_str())
+        == Some("proportional");
+    let (refused, reason) = if proportional {
+        (
+            SIM_POINT_SET_KEYS,
+            "does not apply to data.kind = \"proportional\", whose sweep is the grid of sim.etas × sim.nus × sim.depths",
+        )
+    } else {
+        (
+            SIM_PROPORTIONAL_KEYS,
+            "applies only to data.kind = \"proportional\"",
+        )
+    };
+    if let Some(key) = refused.iter().find(|k| sim.contains_key(**k)) {
+        return Err(format!("sim.{key} {reason}"));
+    }
     let online = sim.get("training").and_then(|t| t.as_str()) == Some("online-sgd");
     if sim.contains_key("batch") && !online {
         return Err("sim.batch applies only to sim.training = \"online-sgd\"".into());
@@ -842,6 +975,10 @@ mod tests {
         full.data.one_vs_rest = Some(0);
         full.data.batch_ratio = Some(1.0);
         full.model.residual_beta = Some(1.0);
+        full.sim.etas = Some(vec![0.1]);
+        full.sim.nus = Some(vec![1.0]);
+        full.sim.depths = Some(vec![1]);
+        full.sim.dim = Some(64);
         let toml::Value::Table(table) = toml::Value::try_from(&full).unwrap() else {
             panic!("config serializes to a table");
         };
@@ -1003,6 +1140,38 @@ mod tests {
         assert!(
             err("[data]\nkind = \"digits\"\n[sim]\ntraining = \"online-sgd\"\ntheory = false")
                 .contains("got data.kind = \"digits\"")
+        );
+    }
+
+    #[test]
+    fn proportional_sim_keys() {
+        let base = "[data]\nkind = \"proportional\"\n[model]\nactivation = \"linear\"\n[sim]\n";
+        let c = Config::parse(&format!("{base}etas = [0.1, 1]\nnus = [2]")).unwrap();
+        // Theory only unless seeds are asked for; integers are numbers.
+        assert_eq!(c.sim.seeds, 0);
+        assert_eq!(c.sim.etas, Some(vec![0.1, 1.0]));
+        assert_eq!(c.sim.nus, Some(vec![2.0]));
+        assert_eq!((c.sim.depths.clone(), c.sim.dim), (None, None));
+        let c = Config::parse(&format!("{base}seeds = 4\ndim = 64\ndepths = [1, 3]")).unwrap();
+        assert_eq!((c.sim.seeds, c.sim.dim), (4, Some(64)));
+        assert_eq!(c.sim.depths, Some(vec![1, 3]));
+        assert_eq!(
+            err(&format!("{base}depths = [2, 2]")),
+            "sim.depths lists 2 more than once"
+        );
+        assert_eq!(
+            err(&format!("{base}nus = [1, 1.0]")),
+            "sim.nus lists 1 more than once"
+        );
+        assert!(
+            err(&format!("{base}ensemble_sizes = [1]"))
+                .starts_with("sim.ensemble_sizes does not apply to data.kind = \"proportional\"")
+        );
+        // Elsewhere seeds = 0 stays refused, and the grid keys do not apply.
+        assert_eq!(err("[sim]\nseeds = 0"), "sim.seeds must be ≥ 2, got 0");
+        assert_eq!(
+            err("[sim]\nnus = [1]"),
+            "sim.nus applies only to data.kind = \"proportional\""
         );
     }
 

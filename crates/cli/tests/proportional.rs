@@ -88,12 +88,3 @@ fn divergence_names_the_step() {
     let line = failure(&out, 1);
     assert!(line.contains("diverged at step"), "{line}");
 }
-
-#[test]
-fn sweep_refuses_the_proportional_kind() {
-    let dir = TempDir::new();
-    dir.write("p.toml", CONFIG);
-    let out = dmft(&dir.0, &["sweep", "p.toml", "--out", "out"]);
-    let line = failure(&out, 2);
-    assert!(line.contains("only `dmft run` accepts it"), "{line}");
-}

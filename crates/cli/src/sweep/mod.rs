@@ -7,15 +7,19 @@
 //! `summary.json`, the figures (`figures`) and `report.md` (`report`). docs/sweep.md
 //! describes the results and the statistics.
 //!
+//! With `data.kind = "proportional"` the sweep is instead the learning-rate transfer grid
+//! of `proportional` (η × ν × depth, theory and optionally finite-D simulations).
+//!
 //! Everything that can be refused is refused before any training: the config, the output
 //! folder, the data, and the estimated peak memory against `sim.memory_gib`.
 
 mod compare;
 mod figures;
+mod proportional;
 mod report;
 mod write;
 
-use crate::config::{Config, TrainingChoice};
+use crate::config::{Config, DataKind, TrainingChoice};
 use crate::experiment::{self, Solved, Source};
 use crate::failure::Failure;
 use crate::progress::Bar;
@@ -69,6 +73,9 @@ pub fn run(config_path: &Path, out: &Path, quiet: bool) -> Result<(), Failure> {
     let started = Instant::now();
     let (config, name) = crate::read_config(config_path)?;
     results::check_destination(out)?;
+    if config.data.kind == DataKind::Proportional {
+        return proportional::run(&config, &name, out, quiet);
+    }
     let source = Source {
         name: &name,
         base_dir: crate::config_dir(config_path),
