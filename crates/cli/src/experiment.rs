@@ -65,7 +65,7 @@ pub fn load_data(config: &Config, source: &Source) -> Result<Dataset, Failure> {
         }
         DataKind::Digits => load_digits(config, source),
         DataKind::Proportional => Err(Failure::Input(format!(
-            "{}: data.kind = \"proportional\" describes the D → ∞ limit, not a point set; only `dmft run` accepts it",
+            "{}: data.kind = \"proportional\" describes the D → ∞ limit, not a point set; `dmft run` and the proportional `dmft sweep` handle it",
             source.name
         ))),
     }
