@@ -26,6 +26,14 @@ pub enum SimError {
         step: usize,
         loss: f64,
     },
+    /// A proportional-regime network's loss stopped being finite (that setting stops at the
+    /// first diverging seed, since its curves are seed means).
+    #[error("simulation diverged at step {step} (D = {dim}, seed {seed}); reduce train.eta")]
+    Diverged {
+        step: usize,
+        dim: usize,
+        seed: usize,
+    },
     /// A data file could not be read or has the wrong content.
     #[error("{path}: {reason}")]
     Data { path: String, reason: String },

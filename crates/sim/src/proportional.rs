@@ -11,7 +11,7 @@
 //! loss computed by the plain forward pass), and costs O(L N² + P D) per step instead of
 //! O(P N (D + L N)).
 
-use crate::error::{Result, invalid};
+use crate::error::{Result, SimError, invalid};
 use crate::gemm::gemm;
 use crate::rng::{SimRng, keyed_rng};
 use dmft_runtime::Parameterization;
@@ -246,9 +246,7 @@ pub fn run_seed(setting: &Setting, dim: usize, base_seed: u64, seed: usize) -> R
         };
         train[k] = 0.5 * delta.dot(&delta) / delta.len() as f64;
         if !(train[k].is_finite() && test[k].is_finite()) {
-            return Err(invalid(format!(
-                "simulation diverged at step {k} (D = {dim}, seed {seed}); reduce train.eta"
-            )));
+            return Err(SimError::Diverged { step: k, dim, seed });
         }
     }
     Ok(SeedCurves { train, test })

@@ -16,6 +16,7 @@ use crate::results::{FORMAT_VERSION, create_dir, save, write_atomically, write_f
 use dmft_report::{Figure, Grid};
 use dmft_runtime::DmftError;
 use dmft_runtime::proportional::{DataUse, MEMORY_BUDGET_BYTES, Setting, solve};
+use dmft_sim::SimError;
 use dmft_sim::proportional::{run_ensemble, width};
 use ndarray::Array1;
 use serde_json::{Value, json};
@@ -181,7 +182,7 @@ fn sim_point(
                 test_se: s.test_se[k],
             }))
         }
-        Err(e) if e.to_string().contains("diverged") => Ok(Err(e.to_string())),
+        Err(e @ SimError::Diverged { .. }) => Ok(Err(e.to_string())),
         Err(e) => Err(Failure::Runtime(format!("{name}: {e}"))),
     }
 }
