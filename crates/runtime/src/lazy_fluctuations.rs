@@ -157,14 +157,9 @@ pub fn universal_prediction_fluctuations(
     let train_kernel = k_train.to_owned();
     let (values, vectors) = crate::linalg::eigh(train_kernel.view())?;
     let top = vectors.column(p - 1);
+    // δλ = vᵀδK v over the train × train entries (the first P² of the ordering a·P + μ).
     let c: Array1<f64> = (0..p * p).map(|e| top[e / p] * top[e % p]).collect();
-    let train_block = |e: usize, f: usize| noise.covariance[[e, f]];
-    let mut var_top = 0.0;
-    for e in 0..p * p {
-        for f in 0..p * p {
-            var_top += c[e] * c[f] * train_block(e, f);
-        }
-    }
+    let var_top = c.dot(&noise.covariance.slice(s![..p * p, ..p * p]).dot(&c));
     for (i, &k) in recorded.iter().enumerate() {
         let block = sigma.slice(s![k * n..(k + 1) * n, k * n..(k + 1) * n]);
         let diag = block.diag();
@@ -351,6 +346,12 @@ mod tests {
                         "centered = {centered}: lazy {g} vs tangent {w} (scale {scale})"
                     );
                 }
+            }
+            for (g, w) in lazy.var_ntk_top.iter().zip(&tangent.var_ntk_top) {
+                assert!(
+                    (g - w).abs() <= 5e-3 * w.abs(),
+                    "centered = {centered}, top NTK eigenvalue: lazy {g} vs tangent {w}"
+                );
             }
             for (g, w) in lazy.var_ntk.iter().zip(&tangent.var_ntk) {
                 assert!(
