@@ -31,6 +31,7 @@ fn model(depth: usize, activation: Activation) -> Model {
         parameterization: Parameterization::Mup,
         gamma0: 1.0,
         centered: false,
+        residual: None,
     }
 }
 

@@ -24,6 +24,7 @@ fn main() {
         parameterization: Parameterization::Mup,
         gamma0: 1.0,
         centered: false,
+        residual: None,
     };
     let arg = |i: usize, name: &str, default: usize| -> usize {
         std::env::args().nth(i).map_or(default, |a| {

@@ -13,6 +13,8 @@ use crate::record::Recorder;
 use crate::{DmftError, Model, Problem, Progress, Result, Schedule, SolverKind, Trajectory};
 use ndarray::{Array1, Array2, ArrayView2, s};
 
+pub mod residual;
+
 /// Memory the solver may allocate before refusing a problem.
 pub const MEMORY_BUDGET_BYTES: f64 = 16.0 * (1u64 << 30) as f64;
 

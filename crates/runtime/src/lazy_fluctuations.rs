@@ -330,6 +330,7 @@ mod tests {
                 parameterization: Parameterization::Mup,
                 gamma0: 0.01,
                 centered,
+                residual: None,
             };
             let lazy = two_layer_lazy_fluctuations(&problem, &model, &schedule, &options).unwrap();
             let tangent =

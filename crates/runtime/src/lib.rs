@@ -39,6 +39,9 @@ pub fn solve(
         SolverKind::TwoLayer => {
             two_layer::solve_monte_carlo(problem, model, schedule, options, progress)
         }
+        SolverKind::DeepLinear if model.residual.is_some() => {
+            deep_linear::residual::solve(problem, model, schedule, progress)
+        }
         SolverKind::DeepLinear => deep_linear::solve(problem, model, schedule, progress),
         SolverKind::DeepNonlinear => {
             deep_nonlinear::solve(problem, model, schedule, options, progress)
@@ -72,6 +75,18 @@ pub fn validate(model: &Model, schedule: &Schedule, solver: SolverKind) -> Resul
             "theory.solver = {solver} needs model.parameterization = mup; the NTK parameterization's \
              infinite-width limit is lazy (use solver = lazy or auto)"
         ));
+    }
+    if let Some(beta) = model.residual {
+        if !(beta.is_finite() && beta > 0.0) {
+            return bad(format!("model.beta must be a positive number, got {beta}"));
+        }
+        if solver != SolverKind::DeepLinear || model.activation != Activation::Linear {
+            return bad(format!(
+                "model.residual = true is solved for linear networks only (theory.solver = deep-linear, \
+                 model.activation = linear), got solver {solver}, activation {}",
+                model.activation
+            ));
+        }
     }
     match solver {
         SolverKind::TwoLayer if model.depth != 1 => bad(format!(

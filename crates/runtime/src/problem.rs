@@ -143,6 +143,21 @@ pub struct Model {
     pub gamma0: f64,
     /// Train f − f₀ instead of f. At infinite width f₀ = 0, so only finite-M sampling sees it.
     pub centered: bool,
+    /// Residual branch multiplier β: layers 2..L are h^{ℓ+1} = h^ℓ + (β/√L) W^ℓ φ(h^ℓ)/√N
+    /// (the first layer, from the input, is not residual). None: the plain chain.
+    pub residual: Option<f64>,
+}
+
+impl Model {
+    /// (s, a): h^{ℓ+1} = s·h^ℓ + a·W^ℓ φ(h^ℓ)/√N and g^ℓ = s·g^{ℓ+1} + a·W^ℓᵀ g^{ℓ+1}/√N
+    /// for the hidden weights ℓ = 1..L−1; a also scales their updates. Plain chain: (0, 1);
+    /// residual: (1, β/√L).
+    pub fn branch(&self) -> (f64, f64) {
+        match self.residual {
+            Some(beta) => (1.0, beta / (self.depth as f64).sqrt()),
+            None => (0.0, 1.0),
+        }
+    }
 }
 
 /// Discrete-time gradient descent: `steps` updates of size `eta`, fields recorded every

@@ -798,6 +798,7 @@ mod tests {
             parameterization: Parameterization::Mup,
             gamma0: 1.5,
             centered: false,
+            residual: None,
         };
         let schedule = Schedule {
             eta: 0.5,
@@ -842,6 +843,7 @@ mod tests {
             parameterization: Parameterization::Mup,
             gamma0: 0.7,
             centered: false,
+            residual: None,
         };
         let schedule = Schedule {
             eta: 0.5,

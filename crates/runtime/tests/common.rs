@@ -32,6 +32,7 @@ pub fn mup(depth: usize, activation: Activation, gamma0: f64) -> Model {
         parameterization: Parameterization::Mup,
         gamma0,
         centered: false,
+        residual: None,
     }
 }
 
