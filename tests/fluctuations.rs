@@ -58,6 +58,7 @@ fn feature_learning_reduces_the_final_variance() {
             parameterization: Parameterization::Mup,
             gamma0,
             centered: true,
+            residual: None,
         };
         let opts = SolverOptions {
             sites: 100_000,
@@ -129,6 +130,7 @@ fn two_layer_grid_matches_ensembles() {
                 parameterization: Parameterization::Mup,
                 gamma0,
                 centered: gamma0 < 0.05,
+                residual: None,
             };
             let opts = SolverOptions {
                 sites: 400_000,
@@ -227,6 +229,7 @@ fn ntk_parameterization_matches_the_lazy_universal_form() {
             parameterization: Parameterization::Ntk,
             gamma0: 1.0,
             centered: true,
+            residual: None,
         };
         let opts = SolverOptions {
             sites: 400_000,

@@ -33,6 +33,7 @@ fn model(parameterization: Parameterization, gamma0: f64, centered: bool) -> Mod
         parameterization,
         gamma0,
         centered,
+        residual: None,
     }
 }
 

@@ -55,6 +55,7 @@ fn ensemble(c: &mut Criterion) {
         parameterization: Parameterization::Mup,
         gamma0: 1.0,
         centered: false,
+        residual: None,
     };
     let schedule = Schedule {
         eta: 1.0,

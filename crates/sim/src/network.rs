@@ -16,6 +16,10 @@
 //!
 //! Kernels: Φ^ℓ = φ(H^ℓ)φ(H^ℓ)ᵀ/N, G^ℓ = g^ℓ g^ℓᵀ/N, and the NTK
 //! K = Σ_{ℓ=0}^{L} G^{ℓ+1} ⊙ Φ^ℓ with Φ⁰ = K^x and G^{L+1} = 1.
+//!
+//! Residual networks (β/√L branches): H^{ℓ+1} = H^ℓ + a φ(H^ℓ) W^ℓᵀ/√N for 1 ≤ ℓ < L with
+//! a = β/√L, so g^ℓ = g^{ℓ+1} + a φ'(h^ℓ) ⊙ W^ℓᵀ g^{ℓ+1}/√N, the W^ℓ gradient and step carry
+//! a factor a, and the NTK's hidden terms a². The first layer, from the input, has no skip.
 
 use crate::error::{Result, invalid};
 use crate::gemm::gemm;
@@ -38,6 +42,8 @@ pub struct Architecture {
     pub gamma0: f64,
     /// Train f − f₀, with f₀ the function at initialization, instead of f.
     pub centered: bool,
+    /// Residual branch multiplier β (None: the plain chain); see the module docs.
+    pub residual: Option<f64>,
 }
 
 impl Architecture {
@@ -50,6 +56,7 @@ impl Architecture {
             parameterization: model.parameterization,
             gamma0: model.gamma0,
             centered: model.centered,
+            residual: model.residual,
         }
     }
 
@@ -61,6 +68,7 @@ impl Architecture {
             parameterization: self.parameterization,
             gamma0: self.gamma0,
             centered: self.centered,
+            residual: self.residual,
         }
     }
 
@@ -79,7 +87,19 @@ impl Architecture {
                 self.gamma0
             )));
         }
+        if let Some(beta) = self.residual
+            && !(beta.is_finite() && beta > 0.0)
+        {
+            return Err(invalid(format!(
+                "model.beta must be finite and positive (got {beta})"
+            )));
+        }
         Ok(())
+    }
+
+    /// (s, a) of the hidden layers: the runtime's [`Model::branch`].
+    pub fn branch(&self) -> (f64, f64) {
+        self.model().branch()
     }
 
     /// The γ₀ in the μP formulas: γ₀ itself, or 1/√N for the NTK parameterization, where
@@ -153,6 +173,8 @@ pub struct Forward {
     f: Array1<f64>,
     /// capacity × max(N, D) scratch for the Δ-weighted right factors of the update.
     weighted: Array2<f64>,
+    /// a² of the hidden branches, for the NTK.
+    branch_sq: f64,
 }
 
 impl Forward {
@@ -172,6 +194,7 @@ impl Forward {
             g: layers(),
             f: Array1::zeros(capacity),
             weighted: Array2::zeros((capacity, n.max(input_dim))),
+            branch_sq: arch.branch().1.powi(2),
         }
     }
 
@@ -232,7 +255,7 @@ impl Forward {
         let depth = self.h.len();
         let phi: Vec<_> = (1..=depth).map(|l| self.phi_kernel(l)).collect();
         let grad: Vec<_> = (1..=depth).map(|l| self.grad_kernel(l)).collect();
-        let ntk = ntk(kx_train, &phi, &grad);
+        let ntk = ntk(kx_train, &phi, &grad, self.branch_sq);
         Kernels { phi, grad, ntk }
     }
 }
@@ -256,9 +279,14 @@ fn gram(a: ArrayView2<f64>) -> Array2<f64> {
     k
 }
 
-/// K = Φ^L + Σ_{ℓ=1}^{L−1} G^{ℓ+1} ⊙ Φ^ℓ + G¹ ⊙ K^x on the P×P block of the P points with
-/// backward fields (`phi` may cover more points, train first).
-pub fn ntk(kx_train: ArrayView2<f64>, phi: &[Array2<f64>], grad: &[Array2<f64>]) -> Array2<f64> {
+/// K = Φ^L + a² Σ_{ℓ=1}^{L−1} G^{ℓ+1} ⊙ Φ^ℓ + G¹ ⊙ K^x on the P×P block of the P points with
+/// backward fields (`phi` may cover more points, train first); `branch_sq` is a² (1 plain).
+pub fn ntk(
+    kx_train: ArrayView2<f64>,
+    phi: &[Array2<f64>],
+    grad: &[Array2<f64>],
+    branch_sq: f64,
+) -> Array2<f64> {
     let p = kx_train.nrows();
     let depth = phi.len();
     let train = s![..p, ..p];
@@ -267,7 +295,7 @@ pub fn ntk(kx_train: ArrayView2<f64>, phi: &[Array2<f64>], grad: &[Array2<f64>])
         Zip::from(&mut k)
             .and(&grad[l])
             .and(phi[l - 1].slice(train))
-            .for_each(|k, &g, &f| *k += g * f);
+            .for_each(|k, &g, &f| *k += branch_sq * g * f);
     }
     Zip::from(&mut k)
         .and(&grad[0])
@@ -368,7 +396,7 @@ fn accumulate(
             .and(&a)
             .for_each(|mut w, p, &ai| w.zip_mut_with(&p, |w, &p| *w = ai * p));
         let g_next = fwd.g[l].slice(s![..r, ..]);
-        let scale = alpha / (n as f64).sqrt();
+        let scale = alpha * arch.branch().1 / (n as f64).sqrt();
         gemm(
             scale,
             g_next.t(),
@@ -458,13 +486,16 @@ impl Network {
             fwd.h[0].slice(s![..r, ..]),
             fwd.phi[0].slice_mut(s![..r, ..]),
         );
+        let (skip, branch) = self.arch.branch();
         for l in 1..self.arch.depth {
             let w = self.params.hidden[l - 1].t();
-            let (prev, next) = (
-                fwd.phi[l - 1].slice(s![..r, ..]),
-                fwd.h[l].slice_mut(s![..r, ..]),
-            );
-            gemm(1.0 / n.sqrt(), prev, w, 0.0, next);
+            let (below, above) = fwd.h.split_at_mut(l);
+            let mut next = above[0].slice_mut(s![..r, ..]);
+            if skip != 0.0 {
+                next.assign(&below[l - 1].slice(s![..r, ..]));
+            }
+            let prev = fwd.phi[l - 1].slice(s![..r, ..]);
+            gemm(branch / n.sqrt(), prev, w, skip, next);
             apply_phi(
                 act,
                 fwd.h[l].slice(s![..r, ..]),
@@ -519,14 +550,26 @@ impl Network {
                 readout,
             );
         }
+        let (skip, branch) = self.arch.branch();
         for l in (1..depth).rev() {
-            // z^ℓ = W^ℓᵀ g^{ℓ+1}/√N (as rows: g^{ℓ+1} W^ℓ), written into g^ℓ's buffer.
+            // a z^ℓ = a W^ℓᵀ g^{ℓ+1}/√N (as rows: g^{ℓ+1} W^ℓ), written into g^ℓ's buffer.
             let (lower, upper) = fwd.g.split_at_mut(l);
             let g_next = upper[0].slice(s![..rows, ..]);
             let z = lower[l - 1].slice_mut(s![..rows, ..]);
-            gemm(inv_sqrt_n, g_next, self.params.hidden[l - 1].view(), 0.0, z);
+            gemm(
+                branch * inv_sqrt_n,
+                g_next,
+                self.params.hidden[l - 1].view(),
+                0.0,
+                z,
+            );
             let h = fwd.h[l - 1].slice(s![..rows, ..]);
-            scale_by_d1(act, h, fwd.g[l - 1].slice_mut(s![..rows, ..]));
+            scale_by_d1(act, h, lower[l - 1].slice_mut(s![..rows, ..]));
+            if skip != 0.0 {
+                lower[l - 1]
+                    .slice_mut(s![..rows, ..])
+                    .scaled_add(skip, &upper[0].slice(s![..rows, ..]));
+            }
         }
         fwd.grad_rows = rows;
     }

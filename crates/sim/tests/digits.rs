@@ -124,6 +124,7 @@ fn networks_learn_three_versus_eight() {
         parameterization: Parameterization::Mup,
         gamma0: 1.0,
         centered: true,
+        residual: None,
     };
     let schedule = Schedule {
         eta: 1.0,

@@ -35,6 +35,7 @@ fn arch(depth: usize, width: usize, act: Activation) -> Architecture {
         parameterization: Parameterization::Mup,
         gamma0: 1.0,
         centered: false,
+        residual: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Backpropagation against finite differences, the GD step against θ − ηγ₀²N∇ℒ, and the
-//! first-order NTK identity f(k+1) − f(k) = (η/P) K(k) Δ(k) + O(η²).
+//! first-order NTK identity f(k+1) − f(k) = (η/P) K(k) Δ(k) + O(η²), for plain and residual
+//! (β/√L branch) networks.
 
 use dmft_sim::network::residual;
 use dmft_sim::rng::{SimRng, keyed_rng};
@@ -17,7 +18,19 @@ fn arch(depth: usize, width: usize, act: Activation, param: Parameterization) ->
         // γ₀ ≠ 1 so a misplaced γ₀ factor cannot cancel.
         gamma0: 0.7,
         centered: false,
+        residual: None,
     }
+}
+
+/// Both parameterizations, plain and residual (β = 1.3 ≠ 1 so a misplaced branch factor
+/// a = β/√L cannot cancel).
+fn variants() -> [(Parameterization, Option<f64>); 4] {
+    [
+        (Parameterization::Mup, None),
+        (Parameterization::Ntk, None),
+        (Parameterization::Mup, Some(1.3)),
+        (Parameterization::Ntk, Some(1.3)),
+    ]
 }
 
 fn rng(key: u64) -> SimRng {
@@ -58,8 +71,11 @@ fn backprop_gradient_matches_central_differences() {
     let h = 1e-5;
     for act in Activation::ALL {
         for depth in 1..=3 {
-            for param in [Parameterization::Mup, Parameterization::Ntk] {
-                let arch = arch(depth, n, act, param);
+            for (param, beta) in variants() {
+                let arch = Architecture {
+                    residual: beta,
+                    ..arch(depth, n, act, param)
+                };
                 let net = Network::new(&arch, d, &mut rng(10 + depth as u64)).unwrap();
                 let (loss, grad) = net.loss_gradient(x.view(), y.view(), Some(f0.view()));
                 assert!((loss - net.loss(x.view(), y.view(), Some(f0.view()))).abs() < 1e-15);
@@ -78,7 +94,7 @@ fn backprop_gradient_matches_central_differences() {
                     let fd = (shifted(h) - shifted(-h)) / (2.0 * h);
                     assert!(
                         (fd - g).abs() <= 1e-7 * (1.0 + g.abs()),
-                        "{act} depth {depth} {param} weight {i}: backprop {g}, finite difference {fd}"
+                        "{act} depth {depth} {param} β {beta:?} weight {i}: backprop {g}, finite difference {fd}"
                     );
                 }
             }
@@ -96,8 +112,11 @@ fn gd_step_is_the_scaled_gradient_step() {
     let y = gaussian(p, 1, 21).column(0).to_owned();
     for act in [Activation::Tanh, Activation::Relu] {
         for depth in 1..=3 {
-            for param in [Parameterization::Mup, Parameterization::Ntk] {
-                let arch = arch(depth, n, act, param);
+            for (param, beta) in variants() {
+                let arch = Architecture {
+                    residual: beta,
+                    ..arch(depth, n, act, param)
+                };
                 let mut net = Network::new(&arch, d, &mut rng(30)).unwrap();
                 let (_, grad) = net.loss_gradient(x.view(), y.view(), None);
                 let lr = match param {
@@ -116,7 +135,7 @@ fn gd_step_is_the_scaled_gradient_step() {
                 for (got, want) in net.params().iter().zip(&expected) {
                     assert!(
                         (got - want).abs() <= 1e-13 * scale,
-                        "{act} {depth} {param}: {got} vs {want}"
+                        "{act} {depth} {param} β {beta:?}: {got} vs {want}"
                     );
                 }
             }
@@ -145,8 +164,11 @@ fn ntk_predicts_the_first_order_change_of_f() {
         Activation::Gelu,
     ] {
         for depth in 1..=3 {
-            for param in [Parameterization::Mup, Parameterization::Ntk] {
-                let arch = arch(depth, n, act, param);
+            for (param, beta) in variants() {
+                let arch = Architecture {
+                    residual: beta,
+                    ..arch(depth, n, act, param)
+                };
                 let net = Network::new(&arch, d, &mut rng(50)).unwrap();
                 let mut fwd = net.forward(x.view());
                 net.backward(&mut fwd, p);
@@ -174,10 +196,40 @@ fn ntk_predicts_the_first_order_change_of_f() {
                     let ratio = w[1] / w[0];
                     assert!(
                         (0.003..=0.03).contains(&ratio),
-                        "{act} depth {depth} {param}: errors {errors:?} do not scale as η²"
+                        "{act} depth {depth} {param} β {beta:?}: errors {errors:?} do not scale as η²"
                     );
                 }
             }
         }
+    }
+}
+
+/// The residual forward pass is the written-out sum H¹ = XW⁰ᵀ/√D,
+/// H^{ℓ+1} = H^ℓ + (β/√L) φ(H^ℓ)W^ℓᵀ/√N, f = φ(H^L)w/(γ₀N) (no skip on the first layer),
+/// to round-off (1e-13 relative).
+#[test]
+fn residual_forward_is_the_branch_sum() {
+    let (n, d, p, beta) = (6, 3, 4, 1.3);
+    let x = gaussian(p, d, 60);
+    for depth in 1..=3 {
+        let arch = Architecture {
+            residual: Some(beta),
+            ..arch(depth, n, Activation::Tanh, Parameterization::Mup)
+        };
+        let net = Network::new(&arch, d, &mut rng(61)).unwrap();
+        let w = net.params();
+        let a = beta / (depth as f64).sqrt();
+        let mut h = x.dot(&w.input.t()) / (d as f64).sqrt();
+        for hidden in &w.hidden {
+            h = &h + &(h.mapv(f64::tanh).dot(&hidden.t()) * (a / (n as f64).sqrt()));
+        }
+        let want = h.mapv(f64::tanh).dot(&w.readout) / (arch.gamma0 * n as f64);
+        let got = net.output(x.view());
+        let scale = max_abs(want.view());
+        assert!(scale > 1e-3);
+        assert!(
+            max_abs((&got - &want).view()) < 1e-13 * scale,
+            "depth {depth}: {got} vs {want}"
+        );
     }
 }
