@@ -197,7 +197,10 @@ fn residual_linear_networks_match_closed_form() {
     let gap = (&th.f_train - &plain.f_train)
         .iter()
         .fold(0.0f64, |g, v| g.max(v.abs()));
-    assert!(gap > 0.05, "residual and plain theories differ by only {gap}");
+    assert!(
+        gap > 0.05,
+        "residual and plain theories differ by only {gap}"
+    );
     check("residual linear L=3", &data, &m, schedule, &th, 512, 64);
 }
 
@@ -213,7 +216,15 @@ fn slow_residual_width_4096_matches_theory() {
     };
     let m = residual_linear(3, 1.0, 1.0);
     let th = theory(&data, &m, &schedule, SolverKind::DeepLinear, 0);
-    check("N=4096 residual linear L=3", &data, &m, schedule, &th, 4096, 128);
+    check(
+        "N=4096 residual linear L=3",
+        &data,
+        &m,
+        schedule,
+        &th,
+        4096,
+        128,
+    );
 }
 
 #[test]

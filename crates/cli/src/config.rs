@@ -131,7 +131,7 @@ pub struct ModelConfig {
     pub parameterization: Parameterization,
     pub gamma0: f64,
     pub centered: bool,
-    /// proportional: residual branches h^{ℓ+1} = h^ℓ + (β/√L)W^ℓh^ℓ/√N with this β.
+    /// Residual branches h^{ℓ+1} = h^ℓ + (β/√L)W^ℓφ(h^ℓ)/√N (ℓ ≥ 1) with this β.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub residual_beta: Option<f64>,
 }
@@ -535,7 +535,17 @@ impl Config {
             return self.check_proportional();
         }
         if m.residual_beta.is_some() {
-            return Err("model.residual_beta applies only to data.kind = \"proportional\"".into());
+            if self.theory.fluctuations {
+                return Err("theory.fluctuations = true is not implemented for residual networks (model.residual_beta); the residual propagator is not written yet".into());
+            }
+            if m.activation != Activation::Linear
+                || !matches!(solver, SolverChoice::Auto | SolverChoice::DeepLinear)
+            {
+                return Err(format!(
+                    "model.residual_beta is solved for linear networks only (model.activation = \"linear\", theory.solver = \"auto\" or \"deep-linear\"), got activation \"{}\" and solver \"{solver}\"",
+                    m.activation
+                ));
+            }
         }
         if solver != SolverChoice::Lazy
             && solver != SolverChoice::Auto
@@ -652,6 +662,7 @@ impl Config {
             parameterization: self.model.parameterization,
             gamma0: self.model.gamma0,
             centered: self.model.centered,
+            residual: self.model.residual_beta,
         }
     }
 
@@ -965,6 +976,32 @@ fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// model.residual_beta reaches the runtime model and is refused where no solver has it.
+    #[test]
+    fn residual_beta_reaches_the_model_or_is_refused() {
+        let base = "[model]\ndepth = 3\nactivation = \"linear\"\nresidual_beta = 1.5\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.model().residual, Some(1.5));
+        assert_eq!(Config::parse("").unwrap().model().residual, None);
+        for (extra, want) in [
+            ("", "model.residual_beta is solved for linear networks only"),
+            (
+                "[theory]\nsolver = \"deep-nonlinear\"\n",
+                "solver \"deep-nonlinear\"",
+            ),
+        ] {
+            let text = if extra.is_empty() {
+                base.replace("linear", "relu")
+            } else {
+                format!("{base}{extra}")
+            };
+            let e = Config::parse(&text).unwrap_err();
+            assert!(e.contains(want) && !e.contains('\n'), "{e}");
+        }
+        let e = Config::parse(&base.replace("1.5", "-1")).unwrap_err();
+        assert!(e.contains("model.residual_beta"), "{e}");
+    }
 
     /// The schema that produces the error messages and the serde types that hold the values
     /// must list the same keys with matching types.

@@ -81,18 +81,18 @@ fn registry(solvers: &[(String, GeneratedSolver)]) -> Result<String> {
     for (rel, g) in solvers {
         mods.push_str(&format!("pub mod {};\n", g.module));
         for e in &g.entries {
-            let key = (e.solver, e.depth, e.activation);
+            let key = (e.solver, e.depth, e.activation, e.residual);
             if seen.contains(&key) {
                 return Err(CodegenError::Malformed(format!(
-                    "{rel}: a second generated solver for {} depth {} {}",
-                    e.solver, e.depth, e.activation
+                    "{rel}: a second generated solver for {} depth {} {} (residual: {})",
+                    e.solver, e.depth, e.activation, e.residual
                 )));
             }
             seen.push(key);
             rows.push_str(&format!(
                 "Generated {{ variant: \"{}\", spec: \"{rel}\", solver: SolverKind::{}, depth: {}, \
-                 activation: Activation::{}, solve: {}::{} }},\n",
-                g.variant, e.solver, e.depth, e.activation, g.module, e.function
+                 activation: Activation::{}, residual: {}, solve: {}::{} }},\n",
+                g.variant, e.solver, e.depth, e.activation, e.residual, g.module, e.function
             ));
         }
     }

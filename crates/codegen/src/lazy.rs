@@ -334,6 +334,7 @@ rec.finish(SolverKind::Lazy, method)
         solver: "Lazy",
         depth,
         activation: activation::runtime_variant(act)?,
+        residual: false,
         function: "lazy::solve",
     };
     Ok((source, entry))

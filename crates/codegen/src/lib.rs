@@ -8,7 +8,9 @@
 //! - [`sites`]: the two-layer single-site process, forward in time, with φ and φ' inlined,
 //!   fields that are aliases of others (g = z, φ(h) = h) never stored;
 //! - [`operators`]: the block-triangular closed form of linear networks, layers unrolled
-//!   into calls of the runtime's per-layer block-row updates.
+//!   into calls of the runtime's per-layer block-row updates;
+//! - [`residual`]: the joint-stream closed form of residual linear networks (β/√L
+//!   branches), layers unrolled into the runtime's residual block-row updates.
 //!
 //! [`catalogue`] regenerates a folder of specs into a solvers crate with a registry.
 
@@ -17,6 +19,7 @@ pub mod catalogue;
 pub mod format;
 pub mod lazy;
 pub mod operators;
+pub mod residual;
 pub mod sexp;
 pub mod sites;
 
@@ -51,6 +54,8 @@ pub struct Entry {
     pub depth: usize,
     /// `Activation` variant name, e.g. `Relu`.
     pub activation: &'static str,
+    /// Serves models with residual branches (`Model::residual` set).
+    pub residual: bool,
     /// Function in the module, e.g. `solve_sites`.
     pub function: &'static str,
 }
@@ -85,7 +90,11 @@ pub fn generate(spec_path: &str, d: &Derivation) -> Result<GeneratedSolver> {
     let mut bodies = Vec::new();
     let mut entries = Vec::new();
     let mut reasons = Vec::new();
-    let lowerings: [Lowering; 3] = [lazy::lower, sites::lower, operators::lower];
+    let lowerings: &[Lowering] = if spec.layers.iter().any(|l| l.residual) {
+        &[residual::lower]
+    } else {
+        &[lazy::lower, sites::lower, operators::lower]
+    };
     for lower in lowerings {
         match lower(spec, activation, &eqs) {
             Ok((body, entry)) => {
@@ -120,8 +129,8 @@ pub fn generate(spec_path: &str, d: &Derivation) -> Result<GeneratedSolver> {
     })
 }
 
-/// The variants a generated solver can serve: one activation for every layer, plain dense
-/// layers, a trainable readout, gradient descent.
+/// The variants a generated solver can serve: one activation for every layer, a trainable
+/// readout, gradient descent.
 fn uniform_activation(spec: &Spec) -> Result<&'static str> {
     let first = spec
         .layers
@@ -131,12 +140,6 @@ fn uniform_activation(spec: &Spec) -> Result<&'static str> {
     if spec.layers.iter().any(|l| l.activation != first) {
         return Err(CodegenError::Unsupported(format!(
             "{}: mixed activations (the runtime's Model has one)",
-            spec.name
-        )));
-    }
-    if spec.layers.iter().any(|l| l.residual) {
-        return Err(CodegenError::Unsupported(format!(
-            "{}: residual branches (no runtime solver or simulator support yet)",
             spec.name
         )));
     }

@@ -158,6 +158,7 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, _options: &S
         solver: "DeepLinear",
         depth,
         activation: "Linear",
+        residual: false,
         function: "closed_form::solve",
     };
     Ok((source, entry))

@@ -447,6 +447,7 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, options: &So
         solver: "TwoLayer",
         depth: 1,
         activation: activation::runtime_variant(act)?,
+        residual: false,
         function: "sites::solve",
     };
     Ok((source, entry))

@@ -45,6 +45,7 @@ fn model(depth: usize, activation: dmft_runtime::Activation, gamma0: f64) -> Mod
         parameterization: Parameterization::Mup,
         gamma0,
         centered: false,
+        residual: None,
     }
 }
 

@@ -75,6 +75,7 @@ fn bench(c: &mut Criterion) {
             parameterization: Parameterization::Mup,
             gamma0: 1.0,
             centered: false,
+            residual: None,
         };
         // A spec can serve two solver kinds (two-layer-linear: sites and closed form).
         let id = format!("{}-{}", g.variant, g.solver);

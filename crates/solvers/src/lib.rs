@@ -22,6 +22,8 @@ pub struct Generated {
     pub solver: SolverKind,
     pub depth: usize,
     pub activation: Activation,
+    /// Serves models with residual branches (`Model::residual` set) and only those.
+    pub residual: bool,
     pub solve: SolveFn,
 }
 
@@ -45,9 +47,12 @@ impl fmt::Display for Source {
 
 /// The generated solver serving `solver` on `model`, if the catalogue has one.
 pub fn find(solver: SolverKind, model: &Model) -> Option<&'static Generated> {
-    generated::REGISTRY
-        .iter()
-        .find(|g| g.solver == solver && g.depth == model.depth && g.activation == model.activation)
+    generated::REGISTRY.iter().find(|g| {
+        g.solver == solver
+            && g.depth == model.depth
+            && g.activation == model.activation
+            && g.residual == model.residual.is_some()
+    })
 }
 
 /// Solves with the generated solver of the variant when there is one, else with the

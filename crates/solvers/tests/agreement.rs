@@ -45,6 +45,7 @@ fn model(depth: usize, activation: Activation, gamma0: f64, centered: bool) -> M
         parameterization: Parameterization::Mup,
         gamma0,
         centered,
+        residual: None,
     }
 }
 
@@ -124,7 +125,7 @@ fn deep_linear_closed_forms_match_the_reference() {
     let mut covered = 0;
     for g in REGISTRY
         .iter()
-        .filter(|g| g.solver == SolverKind::DeepLinear)
+        .filter(|g| g.solver == SolverKind::DeepLinear && !g.residual)
     {
         for gamma0 in [0.5, 2.0] {
             let m = model(g.depth, Activation::Linear, gamma0, false);
@@ -144,6 +145,48 @@ fn deep_linear_closed_forms_match_the_reference() {
         covered += 1;
     }
     assert!(covered >= 3, "only {covered} closed forms generated");
+}
+
+/// The residual variants (β/√L branches, added through specs alone) against the runtime's
+/// joint-stream closed form, at two β and two γ₀; and `find` never hands a residual model
+/// to a plain solver or the reverse.
+#[test]
+fn residual_closed_forms_match_the_reference() {
+    let mut covered = 0;
+    for g in REGISTRY.iter().filter(|g| g.residual) {
+        for (beta, gamma0) in [(1.0, 0.5), (0.6, 2.0)] {
+            let m = Model {
+                residual: Some(beta),
+                ..model(g.depth, Activation::Linear, gamma0, false)
+            };
+            assert_eq!(find(SolverKind::DeepLinear, &m).unwrap().variant, g.variant);
+            let plain = model(g.depth, Activation::Linear, gamma0, false);
+            assert!(find(SolverKind::DeepLinear, &plain).is_none_or(|p| !p.residual));
+            let (generated, reference) = both(
+                SolverKind::DeepLinear,
+                &m,
+                &schedule(0.4, 12, 2),
+                &SolverOptions::default(),
+            );
+            let w = worst(&generated, &reference);
+            println!(
+                "{:<24} residual β={beta} γ₀={gamma0} worst relative difference {w:.2e} (bit-identical: {})",
+                g.variant,
+                identical(&generated, &reference)
+            );
+            assert!(
+                w <= 1e-10,
+                "{} β={beta} γ₀={gamma0}: {w:e} > 1e-10",
+                g.variant
+            );
+            assert_eq!(generated.method, reference.method);
+        }
+        covered += 1;
+    }
+    assert!(
+        covered >= 2,
+        "residual L = 2 and 3 generated, got {covered}"
+    );
 }
 
 #[test]

@@ -121,16 +121,20 @@ pub fn march(
             progress(k);
         }
     }
-    let method = format!(
-        "closed form, joint residual stream (s = {}, a = {:.6})",
-        setup.skip, setup.branch
-    );
-    let trajectory = rec.finish(SolverKind::DeepLinear, method)?;
+    let trajectory = rec.finish(SolverKind::DeepLinear, method(setup))?;
     Ok(ResidualSolution {
         trajectory,
         layers,
         delta,
     })
+}
+
+/// The trajectory's method string (the reference and generated solvers share it).
+pub fn method(setup: &ResidualSetup) -> String {
+    format!(
+        "closed form, joint residual stream (s = {}, a = {:.6})",
+        setup.skip, setup.branch
+    )
 }
 
 /// The plain march's fixed inputs plus the skip s and branch multiplier a.

@@ -9,6 +9,8 @@ pub mod deep_linear_2_lazy;
 pub mod deep_linear_3;
 pub mod deep_linear_3_lazy;
 pub mod deep_relu_2_lazy;
+pub mod residual_linear_2;
+pub mod residual_linear_3;
 pub mod two_layer_linear;
 pub mod two_layer_linear_lazy;
 pub mod two_layer_relu;
@@ -24,6 +26,7 @@ pub const REGISTRY: &[Generated] = &[
         solver: SolverKind::Lazy,
         depth: 2,
         activation: Activation::Linear,
+        residual: false,
         solve: deep_linear_2_lazy::lazy::solve,
     },
     Generated {
@@ -32,6 +35,7 @@ pub const REGISTRY: &[Generated] = &[
         solver: SolverKind::DeepLinear,
         depth: 2,
         activation: Activation::Linear,
+        residual: false,
         solve: deep_linear_2::closed_form::solve,
     },
     Generated {
@@ -40,6 +44,7 @@ pub const REGISTRY: &[Generated] = &[
         solver: SolverKind::Lazy,
         depth: 3,
         activation: Activation::Linear,
+        residual: false,
         solve: deep_linear_3_lazy::lazy::solve,
     },
     Generated {
@@ -48,6 +53,7 @@ pub const REGISTRY: &[Generated] = &[
         solver: SolverKind::DeepLinear,
         depth: 3,
         activation: Activation::Linear,
+        residual: false,
         solve: deep_linear_3::closed_form::solve,
     },
     Generated {
@@ -56,7 +62,26 @@ pub const REGISTRY: &[Generated] = &[
         solver: SolverKind::Lazy,
         depth: 2,
         activation: Activation::Relu,
+        residual: false,
         solve: deep_relu_2_lazy::lazy::solve,
+    },
+    Generated {
+        variant: "residual-linear-2",
+        spec: "specs/residual-linear-2.toml",
+        solver: SolverKind::DeepLinear,
+        depth: 2,
+        activation: Activation::Linear,
+        residual: true,
+        solve: residual_linear_2::closed_form::solve,
+    },
+    Generated {
+        variant: "residual-linear-3",
+        spec: "specs/residual-linear-3.toml",
+        solver: SolverKind::DeepLinear,
+        depth: 3,
+        activation: Activation::Linear,
+        residual: true,
+        solve: residual_linear_3::closed_form::solve,
     },
     Generated {
         variant: "two-layer-linear-lazy",
@@ -64,6 +89,7 @@ pub const REGISTRY: &[Generated] = &[
         solver: SolverKind::Lazy,
         depth: 1,
         activation: Activation::Linear,
+        residual: false,
         solve: two_layer_linear_lazy::lazy::solve,
     },
     Generated {
@@ -72,6 +98,7 @@ pub const REGISTRY: &[Generated] = &[
         solver: SolverKind::TwoLayer,
         depth: 1,
         activation: Activation::Linear,
+        residual: false,
         solve: two_layer_linear::sites::solve,
     },
     Generated {
@@ -80,6 +107,7 @@ pub const REGISTRY: &[Generated] = &[
         solver: SolverKind::DeepLinear,
         depth: 1,
         activation: Activation::Linear,
+        residual: false,
         solve: two_layer_linear::closed_form::solve,
     },
     Generated {
@@ -88,6 +116,7 @@ pub const REGISTRY: &[Generated] = &[
         solver: SolverKind::Lazy,
         depth: 1,
         activation: Activation::Relu,
+        residual: false,
         solve: two_layer_relu_lazy::lazy::solve,
     },
     Generated {
@@ -96,6 +125,7 @@ pub const REGISTRY: &[Generated] = &[
         solver: SolverKind::TwoLayer,
         depth: 1,
         activation: Activation::Relu,
+        residual: false,
         solve: two_layer_relu::sites::solve,
     },
     Generated {
@@ -104,6 +134,7 @@ pub const REGISTRY: &[Generated] = &[
         solver: SolverKind::Lazy,
         depth: 1,
         activation: Activation::Tanh,
+        residual: false,
         solve: two_layer_tanh_lazy::lazy::solve,
     },
     Generated {
@@ -112,6 +143,7 @@ pub const REGISTRY: &[Generated] = &[
         solver: SolverKind::TwoLayer,
         depth: 1,
         activation: Activation::Tanh,
+        residual: false,
         solve: two_layer_tanh::sites::solve,
     },
 ];
