@@ -63,8 +63,8 @@ fn unsupported_variants_are_refused_with_the_reason() {
         other => panic!("expected unsupported, got {:?}", other.map(|g| g.variant)),
     }
     let residual = Spec::input("res")
-        .dense(Activation::Linear)
-        .residual(Activation::Linear);
+        .dense(Activation::Relu)
+        .residual(Activation::Relu);
     let err = generate("specs/res.toml", &derive(&residual).unwrap()).unwrap_err();
     assert!(err.to_string().contains("residual"), "{err}");
     let frozen = Spec::mlp("frozen", 1, Activation::Relu).frozen_readout();
@@ -78,4 +78,33 @@ fn the_hash_follows_the_derivation() {
     let b = derive(&Spec::mlp("x", 1, Activation::Tanh)).unwrap();
     assert_eq!(derivation_hash(&a), derivation_hash(&a.clone()));
     assert_ne!(derivation_hash(&a), derivation_hash(&b));
+}
+
+/// A residual linear spec lowers to the joint-stream march, registered as residual; an
+/// equation of another form (the skip dropped from g¹) is refused, quoting it.
+#[test]
+fn residual_linear_lowers_and_checks_the_stream_form() {
+    let spec = Spec::input("residual-linear-2")
+        .dense(Activation::Linear)
+        .residual(Activation::Linear);
+    let d = derive(&spec).unwrap();
+    let g = generate("specs/residual-linear-2.toml", &d).unwrap();
+    assert_eq!(g.entries.len(), 1);
+    assert!(g.entries[0].residual && g.entries[0].solver == "DeepLinear");
+    assert!(
+        g.source
+            .contains("setup.forward_row(k, &delta, &mut layers, 1);")
+    );
+    let mut eqs = dmft_codegen::Equations::new(&d).unwrap();
+    let g1 = eqs
+        .all
+        .iter_mut()
+        .find(|e| e.lhs.to_string() == "(g 1 k)")
+        .unwrap();
+    g1.rhs = dmft_codegen::sexp::Sexp::parse("(z 1 k)").unwrap();
+    let err = dmft_codegen::residual::lower(&spec, "linear", &eqs).unwrap_err();
+    assert!(
+        matches!(&err, CodegenError::Unsupported(m) if m.contains("(g 1 k)") && m.contains("unrecognized form")),
+        "{err}"
+    );
 }
