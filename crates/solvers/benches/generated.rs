@@ -3,7 +3,7 @@
 //!
 //! Problems: two-layer Monte Carlo M = 20 000 sites, P = 10, T = 50 (NTK recorded every
 //! 10 steps); lazy P = 100 train + 20 test points (Gauss–Hermite order 96 for tanh: P = 20),
-//! T = 200; deep-linear closed form P = 8, T = 40.
+//! T = 200; deep-linear closed forms (plain and residual, β = 1) P = 8, T = 40.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use dmft_runtime::sampling::{normal_matrix, replica_rng};
@@ -75,7 +75,8 @@ fn bench(c: &mut Criterion) {
             parameterization: Parameterization::Mup,
             gamma0: 1.0,
             centered: false,
-            residual: None,
+            // Residual variants serve only residual models (β = 1).
+            residual: g.residual.then_some(1.0),
         };
         // A spec can serve two solver kinds (two-layer-linear: sites and closed form).
         let id = format!("{}-{}", g.variant, g.solver);
