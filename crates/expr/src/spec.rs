@@ -201,7 +201,21 @@ impl Spec {
 
     /// Parses and validates the TOML form (see [`SpecFile`]).
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
-        let file: SpecFile = toml::from_str(text).map_err(|e| SpecError(one_line(e.message())))?;
+        let file: SpecFile = toml::from_str(text).map_err(|e| {
+            // serde's message lacks the key; quote the offending line when the span has it.
+            let line = e.span().and_then(|span| {
+                let start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+                let end = text[span.start..]
+                    .find('\n')
+                    .map_or(text.len(), |i| span.start + i);
+                Some(text[start..end].trim()).filter(|l| !l.is_empty())
+            });
+            let message = one_line(e.message());
+            SpecError(match line {
+                Some(l) => format!("`{l}`: {message}"),
+                None => message,
+            })
+        })?;
         file.into_spec()
     }
 }
