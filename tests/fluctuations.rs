@@ -8,8 +8,8 @@ mod common;
 use common::dataset;
 use dmft_runtime::lazy_fluctuations::two_layer_lazy_fluctuations;
 use dmft_runtime::propagator::two_layer_prediction_fluctuations;
-use dmft_runtime::{Activation, Model, Parameterization, Schedule, SolverOptions};
-use dmft_sim::{Architecture, EnsembleConfig, run_ensemble};
+use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule, SolverOptions};
+use dmft_sim::{Architecture, Dataset, EnsembleConfig, run_ensemble};
 
 /// Largest |N·Var − Σ| / max(3 SE, 10 % of Σ) over paired entries of an ensemble variance, its
 /// standard error and the prediction; panics naming `what` and the entry when one misses.
@@ -58,6 +58,7 @@ fn feature_learning_reduces_the_final_variance() {
             parameterization: Parameterization::Mup,
             gamma0,
             centered: true,
+            readout: Readout::Trained,
         };
         let opts = SolverOptions {
             sites: 100_000,
@@ -65,7 +66,7 @@ fn feature_learning_reduces_the_final_variance() {
             seed: 4,
         };
         let theory =
-            two_layer_prediction_fluctuations(&problem, &model, &schedule, &opts, &|_| {}).unwrap();
+            two_layer_prediction_fluctuations(&problem, model, &schedule, &opts, &|_| {}).unwrap();
         let mut cfg = EnsembleConfig::new(Architecture::from_model(&model, width), schedule, seeds);
         cfg.base_seed = 31;
         let sim = run_ensemble(&data, &cfg).unwrap();
@@ -115,7 +116,6 @@ fn feature_learning_reduces_the_final_variance() {
 #[test]
 fn two_layer_grid_matches_ensembles() {
     let data = dataset(3, 2, 16, 5);
-    let problem = data.to_problem().unwrap();
     let schedule = Schedule {
         eta: 0.5,
         steps: 12,
@@ -129,78 +129,107 @@ fn two_layer_grid_matches_ensembles() {
                 parameterization: Parameterization::Mup,
                 gamma0,
                 centered: gamma0 < 0.05,
+                readout: Readout::Trained,
             };
-            let opts = SolverOptions {
-                sites: 400_000,
-                quadrature: 0,
-                seed: 8,
-            };
-            let theory =
-                two_layer_prediction_fluctuations(&problem, &model, &schedule, &opts, &|_| {})
-                    .unwrap();
-            for width in [512, 2048] {
-                let mut cfg =
-                    EnsembleConfig::new(Architecture::from_model(&model, width), schedule, 2000);
-                cfg.base_seed = 99;
-                let sim = run_ensemble(&data, &cfg).unwrap();
-                let label = format!("{act} γ₀={gamma0} N={width}");
-                let se_train = sim.f_train.se_var();
-                let se_test = sim.f_test.se_var();
-                let worst = worst_ratio(
-                    width,
-                    &sim.f_train.var,
-                    &se_train,
-                    &theory.var_f_train,
-                    &format!("{label} train"),
-                )
-                .max(worst_ratio(
-                    width,
-                    &sim.f_test.var,
-                    &se_test,
-                    &theory.var_f_test,
-                    &format!("{label} test"),
-                ));
-                // NTK entries, same criterion: the relu kink term matters most here.
-                let se = sim.ntk.se_var();
-                let worst_ntk = worst_ratio(
-                    width,
-                    &sim.ntk.var,
-                    &se,
-                    &theory.var_ntk,
-                    &format!("{label} NTK"),
-                );
-                // Top NTK eigenvalue: first-order perturbation vᵀδKv against each network's own
-                // top eigenvalue. It holds where the gap to the second eigenvalue is large
-                // against the spread √(Σ_λ/N): second order is ≈ (spread/gap)² relative, 6 %
-                // at 4 spreads, inside the 10 % tolerance (measured at relu γ₀ = 2: gap/spread
-                // 3.3 at N = 512 was 13 % high, 6.5 at N = 2048 within 2 %). Steps with a gap
-                // under 4 spreads are counted, not compared; they must stay a minority.
-                let steps = theory.ntk_gap.len();
-                let kept: Vec<usize> = (0..steps)
-                    .filter(|&i| {
-                        theory.ntk_gap[i] >= 4.0 * (theory.var_ntk_top[i] / width as f64).sqrt()
-                    })
-                    .collect();
-                let near_degenerate = steps - kept.len();
-                let pick =
-                    |a: &ndarray::Array1<f64>| -> Vec<f64> { kept.iter().map(|&i| a[i]).collect() };
-                let worst_top = worst_ratio(
-                    width,
-                    &pick(&sim.ntk_top.var),
-                    &pick(&sim.ntk_top.se_var()),
-                    &pick(&theory.var_ntk_top),
-                    &format!("{label} top NTK eigenvalue"),
-                );
-                assert!(
-                    near_degenerate * 2 < theory.ntk_gap.len(),
-                    "{act} γ₀={gamma0} N={width}: the top NTK eigenvalue is near-degenerate at {near_degenerate} of {} steps",
-                    theory.ntk_gap.len()
-                );
-                println!(
-                    "{act} γ₀={gamma0} N={width}: worst |N·Var − Σ| / tolerance = {worst:.2} (predictions), {worst_ntk:.2} (NTK), {worst_top:.2} (top eigenvalue; {near_degenerate} near-degenerate steps skipped)"
-                );
-            }
+            grid_point(&data, &schedule, &model);
         }
+    }
+}
+
+/// The same check with a frozen readout (only W⁰ learns, z = r, NTK = G ⊙ Kˣ): relu and
+/// tanh at γ₀ ∈ {0.5, 2}, N ∈ {512, 2048}, 2000 seeds, every recorded step, train and test,
+/// predictions, NTK entries and top eigenvalue, within 3 SE or 10 % of Σ_f.
+#[test]
+fn frozen_readout_grid_matches_ensembles() {
+    let data = dataset(3, 2, 16, 5);
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 12,
+        record_every: 2,
+    };
+    for act in [Activation::Relu, Activation::Tanh] {
+        for gamma0 in [0.5, 2.0] {
+            let model = Model {
+                depth: 1,
+                activation: act,
+                parameterization: Parameterization::Mup,
+                gamma0,
+                centered: false,
+                readout: Readout::Frozen,
+            };
+            grid_point(&data, &schedule, &model);
+        }
+    }
+}
+
+/// Σ_f from 4·10⁵ Monte Carlo sites against 2000-seed ensembles at N = 512 and 2048.
+fn grid_point(data: &Dataset, schedule: &Schedule, model: &Model) {
+    let (act, gamma0, schedule) = (model.activation, model.gamma0, *schedule);
+    let problem = data.to_problem().unwrap();
+    let opts = SolverOptions {
+        sites: 400_000,
+        quadrature: 0,
+        seed: 8,
+    };
+    let theory =
+        two_layer_prediction_fluctuations(&problem, model, &schedule, &opts, &|_| {}).unwrap();
+    for width in [512, 2048] {
+        let mut cfg = EnsembleConfig::new(Architecture::from_model(model, width), schedule, 2000);
+        cfg.base_seed = 99;
+        let sim = run_ensemble(data, &cfg).unwrap();
+        let label = format!("{act} γ₀={gamma0} readout {} N={width}", model.readout);
+        let se_train = sim.f_train.se_var();
+        let se_test = sim.f_test.se_var();
+        let worst = worst_ratio(
+            width,
+            &sim.f_train.var,
+            &se_train,
+            &theory.var_f_train,
+            &format!("{label} train"),
+        )
+        .max(worst_ratio(
+            width,
+            &sim.f_test.var,
+            &se_test,
+            &theory.var_f_test,
+            &format!("{label} test"),
+        ));
+        // NTK entries, same criterion: the relu kink term matters most here.
+        let se = sim.ntk.se_var();
+        let worst_ntk = worst_ratio(
+            width,
+            &sim.ntk.var,
+            &se,
+            &theory.var_ntk,
+            &format!("{label} NTK"),
+        );
+        // Top NTK eigenvalue: first-order perturbation vᵀδKv against each network's own
+        // top eigenvalue. It holds where the gap to the second eigenvalue is large
+        // against the spread √(Σ_λ/N): second order is ≈ (spread/gap)² relative, 6 %
+        // at 4 spreads, inside the 10 % tolerance (measured at relu γ₀ = 2: gap/spread
+        // 3.3 at N = 512 was 13 % high, 6.5 at N = 2048 within 2 %). Steps with a gap
+        // under 4 spreads are counted, not compared; they must stay a minority.
+        let steps = theory.ntk_gap.len();
+        let kept: Vec<usize> = (0..steps)
+            .filter(|&i| theory.ntk_gap[i] >= 4.0 * (theory.var_ntk_top[i] / width as f64).sqrt())
+            .collect();
+        let near_degenerate = steps - kept.len();
+        let pick = |a: &ndarray::Array1<f64>| -> Vec<f64> { kept.iter().map(|&i| a[i]).collect() };
+        let worst_top = worst_ratio(
+            width,
+            &pick(&sim.ntk_top.var),
+            &pick(&sim.ntk_top.se_var()),
+            &pick(&theory.var_ntk_top),
+            &format!("{label} top NTK eigenvalue"),
+        );
+        assert!(
+            near_degenerate * 2 < theory.ntk_gap.len(),
+            "{label}: the top NTK eigenvalue is near-degenerate at {near_degenerate} of {} steps",
+            theory.ntk_gap.len()
+        );
+        println!(
+            "{label}: worst |N·Var − Σ| / tolerance = {worst:.2} (predictions), {worst_ntk:.2} (NTK), {worst_top:.2} (top eigenvalue; {near_degenerate} near-degenerate steps skipped)"
+        );
     }
 }
 
@@ -227,6 +256,7 @@ fn ntk_parameterization_matches_the_lazy_universal_form() {
             parameterization: Parameterization::Ntk,
             gamma0: 1.0,
             centered: true,
+            readout: Readout::Trained,
         };
         let opts = SolverOptions {
             sites: 400_000,

@@ -4,10 +4,14 @@
 //!
 //! Widths here keep `cargo test` under a minute; `slow_` tests at N = 4096 run with
 //! `cargo test -p dmft-validation --release -- --ignored` (README, "Validation").
+//! The frozen-readout variant has no hand-written model of its own beyond the reference
+//! march: it is solved the way `dmft run` solves it, by the generated solver of
+//! specs/two-layer-*-frozen-readout.toml (`dmft_solvers::solve`).
 
 mod common;
 
 use common::dataset;
+use dmft_runtime::Readout;
 use dmft_runtime::{
     Activation, Model, Parameterization, Schedule, SolverKind, SolverOptions, Trajectory,
     no_progress, solve,
@@ -24,6 +28,7 @@ fn model(depth: usize, activation: Activation, gamma0: f64) -> Model {
         parameterization: Parameterization::Mup,
         gamma0,
         centered: false,
+        readout: Readout::Trained,
     }
 }
 
@@ -195,4 +200,56 @@ fn slow_width_4096_matches_theory() {
     let m = model(2, Activation::Tanh, 1.0);
     let th = theory(&data, &m, &schedule, SolverKind::DeepNonlinear, 100_000);
     check("N=4096 deep tanh L=2", &data, &m, schedule, &th, 4096, 48);
+}
+
+/// The generated frozen-readout solver (`auto`'s choice) for relu and tanh at γ₀ = 1 and 2,
+/// 4·10⁵ Monte Carlo sites, against `seeds` networks of width `width` with w¹ frozen.
+fn frozen_readout_check(width: usize, seeds: usize) {
+    let data = dataset(4, 2, 16, 6);
+    let problem = data.to_problem().unwrap();
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 40,
+        record_every: 4,
+    };
+    let opts = SolverOptions {
+        sites: 400_000,
+        quadrature: 0,
+        seed: 3,
+    };
+    for act in [Activation::Relu, Activation::Tanh] {
+        for gamma0 in [1.0, 2.0] {
+            let m = Model {
+                readout: Readout::Frozen,
+                ..model(1, act, gamma0)
+            };
+            let kind = SolverKind::auto(&m);
+            let (th, source) =
+                dmft_solvers::solve(&problem, &m, &schedule, kind, &opts, &no_progress).unwrap();
+            assert_eq!(
+                source.to_string(),
+                format!("generated:two-layer-{act}-frozen-readout")
+            );
+            check(
+                &format!("N={width} two-layer {act} frozen readout γ₀={gamma0}"),
+                &data,
+                &m,
+                schedule,
+                &th,
+                width,
+                seeds,
+            );
+        }
+    }
+}
+
+#[test]
+fn frozen_readout_networks_match_the_generated_solver() {
+    frozen_readout_check(2048, 128);
+}
+
+#[test]
+#[ignore = "slow validation at N = 4096; run with --ignored (README, Validation)"]
+fn slow_frozen_readout_width_4096_matches_the_generated_solver() {
+    frozen_readout_check(4096, 400);
 }

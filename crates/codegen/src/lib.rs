@@ -51,6 +51,8 @@ pub struct Entry {
     pub depth: usize,
     /// `Activation` variant name, e.g. `Relu`.
     pub activation: &'static str,
+    /// `Readout` variant name: `Trained`, or `Frozen` when only the hidden weights learn.
+    pub readout: &'static str,
     /// Function in the module, e.g. `solve_sites`.
     pub function: &'static str,
 }
@@ -121,7 +123,7 @@ pub fn generate(spec_path: &str, d: &Derivation) -> Result<GeneratedSolver> {
 }
 
 /// The variants a generated solver can serve: one activation for every layer, plain dense
-/// layers, a trainable readout, gradient descent.
+/// layers, gradient descent (the lowerings check the readout).
 fn uniform_activation(spec: &Spec) -> Result<&'static str> {
     let first = spec
         .layers
@@ -137,12 +139,6 @@ fn uniform_activation(spec: &Spec) -> Result<&'static str> {
     if spec.layers.iter().any(|l| l.residual) {
         return Err(CodegenError::Unsupported(format!(
             "{}: residual branches (no runtime solver or simulator support yet)",
-            spec.name
-        )));
-    }
-    if !spec.readout_trainable {
-        return Err(CodegenError::Unsupported(format!(
-            "{}: frozen readout (no runtime solver or simulator support yet)",
             spec.name
         )));
     }

@@ -73,6 +73,12 @@ pub fn validate(model: &Model, schedule: &Schedule, solver: SolverKind) -> Resul
              infinite-width limit is lazy (use solver = lazy or auto)"
         ));
     }
+    if model.readout == Readout::Frozen && solver != SolverKind::TwoLayer {
+        return bad(format!(
+            "model.readout = frozen is implemented by the two-layer solver only (model.depth = 1, \
+             parameterization = mup), not by theory.solver = {solver}"
+        ));
+    }
     match solver {
         SolverKind::TwoLayer if model.depth != 1 => bad(format!(
             "theory.solver = two-layer needs model.depth = 1, got {}",

@@ -1,6 +1,7 @@
 //! Ensemble runs: agreement with independent single-seed runs, determinism across thread
 //! counts, divergence handling, centering, online SGD, memory budget and error messages.
 
+use dmft_sim::Readout;
 use dmft_sim::rng::keyed_rng;
 use dmft_sim::*;
 use ndarray::{Array1, Array2, ArrayView1, Axis, s};
@@ -35,6 +36,7 @@ fn arch(depth: usize, width: usize, act: Activation) -> Architecture {
         parameterization: Parameterization::Mup,
         gamma0: 1.0,
         centered: false,
+        readout: Readout::Trained,
     }
 }
 

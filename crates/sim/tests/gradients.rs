@@ -1,14 +1,23 @@
 //! Backpropagation against finite differences, the GD step against θ − ηγ₀²N∇ℒ, and the
-//! first-order NTK identity f(k+1) − f(k) = (η/P) K(k) Δ(k) + O(η²).
+//! first-order NTK identity f(k+1) − f(k) = (η/P) K(k) Δ(k) + O(η²), with the readout
+//! trained and frozen.
 
 use dmft_sim::network::residual;
 use dmft_sim::rng::{SimRng, keyed_rng};
-use dmft_sim::{Activation, Architecture, Forward, Network, Parameterization};
+use dmft_sim::{Activation, Architecture, Forward, Network, Parameterization, Readout};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
-fn arch(depth: usize, width: usize, act: Activation, param: Parameterization) -> Architecture {
+const READOUTS: [Readout; 2] = [Readout::Trained, Readout::Frozen];
+
+fn arch(
+    depth: usize,
+    width: usize,
+    act: Activation,
+    param: Parameterization,
+    readout: Readout,
+) -> Architecture {
     Architecture {
         depth,
         width,
@@ -17,7 +26,15 @@ fn arch(depth: usize, width: usize, act: Activation, param: Parameterization) ->
         // γ₀ ≠ 1 so a misplaced γ₀ factor cannot cancel.
         gamma0: 0.7,
         centered: false,
+        readout,
     }
+}
+
+/// Both parameterizations, each with the readout trained and frozen.
+fn variants() -> impl Iterator<Item = (Parameterization, Readout)> {
+    [Parameterization::Mup, Parameterization::Ntk]
+        .into_iter()
+        .flat_map(|p| READOUTS.map(|r| (p, r)))
 }
 
 fn rng(key: u64) -> SimRng {
@@ -48,7 +65,8 @@ fn signs(net: &Network, x: ArrayView2<f64>) -> Vec<bool> {
 /// 1e-7·(1 + |∂ℒ|), a thousandfold margin that still catches any wrong factor (√N, γ₀, a
 /// missing φ'), which would give O(|∂ℒ|) errors. For relu, ℒ restricted to one weight is a
 /// quadratic polynomial while no preactivation changes sign, so the difference is exact up to
-/// rounding; the test asserts that no sign flips under the ±h perturbation.
+/// rounding; the test asserts that no sign flips under the ±h perturbation. A frozen readout
+/// is not a parameter: its gradient entries are exactly zero, the others unchanged.
 #[test]
 fn backprop_gradient_matches_central_differences() {
     let (n, d, p) = (5, 3, 4);
@@ -58,15 +76,20 @@ fn backprop_gradient_matches_central_differences() {
     let h = 1e-5;
     for act in Activation::ALL {
         for depth in 1..=3 {
-            for param in [Parameterization::Mup, Parameterization::Ntk] {
-                let arch = arch(depth, n, act, param);
+            for (param, readout) in variants() {
+                let arch = arch(depth, n, act, param, readout);
                 let net = Network::new(&arch, d, &mut rng(10 + depth as u64)).unwrap();
                 let (loss, grad) = net.loss_gradient(x.view(), y.view(), Some(f0.view()));
                 assert!((loss - net.loss(x.view(), y.view(), Some(f0.view()))).abs() < 1e-15);
                 let base_signs = signs(&net, x.view());
                 let count = grad.iter().count();
                 assert_eq!(count, arch.parameter_count(d));
+                let readout_start = count - n;
                 for (i, &g) in grad.iter().enumerate() {
+                    if readout == Readout::Frozen && i >= readout_start {
+                        assert_eq!(g, 0.0, "{act} depth {depth} {param}: frozen readout moved");
+                        continue;
+                    }
                     let shifted = |delta: f64| {
                         let mut moved = net.clone();
                         *moved.params_mut().iter_mut().nth(i).unwrap() += delta;
@@ -78,7 +101,7 @@ fn backprop_gradient_matches_central_differences() {
                     let fd = (shifted(h) - shifted(-h)) / (2.0 * h);
                     assert!(
                         (fd - g).abs() <= 1e-7 * (1.0 + g.abs()),
-                        "{act} depth {depth} {param} weight {i}: backprop {g}, finite difference {fd}"
+                        "{act} depth {depth} {param} {readout} weight {i}: backprop {g}, finite difference {fd}"
                     );
                 }
             }
@@ -96,8 +119,8 @@ fn gd_step_is_the_scaled_gradient_step() {
     let y = gaussian(p, 1, 21).column(0).to_owned();
     for act in [Activation::Tanh, Activation::Relu] {
         for depth in 1..=3 {
-            for param in [Parameterization::Mup, Parameterization::Ntk] {
-                let arch = arch(depth, n, act, param);
+            for (param, readout) in variants() {
+                let arch = arch(depth, n, act, param, readout);
                 let mut net = Network::new(&arch, d, &mut rng(30)).unwrap();
                 let (_, grad) = net.loss_gradient(x.view(), y.view(), None);
                 let lr = match param {
@@ -116,7 +139,7 @@ fn gd_step_is_the_scaled_gradient_step() {
                 for (got, want) in net.params().iter().zip(&expected) {
                     assert!(
                         (got - want).abs() <= 1e-13 * scale,
-                        "{act} {depth} {param}: {got} vs {want}"
+                        "{act} {depth} {param} {readout}: {got} vs {want}"
                     );
                 }
             }
@@ -145,8 +168,8 @@ fn ntk_predicts_the_first_order_change_of_f() {
         Activation::Gelu,
     ] {
         for depth in 1..=3 {
-            for param in [Parameterization::Mup, Parameterization::Ntk] {
-                let arch = arch(depth, n, act, param);
+            for (param, readout) in variants() {
+                let arch = arch(depth, n, act, param, readout);
                 let net = Network::new(&arch, d, &mut rng(50)).unwrap();
                 let mut fwd = net.forward(x.view());
                 net.backward(&mut fwd, p);
@@ -174,7 +197,7 @@ fn ntk_predicts_the_first_order_change_of_f() {
                     let ratio = w[1] / w[0];
                     assert!(
                         (0.003..=0.03).contains(&ratio),
-                        "{act} depth {depth} {param}: errors {errors:?} do not scale as η²"
+                        "{act} depth {depth} {param} {readout}: errors {errors:?} do not scale as η²"
                     );
                 }
             }

@@ -8,7 +8,8 @@
 pub mod generated;
 
 use dmft_runtime::{
-    Activation, Model, Problem, Progress, Result, Schedule, SolverKind, SolverOptions, Trajectory,
+    Activation, Model, Problem, Progress, Readout, Result, Schedule, SolverKind, SolverOptions,
+    Trajectory,
 };
 use std::fmt;
 
@@ -22,6 +23,7 @@ pub struct Generated {
     pub solver: SolverKind,
     pub depth: usize,
     pub activation: Activation,
+    pub readout: Readout,
     pub solve: SolveFn,
 }
 
@@ -45,9 +47,12 @@ impl fmt::Display for Source {
 
 /// The generated solver serving `solver` on `model`, if the catalogue has one.
 pub fn find(solver: SolverKind, model: &Model) -> Option<&'static Generated> {
-    generated::REGISTRY
-        .iter()
-        .find(|g| g.solver == solver && g.depth == model.depth && g.activation == model.activation)
+    generated::REGISTRY.iter().find(|g| {
+        g.solver == solver
+            && g.depth == model.depth
+            && g.activation == model.activation
+            && g.readout == model.readout
+    })
 }
 
 /// Solves with the generated solver of the variant when there is one, else with the
