@@ -67,9 +67,28 @@ fn unsupported_variants_are_refused_with_the_reason() {
         .residual(Activation::Linear);
     let err = generate("specs/res.toml", &derive(&residual).unwrap()).unwrap_err();
     assert!(err.to_string().contains("residual"), "{err}");
-    let frozen = Spec::mlp("frozen", 1, Activation::Relu).frozen_readout();
+    // The lazy limit of a frozen readout has no lowering (the lazy solver trains w¹).
+    let frozen = Spec::mlp("frozen", 1, Activation::Relu)
+        .frozen_readout()
+        .lazy();
     let err = generate("specs/frozen.toml", &derive(&frozen).unwrap()).unwrap_err();
     assert!(err.to_string().contains("frozen readout"), "{err}");
+}
+
+/// z¹(k) = r¹: pass 2 never writes z, Φ¹ is not accumulated, and the NTK is G¹ ⊙ Kˣ.
+#[test]
+fn frozen_readout_sites_leave_z_alone() {
+    for act in [Activation::Relu, Activation::Tanh, Activation::Linear] {
+        let spec = Spec::mlp("frozen", 1, act).frozen_readout();
+        let g = generate("specs/test.toml", &derive(&spec).unwrap()).unwrap();
+        let s = &g.source;
+        assert!(!s.contains("z_s +=") && !s.contains("let mut dz"), "{act}: {s}");
+        assert!(!s.contains("phi_kernel") && !s.contains("rank_one_update(pk"), "{act}");
+        assert!(s.contains("&gk * &problem.kx.slice(s![..p, ..p])"), "{act}");
+        assert!(s.contains("let (z, weight)"), "{act}: z is never mutated");
+        let entries: Vec<_> = g.entries.iter().map(|e| (e.solver, e.readout)).collect();
+        assert_eq!(entries, [("TwoLayer", "Frozen")], "{act}: no closed form either");
+    }
 }
 
 #[test]
