@@ -82,12 +82,22 @@ fn frozen_readout_sites_leave_z_alone() {
         let spec = Spec::mlp("frozen", 1, act).frozen_readout();
         let g = generate("specs/test.toml", &derive(&spec).unwrap()).unwrap();
         let s = &g.source;
-        assert!(!s.contains("z_s +=") && !s.contains("let mut dz"), "{act}: {s}");
-        assert!(!s.contains("phi_kernel") && !s.contains("rank_one_update(pk"), "{act}");
+        assert!(
+            !s.contains("z_s +=") && !s.contains("let mut dz"),
+            "{act}: {s}"
+        );
+        assert!(
+            !s.contains("phi_kernel") && !s.contains("rank_one_update(pk"),
+            "{act}"
+        );
         assert!(s.contains("&gk * &problem.kx.slice(s![..p, ..p])"), "{act}");
         assert!(s.contains("let (z, weight)"), "{act}: z is never mutated");
         let entries: Vec<_> = g.entries.iter().map(|e| (e.solver, e.readout)).collect();
-        assert_eq!(entries, [("TwoLayer", "Frozen")], "{act}: no closed form either");
+        assert_eq!(
+            entries,
+            [("TwoLayer", "Frozen")],
+            "{act}: no closed form either"
+        );
     }
 }
 
