@@ -16,7 +16,7 @@ use dmft_runtime::{
     Activation, Model, Parameterization, Schedule, SolverKind, SolverOptions, Trajectory,
     no_progress, solve,
 };
-use dmft_sim::{Architecture, Dataset, EnsembleConfig, run_ensemble};
+use dmft_sim::{Architecture, Dataset, EnsembleConfig, EnsembleStats, run_ensemble};
 
 /// Allowance for the O(1/N) mean shift, in units of 1/N.
 const BIAS: f64 = 4.0;
@@ -40,7 +40,7 @@ fn check(
     theory: &Trajectory,
     width: usize,
     seeds: usize,
-) {
+) -> EnsembleStats {
     let mut cfg = EnsembleConfig::new(Architecture::from_model(model, width), schedule, seeds);
     cfg.base_seed = 1234;
     let sim = run_ensemble(data, &cfg).unwrap();
@@ -82,6 +82,7 @@ fn check(
         }
     }
     println!("{label}: worst |sim − theory| / tolerance = {worst:.2}");
+    sim
 }
 
 fn theory(
@@ -230,7 +231,7 @@ fn frozen_readout_check(width: usize, seeds: usize) {
                 source.to_string(),
                 format!("generated:two-layer-{act}-frozen-readout")
             );
-            check(
+            let sim = check(
                 &format!("N={width} two-layer {act} frozen readout γ₀={gamma0}"),
                 &data,
                 &m,
@@ -239,6 +240,26 @@ fn frozen_readout_check(width: usize, seeds: usize) {
                 width,
                 seeds,
             );
+            // The comparison can tell the readouts apart: the trained-readout theory misses
+            // these networks' train predictions by many tolerances.
+            let trained = Model {
+                readout: Readout::Trained,
+                ..m.clone()
+            };
+            let (other, _) =
+                dmft_solvers::solve(&problem, &trained, &schedule, kind, &opts, &no_progress)
+                    .unwrap();
+            let se = sim.f_train.se_mean();
+            let se_other = other.f_train_se.as_ref().unwrap();
+            let miss = (0..se.len())
+                .map(|i| {
+                    let (r, c) = (i / se.ncols(), i % se.ncols());
+                    let tol = 5.0 * se[[r, c]].hypot(se_other[[r, c]]) + BIAS / width as f64;
+                    (sim.f_train.mean[[r, c]] - other.f_train[[r, c]]).abs() / tol
+                })
+                .fold(0.0, f64::max);
+            println!("    trained-readout theory misses by {miss:.1} tolerances");
+            assert!(miss > 3.0, "{act} γ₀={gamma0}: readouts indistinguishable ({miss})");
         }
     }
 }
