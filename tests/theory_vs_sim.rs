@@ -259,7 +259,10 @@ fn frozen_readout_check(width: usize, seeds: usize) {
                 })
                 .fold(0.0, f64::max);
             println!("    trained-readout theory misses by {miss:.1} tolerances");
-            assert!(miss > 3.0, "{act} γ₀={gamma0}: readouts indistinguishable ({miss})");
+            assert!(
+                miss > 3.0,
+                "{act} γ₀={gamma0}: readouts indistinguishable ({miss})"
+            );
         }
     }
 }
