@@ -338,12 +338,12 @@ pub fn deep_linear_prediction_fluctuations(
             .slice_mut(s![r0..r0 + rows, r0..r0 + rows])
             .assign(&site_covariance(&om, &own, ctx.gamma0));
         // Open-loop D_c: the causal averages this layer reads.
-        let mut read = vec![find(&all, Kind::F, depth)];
+        let mut read = vec![find(all, Kind::F, depth)];
         if layer > 1 {
-            read.push(find(&all, Kind::Phi, layer - 1));
+            read.push(find(all, Kind::Phi, layer - 1));
         }
         if layer < depth {
-            read.push(find(&all, Kind::Grad, layer + 1));
+            read.push(find(all, Kind::Grad, layer + 1));
         }
         let columns: Vec<(usize, Kind, (usize, usize))> = read
             .iter()
@@ -379,8 +379,8 @@ pub fn deep_linear_prediction_fluctuations(
         }
     }
 
-    let sigma_q_f = solve_hessian(&k_mat, &d_c, &all, depth)?;
-    let fb = find(&all, Kind::F, depth);
+    let sigma_q_f = solve_hessian(&k_mat, &d_c, all, depth)?;
+    let fb = find(all, Kind::F, depth);
     let nf = fb.pairs.len();
     let mut sigma = sigma_q_f
         .slice(s![fb.offset..fb.offset + nf, ..])
