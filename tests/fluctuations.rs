@@ -342,6 +342,7 @@ fn deep_linear_case(depth: usize, gamma0: f64, width: usize, seeds: usize) -> f6
         parameterization: Parameterization::Mup,
         gamma0,
         centered: gamma0 < 0.05,
+        readout: Readout::Trained,
     };
     let theory = deep_linear_prediction_fluctuations(&problem, &model, &schedule).unwrap();
     let mut cfg = EnsembleConfig::new(Architecture::from_model(&model, width), schedule, seeds);

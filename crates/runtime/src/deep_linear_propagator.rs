@@ -18,7 +18,7 @@
 
 use crate::deep_linear::{self, LayerFields};
 use crate::linalg::SerialBlas;
-use crate::{DmftError, Model, Parameterization, Problem, Result, Schedule};
+use crate::{DmftError, Model, Parameterization, Problem, Readout, Result, Schedule};
 use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 use ndarray_linalg::{FactorizeInto, Inverse, Solve};
 use rayon::prelude::*;
@@ -312,6 +312,11 @@ pub fn deep_linear_prediction_fluctuations(
             "the deep linear propagator needs model.activation = \"linear\" and the μP parameterization".into(),
         ));
     }
+    if model.readout == Readout::Frozen {
+        return Err(DmftError::Invalid(
+            "the deep linear propagator trains the readout (model.readout = frozen is two-layer only)".into(),
+        ));
+    }
     let saddle = Saddle::new(problem, model, schedule)?;
     let Saddle {
         ctx,
@@ -601,6 +606,7 @@ mod tests {
             parameterization: Parameterization::Mup,
             gamma0,
             centered: gamma0 < 0.05,
+            readout: Readout::Trained,
         }
     }
 
