@@ -6,10 +6,11 @@
 mod common;
 
 use common::dataset;
+use dmft_runtime::deep_linear_propagator::deep_linear_prediction_fluctuations;
 use dmft_runtime::lazy_fluctuations::two_layer_lazy_fluctuations;
 use dmft_runtime::propagator::two_layer_prediction_fluctuations;
-use dmft_runtime::{Activation, Model, Parameterization, Schedule, SolverOptions};
-use dmft_sim::{Architecture, EnsembleConfig, run_ensemble};
+use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule, SolverOptions};
+use dmft_sim::{Architecture, Dataset, EnsembleConfig, run_ensemble};
 
 /// Largest |N·Var − Σ| / max(3 SE, 10 % of Σ) over paired entries of an ensemble variance, its
 /// standard error and the prediction; panics naming `what` and the entry when one misses.
@@ -59,6 +60,7 @@ fn feature_learning_reduces_the_final_variance() {
             gamma0,
             centered: true,
             residual: None,
+            readout: Readout::Trained,
         };
         let opts = SolverOptions {
             sites: 100_000,
@@ -116,7 +118,6 @@ fn feature_learning_reduces_the_final_variance() {
 #[test]
 fn two_layer_grid_matches_ensembles() {
     let data = dataset(3, 2, 16, 5);
-    let problem = data.to_problem().unwrap();
     let schedule = Schedule {
         eta: 0.5,
         steps: 12,
@@ -131,78 +132,140 @@ fn two_layer_grid_matches_ensembles() {
                 gamma0,
                 centered: gamma0 < 0.05,
                 residual: None,
+                readout: Readout::Trained,
             };
-            let opts = SolverOptions {
-                sites: 400_000,
-                quadrature: 0,
-                seed: 8,
-            };
-            let theory =
-                two_layer_prediction_fluctuations(&problem, &model, &schedule, &opts, &|_| {})
-                    .unwrap();
-            for width in [512, 2048] {
-                let mut cfg =
-                    EnsembleConfig::new(Architecture::from_model(&model, width), schedule, 2000);
-                cfg.base_seed = 99;
-                let sim = run_ensemble(&data, &cfg).unwrap();
-                let label = format!("{act} γ₀={gamma0} N={width}");
-                let se_train = sim.f_train.se_var();
-                let se_test = sim.f_test.se_var();
-                let worst = worst_ratio(
-                    width,
-                    &sim.f_train.var,
-                    &se_train,
-                    &theory.var_f_train,
-                    &format!("{label} train"),
-                )
-                .max(worst_ratio(
-                    width,
-                    &sim.f_test.var,
-                    &se_test,
-                    &theory.var_f_test,
-                    &format!("{label} test"),
-                ));
-                // NTK entries, same criterion: the relu kink term matters most here.
-                let se = sim.ntk.se_var();
-                let worst_ntk = worst_ratio(
-                    width,
-                    &sim.ntk.var,
-                    &se,
-                    &theory.var_ntk,
-                    &format!("{label} NTK"),
-                );
-                // Top NTK eigenvalue: first-order perturbation vᵀδKv against each network's own
-                // top eigenvalue. It holds where the gap to the second eigenvalue is large
-                // against the spread √(Σ_λ/N): second order is ≈ (spread/gap)² relative, 6 %
-                // at 4 spreads, inside the 10 % tolerance (measured at relu γ₀ = 2: gap/spread
-                // 3.3 at N = 512 was 13 % high, 6.5 at N = 2048 within 2 %). Steps with a gap
-                // under 4 spreads are counted, not compared; they must stay a minority.
-                let steps = theory.ntk_gap.len();
-                let kept: Vec<usize> = (0..steps)
-                    .filter(|&i| {
-                        theory.ntk_gap[i] >= 4.0 * (theory.var_ntk_top[i] / width as f64).sqrt()
-                    })
-                    .collect();
-                let near_degenerate = steps - kept.len();
-                let pick =
-                    |a: &ndarray::Array1<f64>| -> Vec<f64> { kept.iter().map(|&i| a[i]).collect() };
-                let worst_top = worst_ratio(
-                    width,
-                    &pick(&sim.ntk_top.var),
-                    &pick(&sim.ntk_top.se_var()),
-                    &pick(&theory.var_ntk_top),
-                    &format!("{label} top NTK eigenvalue"),
-                );
-                assert!(
-                    near_degenerate * 2 < theory.ntk_gap.len(),
-                    "{act} γ₀={gamma0} N={width}: the top NTK eigenvalue is near-degenerate at {near_degenerate} of {} steps",
-                    theory.ntk_gap.len()
-                );
-                println!(
-                    "{act} γ₀={gamma0} N={width}: worst |N·Var − Σ| / tolerance = {worst:.2} (predictions), {worst_ntk:.2} (NTK), {worst_top:.2} (top eigenvalue; {near_degenerate} near-degenerate steps skipped)"
-                );
-            }
+            grid_point(&data, &schedule, &model, true);
         }
+    }
+}
+
+/// The same check with a frozen readout (only W⁰ learns, z = r, NTK = G ⊙ Kˣ): relu at
+/// γ₀ = 0.5 and tanh at γ₀ = 2 (both γ₀ on the separated inputs below), N ∈ {512, 2048}, 2000 seeds, every recorded step,
+/// train and test predictions and NTK entries within 3 SE or 10 % of Σ_f. Without the
+/// readout's Φ term the NTK of these isotropic inputs has nearly equal eigenvalues (relu
+/// γ₀ = 0.5: all 7 recorded steps near-degenerate at N = 512), so its top eigenvalue is
+/// compared only where the gap allows; `frozen_readout_top_eigenvalue_matches_ensembles`
+/// checks it on separated inputs.
+///
+/// Known failure, left out: relu at γ₀ = 2. The train point whose variance collapses has
+/// N·Var 0.0310 ± 0.0010, 0.0339 ± 0.0011, 0.0303 ± 0.0013 at the last step for N = 512,
+/// 2048, 8192 (flat in N, so not a finite-width effect) against Σ_f = 0.0226 (0.0246 from
+/// another site seed): the relu propagator is ≈ 30 % low there.
+#[test]
+fn frozen_readout_grid_matches_ensembles() {
+    let data = dataset(3, 2, 16, 5);
+    for (act, gamma0) in [(Activation::Relu, 0.5), (Activation::Tanh, 2.0)] {
+        grid_point(&data, &SCHEDULE, &frozen(act, gamma0), false);
+    }
+}
+
+/// Inputs sharing a mean 0.8·(1, …, 1): Kˣ gains 0.64·11ᵀ, the top NTK eigenvalue of the
+/// frozen readout stands apart, and the check of `two_layer_grid_matches_ensembles` applies
+/// whole (top eigenvalue included). Tanh only: on these inputs the relu NTK entries of late
+/// steps sit 10–15 % above Σ at N = 512 and 2048 alike (relu γ₀ = 0.5, last step: N·Var
+/// 0.683 ± 0.024 and 0.656 ± 0.021 against 0.589), while predictions and tanh pass.
+#[test]
+fn frozen_readout_top_eigenvalue_matches_ensembles() {
+    let isotropic = dataset(3, 2, 16, 5);
+    let data = Dataset::new(
+        &isotropic.x_train() + 0.8,
+        isotropic.y_train().to_owned(),
+        &isotropic.x_test() + 0.8,
+        isotropic.y_test().map(|y| y.to_owned()),
+    )
+    .unwrap();
+    for gamma0 in [0.5, 2.0] {
+        grid_point(&data, &SCHEDULE, &frozen(Activation::Tanh, gamma0), true);
+    }
+}
+
+const SCHEDULE: Schedule = Schedule {
+    eta: 0.5,
+    steps: 12,
+    record_every: 2,
+};
+
+fn frozen(activation: Activation, gamma0: f64) -> Model {
+    Model {
+        depth: 1,
+        activation,
+        parameterization: Parameterization::Mup,
+        gamma0,
+        centered: false,
+        readout: Readout::Frozen,
+        residual: None,
+    }
+}
+
+/// Σ_f from 4·10⁵ Monte Carlo sites against 2000-seed ensembles at N = 512 and 2048. With
+/// `separated_top`, most recorded steps must have a top NTK eigenvalue clear of the second.
+fn grid_point(data: &Dataset, schedule: &Schedule, model: &Model, separated_top: bool) {
+    let (act, gamma0, schedule) = (model.activation, model.gamma0, *schedule);
+    let problem = data.to_problem().unwrap();
+    let opts = SolverOptions {
+        sites: 400_000,
+        quadrature: 0,
+        seed: 8,
+    };
+    let theory =
+        two_layer_prediction_fluctuations(&problem, model, &schedule, &opts, &|_| {}).unwrap();
+    for width in [512, 2048] {
+        let mut cfg = EnsembleConfig::new(Architecture::from_model(model, width), schedule, 2000);
+        cfg.base_seed = 99;
+        let sim = run_ensemble(data, &cfg).unwrap();
+        let label = format!("{act} γ₀={gamma0} readout {} N={width}", model.readout);
+        let se_train = sim.f_train.se_var();
+        let se_test = sim.f_test.se_var();
+        let worst = worst_ratio(
+            width,
+            &sim.f_train.var,
+            &se_train,
+            &theory.var_f_train,
+            &format!("{label} train"),
+        )
+        .max(worst_ratio(
+            width,
+            &sim.f_test.var,
+            &se_test,
+            &theory.var_f_test,
+            &format!("{label} test"),
+        ));
+        // NTK entries, same criterion: the relu kink term matters most here.
+        let se = sim.ntk.se_var();
+        let worst_ntk = worst_ratio(
+            width,
+            &sim.ntk.var,
+            &se,
+            &theory.var_ntk,
+            &format!("{label} NTK"),
+        );
+        // Top NTK eigenvalue: first-order perturbation vᵀδKv against each network's own
+        // top eigenvalue. It holds where the gap to the second eigenvalue is large
+        // against the spread √(Σ_λ/N): second order is ≈ (spread/gap)² relative, 6 %
+        // at 4 spreads, inside the 10 % tolerance (measured at relu γ₀ = 2: gap/spread
+        // 3.3 at N = 512 was 13 % high, 6.5 at N = 2048 within 2 %). Steps with a gap
+        // under 4 spreads are counted, not compared; they must stay a minority.
+        let steps = theory.ntk_gap.len();
+        let kept: Vec<usize> = (0..steps)
+            .filter(|&i| theory.ntk_gap[i] >= 4.0 * (theory.var_ntk_top[i] / width as f64).sqrt())
+            .collect();
+        let near_degenerate = steps - kept.len();
+        let pick = |a: &ndarray::Array1<f64>| -> Vec<f64> { kept.iter().map(|&i| a[i]).collect() };
+        let worst_top = worst_ratio(
+            width,
+            &pick(&sim.ntk_top.var),
+            &pick(&sim.ntk_top.se_var()),
+            &pick(&theory.var_ntk_top),
+            &format!("{label} top NTK eigenvalue"),
+        );
+        assert!(
+            !separated_top || near_degenerate * 2 < theory.ntk_gap.len(),
+            "{label}: the top NTK eigenvalue is near-degenerate at {near_degenerate} of {} steps",
+            theory.ntk_gap.len()
+        );
+        println!(
+            "{label}: worst |N·Var − Σ| / tolerance = {worst:.2} (predictions), {worst_ntk:.2} (NTK), {worst_top:.2} (top eigenvalue; {near_degenerate} near-degenerate steps skipped)"
+        );
     }
 }
 
@@ -230,6 +293,7 @@ fn ntk_parameterization_matches_the_lazy_universal_form() {
             gamma0: 1.0,
             centered: true,
             residual: None,
+            readout: Readout::Trained,
         };
         let opts = SolverOptions {
             sites: 400_000,
@@ -262,5 +326,58 @@ fn ntk_parameterization_matches_the_lazy_universal_form() {
                 "NTK parameterization {act} N={width}: worst |N·Var − Σ| / tolerance = {worst:.2}"
             );
         }
+    }
+}
+
+/// Deep linear μP networks: the full-action Hessian propagator against seed ensembles, every
+/// step (0..=8, η = 0.5), train and test points, within max(3 SE, 10 %). Returns the worst
+/// |N·Var − Σ| / tolerance.
+fn deep_linear_case(depth: usize, gamma0: f64, width: usize, seeds: usize) -> f64 {
+    let data = dataset(3, 2, 16, 5);
+    let problem = data.to_problem().unwrap();
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 8,
+        record_every: 1,
+    };
+    let model = Model {
+        depth,
+        activation: Activation::Linear,
+        parameterization: Parameterization::Mup,
+        gamma0,
+        centered: gamma0 < 0.05,
+        readout: Readout::Trained,
+        residual: None,
+    };
+    let theory = deep_linear_prediction_fluctuations(&problem, &model, &schedule).unwrap();
+    let mut cfg = EnsembleConfig::new(Architecture::from_model(&model, width), schedule, seeds);
+    cfg.base_seed = 123;
+    let sim = run_ensemble(&data, &cfg).unwrap();
+    let label = format!("deep linear L={depth} γ₀={gamma0} N={width}");
+    let worst = worst_ratio(
+        width,
+        &sim.f_train.var,
+        &sim.f_train.se_var(),
+        &theory.var_f_train,
+        &format!("{label} train"),
+    )
+    .max(worst_ratio(
+        width,
+        &sim.f_test.var,
+        &sim.f_test.se_var(),
+        &theory.var_f_test,
+        &format!("{label} test"),
+    ));
+    println!("{label}: worst |N·Var − Σ| / tolerance = {worst:.2}");
+    worst
+}
+
+/// Depth 2 at N = 512, 2000 seeds: rich γ₀ = 1.5 and 0.5 (the sandwich without the response
+/// coupling J misses γ₀ = 1.5 by 7.8 tolerances) and the lazy limit (γ₀ = 0.01, centered).
+/// Depth 3 and N = 2048: docs/fluctuations.md.
+#[test]
+fn deep_linear_depth_two_matches_ensembles() {
+    for gamma0 in [1.5, 0.5, 0.01] {
+        deep_linear_case(2, gamma0, 512, 2000);
     }
 }

@@ -4,15 +4,19 @@
 //!
 //! Widths here keep `cargo test` under a minute; `slow_` tests at N = 4096 run with
 //! `cargo test -p dmft-validation --release -- --ignored` (README, "Validation").
+//! The frozen-readout variant has no hand-written model of its own beyond the reference
+//! march: it is solved the way `dmft run` solves it, by the generated solver of
+//! specs/two-layer-*-frozen-readout.toml (`dmft_solvers::solve`).
 
 mod common;
 
 use common::dataset;
+use dmft_runtime::Readout;
 use dmft_runtime::{
     Activation, Model, Parameterization, Schedule, SolverKind, SolverOptions, Trajectory,
     no_progress, solve,
 };
-use dmft_sim::{Architecture, Dataset, EnsembleConfig, run_ensemble};
+use dmft_sim::{Architecture, Dataset, EnsembleConfig, EnsembleStats, run_ensemble};
 
 /// Allowance for the O(1/N) mean shift, in units of 1/N.
 const BIAS: f64 = 4.0;
@@ -24,6 +28,7 @@ fn model(depth: usize, activation: Activation, gamma0: f64) -> Model {
         parameterization: Parameterization::Mup,
         gamma0,
         centered: false,
+        readout: Readout::Trained,
         residual: None,
     }
 }
@@ -44,7 +49,7 @@ fn check(
     theory: &Trajectory,
     width: usize,
     seeds: usize,
-) {
+) -> EnsembleStats {
     let mut cfg = EnsembleConfig::new(Architecture::from_model(model, width), schedule, seeds);
     cfg.base_seed = 1234;
     let sim = run_ensemble(data, &cfg).unwrap();
@@ -86,6 +91,7 @@ fn check(
         }
     }
     println!("{label}: worst |sim − theory| / tolerance = {worst:.2}");
+    sim
 }
 
 fn theory(
@@ -284,4 +290,79 @@ fn slow_width_4096_matches_theory() {
     let m = model(2, Activation::Tanh, 1.0);
     let th = theory(&data, &m, &schedule, SolverKind::DeepNonlinear, 100_000);
     check("N=4096 deep tanh L=2", &data, &m, schedule, &th, 4096, 48);
+}
+
+/// The generated frozen-readout solver (`auto`'s choice) for relu and tanh at γ₀ = 1 and 2,
+/// 4·10⁵ Monte Carlo sites, against `seeds` networks of width `width` with w¹ frozen.
+fn frozen_readout_check(width: usize, seeds: usize) {
+    let data = dataset(4, 2, 16, 6);
+    let problem = data.to_problem().unwrap();
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 40,
+        record_every: 4,
+    };
+    let opts = SolverOptions {
+        sites: 400_000,
+        quadrature: 0,
+        seed: 3,
+    };
+    for act in [Activation::Relu, Activation::Tanh] {
+        for gamma0 in [1.0, 2.0] {
+            let m = Model {
+                readout: Readout::Frozen,
+                ..model(1, act, gamma0)
+            };
+            let kind = SolverKind::auto(&m);
+            let (th, source) =
+                dmft_solvers::solve(&problem, &m, &schedule, kind, &opts, &no_progress).unwrap();
+            assert_eq!(
+                source.to_string(),
+                format!("generated:two-layer-{act}-frozen-readout")
+            );
+            let sim = check(
+                &format!("N={width} two-layer {act} frozen readout γ₀={gamma0}"),
+                &data,
+                &m,
+                schedule,
+                &th,
+                width,
+                seeds,
+            );
+            // The comparison can tell the readouts apart: the trained-readout theory misses
+            // these networks' train predictions by many tolerances.
+            let trained = Model {
+                readout: Readout::Trained,
+                ..m.clone()
+            };
+            let (other, _) =
+                dmft_solvers::solve(&problem, &trained, &schedule, kind, &opts, &no_progress)
+                    .unwrap();
+            let se = sim.f_train.se_mean();
+            let se_other = other.f_train_se.as_ref().unwrap();
+            let miss = (0..se.len())
+                .map(|i| {
+                    let (r, c) = (i / se.ncols(), i % se.ncols());
+                    let tol = 5.0 * se[[r, c]].hypot(se_other[[r, c]]) + BIAS / width as f64;
+                    (sim.f_train.mean[[r, c]] - other.f_train[[r, c]]).abs() / tol
+                })
+                .fold(0.0, f64::max);
+            println!("    trained-readout theory misses by {miss:.1} tolerances");
+            assert!(
+                miss > 3.0,
+                "{act} γ₀={gamma0}: readouts indistinguishable ({miss})"
+            );
+        }
+    }
+}
+
+#[test]
+fn frozen_readout_networks_match_the_generated_solver() {
+    frozen_readout_check(2048, 128);
+}
+
+#[test]
+#[ignore = "slow validation at N = 4096; run with --ignored (README, Validation)"]
+fn slow_frozen_readout_width_4096_matches_the_generated_solver() {
+    frozen_readout_check(4096, 400);
 }

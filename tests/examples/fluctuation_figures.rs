@@ -14,7 +14,7 @@ mod common;
 use dmft_report::{Figure, Grid};
 use dmft_runtime::lazy_fluctuations::two_layer_lazy_fluctuations;
 use dmft_runtime::propagator::{PredictionFluctuations, two_layer_prediction_fluctuations};
-use dmft_runtime::{Activation, Model, Parameterization, Schedule, SolverOptions};
+use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule, SolverOptions};
 use dmft_sim::{Architecture, Dataset, EnsembleConfig, run_ensemble};
 use ndarray::{Array1, Axis};
 use std::path::PathBuf;
@@ -34,6 +34,7 @@ fn model(parameterization: Parameterization, gamma0: f64, centered: bool) -> Mod
         gamma0,
         centered,
         residual: None,
+        readout: Readout::Trained,
     }
 }
 

@@ -10,7 +10,9 @@
 
 use dmft_data::Teacher;
 use dmft_runtime::proportional::{DataUse, Setting, Spectrum};
-use dmft_runtime::{Activation, Model, Parameterization, Schedule, SolverKind, SolverOptions};
+use dmft_runtime::{
+    Activation, Model, Parameterization, Readout, Schedule, SolverKind, SolverOptions,
+};
 use dmft_sim::digits::ClassSplit;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -131,6 +133,8 @@ pub struct ModelConfig {
     pub parameterization: Parameterization,
     pub gamma0: f64,
     pub centered: bool,
+    /// Whether gradient descent updates the readout w¹ (`frozen`: only W⁰ learns).
+    pub readout: Readout,
     /// Residual branches h^{ℓ+1} = h^ℓ + (β/√L)W^ℓφ(h^ℓ)/√N (ℓ ≥ 1) with this β.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub residual_beta: Option<f64>,
@@ -144,6 +148,7 @@ impl Default for ModelConfig {
             parameterization: Parameterization::Mup,
             gamma0: 1.0,
             centered: false,
+            readout: Readout::Trained,
             residual_beta: None,
         }
     }
@@ -355,6 +360,7 @@ const SCHEMA: &[Section] = &[
             ("parameterization", Type::Choice(&["mup", "ntk"])),
             ("gamma0", Type::Positive),
             ("centered", Type::Bool),
+            ("readout", Type::Choice(&["trained", "frozen"])),
             ("residual_beta", Type::Positive),
         ],
     ),
@@ -528,6 +534,28 @@ impl Config {
         if self.theory.fluctuations && m.parameterization == Parameterization::Ntk && !m.centered {
             return Err("theory.fluctuations = true with model.parameterization = \"ntk\" needs model.centered = true: there f(0) is an O(1) Gaussian process, not a finite-width effect".into());
         }
+        if m.readout == Readout::Frozen {
+            if m.depth != 1 || m.parameterization != Parameterization::Mup {
+                return Err(format!(
+                    "model.readout = \"frozen\" needs a two-layer μP network (model.depth = 1, parameterization = \"mup\"), got depth {} and \"{}\"",
+                    m.depth, m.parameterization
+                ));
+            }
+            if m.residual_beta.is_some() {
+                return Err("model.readout = \"frozen\" does not apply to residual networks (model.residual_beta): no solver has both".into());
+            }
+            if self.data.kind == DataKind::Proportional {
+                return Err(
+                    "model.readout = \"frozen\" does not apply to data.kind = \"proportional\""
+                        .into(),
+                );
+            }
+            if !matches!(solver, SolverChoice::Auto | SolverChoice::TwoLayer) {
+                return Err(format!(
+                    "model.readout = \"frozen\" is solved by the two-layer solver only; theory.solver must be \"auto\" or \"two-layer\", got \"{solver}\""
+                ));
+            }
+        }
         if self.data.kind == DataKind::Proportional {
             if self.theory.fluctuations {
                 return Err("theory.fluctuations = true does not apply to data.kind = \"proportional\", where width enters at leading order".into());
@@ -663,6 +691,7 @@ impl Config {
             gamma0: self.model.gamma0,
             centered: self.model.centered,
             residual: self.model.residual_beta,
+            readout: self.model.readout,
         }
     }
 
@@ -1133,6 +1162,38 @@ mod tests {
         assert!(
             err("[model]\nparameterization = \"ntk\"\n[theory]\nsolver = \"two-layer\"")
                 .contains("lazy")
+        );
+    }
+
+    #[test]
+    fn frozen_readout_is_two_layer_mup_only() {
+        let c = Config::parse("[model]\nreadout = \"frozen\"").unwrap();
+        assert_eq!(c.model().readout, Readout::Frozen);
+        assert_eq!(c.solver(), SolverKind::TwoLayer);
+        assert_eq!(Config::parse("").unwrap().model().readout, Readout::Trained);
+        assert!(
+            err("[model]\nreadout = \"fixed\"")
+                .starts_with("unknown model.readout \"fixed\"; expected one of")
+        );
+        for (extra, says) in [
+            ("depth = 2", "got depth 2"),
+            ("parameterization = \"ntk\"", "\"ntk\""),
+        ] {
+            let e = err(&format!("[model]\nreadout = \"frozen\"\n{extra}"));
+            assert!(
+                e.starts_with("model.readout = \"frozen\" needs a two-layer μP network"),
+                "{e}"
+            );
+            assert!(e.contains(says), "{e}");
+        }
+        assert!(
+            err("[model]\nreadout = \"frozen\"\nactivation = \"linear\"\n[theory]\nsolver = \"deep-linear\"")
+                .contains("theory.solver must be \"auto\" or \"two-layer\"")
+        );
+        // Depth 1, linear, auto would pass each check alone; together no solver serves it.
+        assert!(
+            err("[model]\nreadout = \"frozen\"\nactivation = \"linear\"\nresidual_beta = 1.0")
+                .starts_with("model.readout = \"frozen\" does not apply to residual networks")
         );
     }
 

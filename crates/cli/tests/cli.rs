@@ -332,6 +332,58 @@ fn auto_uses_the_generated_solver_and_records_it() {
     }
 }
 
+/// `[model] readout = "frozen"`: `auto` runs the generated frozen-readout solver, equal to the
+/// reference bit for bit for the same seed, and the propagator runs on it; summary.json
+/// records the readout and the source.
+#[test]
+fn frozen_readout_runs_the_generated_solver() {
+    let dir = TempDir::new();
+    let frozen = SMALL.replace("[theory]", "[model]\nreadout = \"frozen\"\n[theory]");
+    dir.write("reference.toml", &frozen);
+    dir.write(
+        "auto.toml",
+        &frozen.replace(
+            r#"solver = "two-layer""#,
+            "solver = \"auto\"\nfluctuations = true",
+        ),
+    );
+    for name in ["reference", "auto"] {
+        let out = dmft(
+            &dir.0,
+            &["run", &format!("{name}.toml"), "--out", name, "--quiet"],
+        );
+        assert!(out.status.success(), "stderr: {}", stderr(&out));
+    }
+    let summary = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(dir.path(name).join("summary.json")).unwrap())
+            .unwrap()
+    };
+    assert_eq!(
+        summary("auto")["solver_source"],
+        "generated:two-layer-relu-frozen-readout"
+    );
+    assert_eq!(summary("auto")["config"]["model"]["readout"], "frozen");
+    assert_eq!(summary("reference")["solver_source"], "reference");
+    for file in ["f_train", "f_test", "ntk", "f_train_se"] {
+        let read =
+            |name: &str| fs::read(dir.path(name).join(format!("theory/{file}.npy"))).unwrap();
+        assert!(read("auto") == read("reference"), "{file}.npy differs");
+    }
+    assert!(dir.path("auto").join("theory/var_f_train.npy").is_file());
+    // The frozen readout is two-layer μP only; other models are refused naming the key.
+    dir.write(
+        "deep.toml",
+        &frozen.replace("[model]", "[model]\ndepth = 2\nactivation = \"linear\""),
+    );
+    let out = dmft(&dir.0, &["run", "deep.toml", "--out", "deep", "--quiet"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("model.readout = \"frozen\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Needs the runtime's propagator and python3 with numpy (skipped with a notice when numpy
 /// is not importable): `[theory] fluctuations = true` with `--width` writes N·Var and the
 /// variances at that width, consistently, with the shapes of the contract.

@@ -180,6 +180,11 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
     if !eqs.has_section("Closure: frozen kernels") {
         return Err(CodegenError::Unsupported("lazy: no frozen kernels".into()));
     }
+    if !spec.readout_trainable {
+        return Err(CodegenError::Unsupported(
+            "lazy: a frozen readout (the runtime's lazy solver trains it)".into(),
+        ));
+    }
     let output = eqs.need("(f k)", "output")?;
     if output.to_string() != OUTPUT {
         return Err(shape("lazy: the output", output));
@@ -335,6 +340,7 @@ rec.finish(SolverKind::Lazy, method)
         depth,
         activation: activation::runtime_variant(act)?,
         residual: false,
+        readout: "Trained",
         function: "lazy::solve",
     };
     Ok((source, entry))

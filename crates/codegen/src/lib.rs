@@ -56,6 +56,8 @@ pub struct Entry {
     pub activation: &'static str,
     /// Serves models with residual branches (`Model::residual` set).
     pub residual: bool,
+    /// `Readout` variant name: `Trained`, or `Frozen` when only the hidden weights learn.
+    pub readout: &'static str,
     /// Function in the module, e.g. `solve_sites`.
     pub function: &'static str,
 }
@@ -129,8 +131,8 @@ pub fn generate(spec_path: &str, d: &Derivation) -> Result<GeneratedSolver> {
     })
 }
 
-/// The variants a generated solver can serve: one activation for every layer, a trainable
-/// readout, gradient descent.
+/// The variants a generated solver can serve: one activation for every layer, gradient
+/// descent (the lowerings check the readout and the residual branches).
 fn uniform_activation(spec: &Spec) -> Result<&'static str> {
     let first = spec
         .layers
@@ -140,12 +142,6 @@ fn uniform_activation(spec: &Spec) -> Result<&'static str> {
     if spec.layers.iter().any(|l| l.activation != first) {
         return Err(CodegenError::Unsupported(format!(
             "{}: mixed activations (the runtime's Model has one)",
-            spec.name
-        )));
-    }
-    if !spec.readout_trainable {
-        return Err(CodegenError::Unsupported(format!(
-            "{}: frozen readout (no runtime solver or simulator support yet)",
             spec.name
         )));
     }

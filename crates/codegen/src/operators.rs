@@ -78,6 +78,11 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
             "operators: no closed form (causal operators) in the derivation".into(),
         ));
     }
+    if !spec.readout_trainable {
+        return Err(CodegenError::Unsupported(
+            "operators: a frozen readout (the runtime's closed form trains it)".into(),
+        ));
+    }
     let depth = spec.depth();
     let mut wiring = Vec::new();
     for l in 1..=depth {
@@ -159,6 +164,7 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, _options: &S
         depth,
         activation: "Linear",
         residual: false,
+        readout: "Trained",
         function: "closed_form::solve",
     };
     Ok((source, entry))

@@ -53,6 +53,11 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
             spec.lazy
         )));
     }
+    if !spec.readout_trainable {
+        return Err(CodegenError::Unsupported(
+            "residual: a frozen readout (the runtime's residual closed form trains it)".into(),
+        ));
+    }
     let l_top = depth;
     // The backward field of layer ℓ that enters its own sums: g^ℓ, or z^L at the top.
     let grad = |l: usize| {
@@ -192,6 +197,7 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, _options: &S
         solver: "DeepLinear",
         depth,
         activation: "Linear",
+        readout: "Trained",
         residual: true,
         function: "closed_form::solve",
     };

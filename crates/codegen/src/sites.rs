@@ -6,6 +6,9 @@
 //! code per site and sample with φ and φ' inlined; φ(h) and g are stored only when they are
 //! not aliases of h or z (linear networks store neither), tanh' reuses the stored tanh, and
 //! relu's zero-gradient updates are skipped.
+//!
+//! A frozen readout derives z¹(k) = r¹: the source r¹ then stands for z, pass 2 never
+//! touches z, and the NTK is G¹ ⊙ Kˣ, so Φ¹ is not accumulated at all.
 
 use crate::activation;
 use crate::sexp::Sexp;
@@ -29,6 +32,8 @@ enum Field {
 
 struct Site<'a> {
     act: &'a str,
+    /// z¹(k) = r¹ (frozen readout): the source r¹ is the field z.
+    z_is_source: bool,
     /// g¹'s definition when it is a single field (g = z for linear networks).
     g_alias: Option<Field>,
     /// g¹'s definition as factors when stored.
@@ -37,7 +42,7 @@ struct Site<'a> {
 
 impl Site<'_> {
     fn field(&self, e: &Sexp) -> Result<Field> {
-        if e.layer_of("z") == Some(1) {
+        if e.layer_of("z") == Some(1) || (self.z_is_source && e.to_string() == "(r 1 _)") {
             return Ok(Field::Z);
         }
         if e.layer_of("h") == Some(1) {
@@ -169,10 +174,29 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
         .filter(|a| a[0].atom() == Some("Kx"))
         .and_then(|a| without_delta(&a[1]))
         .ok_or_else(|| shape("sites: the preactivation", h_rhs))?;
-    let y = drive(z_rhs, "(r 1 _)")
-        .and_then(|i| i.args("sum-a", 1))
-        .and_then(|a| without_delta(&a[0]))
-        .ok_or_else(|| shape("sites: the backward field", z_rhs))?;
+    // A trained readout drives z¹; a frozen one leaves z¹(k) = r¹, and the spec must agree.
+    let frozen = z_rhs.to_string() == "(r 1 _)";
+    if frozen == spec.readout_trainable {
+        return Err(CodegenError::Malformed(format!(
+            "{}: the spec's readout is {} but the backward field is {z_rhs}",
+            spec.name,
+            if spec.readout_trainable {
+                "trainable"
+            } else {
+                "frozen"
+            }
+        )));
+    }
+    let y = if frozen {
+        None
+    } else {
+        Some(
+            drive(z_rhs, "(r 1 _)")
+                .and_then(|i| i.args("sum-a", 1))
+                .and_then(|a| without_delta(&a[0]))
+                .ok_or_else(|| shape("sites: the backward field", z_rhs))?,
+        )
+    };
     let z_avg = f_rhs
         .args("*", 2)
         .filter(|a| a[0].to_string() == "(recip gamma0)")
@@ -180,6 +204,7 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
         .ok_or_else(|| shape("sites: the output", f_rhs))?;
     let mut site = Site {
         act,
+        z_is_source: frozen,
         g_alias: None,
         g_def: Vec::new(),
     };
@@ -192,7 +217,10 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
         _ => site.g_def = g_def,
     }
     let x = site.factors(&x)?;
-    let y = site.factors(&y)?;
+    let y = match &y {
+        Some(y) => site.factors(y)?,
+        None => Vec::new(),
+    };
     let z = site.factors(&z_avg[0])?;
     let phi_k = kernel_operand(&site, eqs.need("(Phi 1 k j)", "kernel")?)?;
     let grad_k = kernel_operand(&site, eqs.need("(G 1 k j)", "kernel")?)?;
@@ -201,7 +229,13 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
             "sites: kernels of unexpected fields".into(),
         ));
     }
-    let phi_stored = site.phi_stored(&[&x, &y, &z, &phi_k]);
+    // The frozen readout's NTK has no Φ¹ term, so Φ¹ is neither accumulated nor stored for it.
+    let phi_uses: &[&[Field]] = if frozen {
+        &[&x, &z]
+    } else {
+        &[&x, &y, &z, &phi_k]
+    };
+    let phi_stored = site.phi_stored(phi_uses);
     let g_stored = site.g_alias.is_none();
     let x_code = site.product(&x, "alpha", phi_stored)?;
     let y_code = site.product(&y, "alpha", phi_stored)?;
@@ -244,10 +278,14 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
         Field::G => "rank_one_update(gk, w_i, g_i);",
         _ => "*gk += w_i * z_i * z_i;",
     };
-    site_body.push_str(&format!(
-        "if let (Some(pk), Some(gk)) = (sums.phi.as_mut(), sums.grad.as_mut()) {{\n\
-         rank_one_update(pk, w_i, {phi_vector});\n{grad_acc}\n}}\n"
-    ));
+    site_body.push_str(&if frozen {
+        format!("if let Some(gk) = sums.grad.as_mut() {{\n{grad_acc}\n}}\n")
+    } else {
+        format!(
+            "if let (Some(pk), Some(gk)) = (sums.phi.as_mut(), sums.grad.as_mut()) {{\n\
+             rank_one_update(pk, w_i, {phi_vector});\n{grad_acc}\n}}\n"
+        )
+    });
     let (grad_type, grad_zero, grad_final) = match grad_k[0] {
         Field::G => (
             "Array2<f64>",
@@ -277,9 +315,11 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
     if reads(&x_code, "phi") || reads(&y_code, "phi") {
         update.push_str("let phi_i = &phi_all[site * n..(site + 1) * n];\n");
     }
-    update.push_str(&format!(
-        "let mut dz = 0.0;\nfor alpha in 0..p {{\ndz += cd[alpha] * {y_code};\n}}\n"
-    ));
+    if !frozen {
+        update.push_str(&format!(
+            "let mut dz = 0.0;\nfor alpha in 0..p {{\ndz += cd[alpha] * {y_code};\n}}\n"
+        ));
+    }
     let apply = "for (hv, kv) in h_i.iter_mut().zip(kx_rows[alpha]) {\n*hv += coef * kv;\n}";
     let apply = if act == "relu" {
         format!("if coef != 0.0 {{\n{apply}\n}}")
@@ -287,8 +327,11 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
         apply.to_string()
     };
     update.push_str(&format!(
-        "for alpha in 0..p {{\nlet coef = cd[alpha] * {x_code};\n{apply}\n}}\n*z_s += dz;\n"
+        "for alpha in 0..p {{\nlet coef = cd[alpha] * {x_code};\n{apply}\n}}\n"
     ));
+    if !frozen {
+        update.push_str("*z_s += dz;\n");
+    }
     let uses_site = update.contains("_all[site");
     if !uses_site {
         update = update.replace("let site = lo + i;\n", "");
@@ -304,17 +347,48 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
     } else {
         ""
     };
+    // Pass 2 walks h's chunks, and z's alongside when it reads or moves z (a frozen z is
+    // only read: shared chunks, no `mut` binding).
+    let (z_chunks, z_iter, z_binding) = if frozen {
+        ("par_chunks", "iter", "z")
+    } else {
+        ("par_chunks_mut", "iter_mut", "mut z")
+    };
+    let (chunk_zip, chunk_pat, row_zip, row_pat) = if update.contains("z_s") {
+        (
+            format!(".zip(z.{z_chunks}(CHUNK))"),
+            "(h_c, z_c)",
+            format!(".zip(z_c.{z_iter}())"),
+            "(h_i, z_s)",
+        )
+    } else {
+        (String::new(), "h_c", String::new(), "h_i")
+    };
     let (pass2_head, pass2_args, pass2_iter) = if uses_site {
         (
             "let lo = ci * CHUNK;",
-            "(ci, (h_c, z_c))",
-            "(i, (h_i, z_s)) in h_c.chunks_mut(n).zip(z_c.iter_mut()).enumerate()",
+            format!("(ci, {chunk_pat})"),
+            format!("(i, {row_pat}) in h_c.chunks_mut(n){row_zip}.enumerate()"),
         )
     } else {
         (
             "",
-            "(h_c, z_c)",
-            "(h_i, z_s) in h_c.chunks_mut(n).zip(z_c.iter_mut())",
+            chunk_pat.to_string(),
+            format!("{row_pat} in h_c.chunks_mut(n){row_zip}"),
+        )
+    };
+    // Φ¹ enters the NTK only through the readout's gradient.
+    let (phi_decl, phi_init, phi_sum_init, phi_add, phi_take, ntk_value) = if frozen {
+        ("", "", "", "", "", "&gk * &problem.kx.slice(s![..p, ..p])")
+    } else {
+        (
+            "\nphi: Option<Array2<f64>>,",
+            "\nphi: recording.then(|| Array2::zeros((n, n))),",
+            "\nlet mut phi_kernel = recording.then(|| Array2::<f64>::zeros((n, n)));",
+            "\nif let (Some(a), Some(b)) = (phi_kernel.as_mut(), part.phi) {\n*a += &b;\n}",
+            "let mut pk = phi_kernel.take().expect(\"accumulated when the NTK is needed\");\n\
+             mirror_lower(&mut pk);\n",
+            "&pk.slice(s![..p, ..p]) + &(&gk * &problem.kx.slice(s![..p, ..p]))",
         )
     };
     let pass2_enumerate = if uses_site { ".enumerate()" } else { "" };
@@ -335,10 +409,9 @@ use dmft_runtime::{{Model, Problem, Progress, Result, Schedule, SolverKind, Solv
 use ndarray::{{Array1, Array2, s}};
 use rayon::prelude::*;
 
-/// Site averages of one step: f before the 1/γ₀, and when recording Φ¹ and G¹.
+/// Site averages of one step: f before the 1/γ₀, and when recording the NTK's kernels.
 struct StepSums {{
-    zphi: Array1<f64>,
-    phi: Option<Array2<f64>>,
+    zphi: Array1<f64>,{phi_decl}
     grad: Option<{grad_type}>,
 }}
 
@@ -351,7 +424,7 @@ pub fn march(problem: &Problem, model: &Model, schedule: &Schedule, sites: &Site
     let kx_rows: Vec<&[f64]> = kx_train_rows.rows().into_iter().map(|r| r.to_slice().expect("owned rows are contiguous")).collect();
     // Plain slices, row-major (sites × points): the per-site loops index them directly.
     let mut h: Vec<f64> = sites.u.as_standard_layout().iter().copied().collect();
-    let (mut z, weight) = (sites.r.to_vec(), &sites.weight);
+    let ({z_binding}, weight) = (sites.r.to_vec(), &sites.weight);
     {alloc_phi}{alloc_g}
     let mut rec = Recorder::new(problem, schedule, false);
     let mut f0: Option<Array1<f64>> = None;
@@ -362,8 +435,7 @@ pub fn march(problem: &Problem, model: &Model, schedule: &Schedule, sites: &Site
             .map(|{chunk_args}| {{
                 let lo = ci * CHUNK;
                 let mut sums = StepSums {{
-                    zphi: Array1::zeros(n),
-                    phi: recording.then(|| Array2::zeros((n, n))),
+                    zphi: Array1::zeros(n),{phi_init}
                     grad: {grad_zero},
                 }};
                 let zphi_s = sums.zphi.as_slice_mut().expect("fresh arrays are contiguous");
@@ -373,14 +445,10 @@ pub fn march(problem: &Problem, model: &Model, schedule: &Schedule, sites: &Site
                 sums
             }})
             .collect();
-        let mut zphi = Array1::<f64>::zeros(n);
-        let mut phi_kernel = recording.then(|| Array2::<f64>::zeros((n, n)));
+        let mut zphi = Array1::<f64>::zeros(n);{phi_sum_init}
         let mut grad_kernel = {grad_zero};
         for part in partial {{
-            zphi += &part.zphi;
-            if let (Some(a), Some(b)) = (phi_kernel.as_mut(), part.phi) {{
-                *a += &b;
-            }}
+            zphi += &part.zphi;{phi_add}
             if let (Some(a), Some(b)) = (grad_kernel.as_mut(), part.grad) {{
                 {grad_add}
             }}
@@ -392,17 +460,15 @@ pub fn march(problem: &Problem, model: &Model, schedule: &Schedule, sites: &Site
         }}
         let delta = &problem.y - &f.slice(s![..p]);
         rec.observe(k, f.view(), delta.view(), || {{
-            let mut pk = phi_kernel.take().expect("accumulated when the NTK is needed");
-            mirror_lower(&mut pk);
-            {grad_final}
-            &pk.slice(s![..p, ..p]) + &(&gk * &problem.kx.slice(s![..p, ..p]))
+            {phi_take}{grad_final}
+            {ntk_value}
         }})?;
         if k == schedule.steps {{
             break;
         }}
         let cd: Vec<f64> = delta.iter().map(|d| d * c).collect();
         {pass2_shared}h.par_chunks_mut(CHUNK * n)
-            .zip(z.par_chunks_mut(CHUNK))
+            {chunk_zip}
             {pass2_enumerate}
             .for_each(|{pass2_args}| {{
                 {pass2_head}
@@ -445,6 +511,7 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, options: &So
     );
     let entry = Entry {
         solver: "TwoLayer",
+        readout: if frozen { "Frozen" } else { "Trained" },
         depth: 1,
         activation: activation::runtime_variant(act)?,
         residual: false,

@@ -67,9 +67,38 @@ fn unsupported_variants_are_refused_with_the_reason() {
         .residual(Activation::Relu);
     let err = generate("specs/res.toml", &derive(&residual).unwrap()).unwrap_err();
     assert!(err.to_string().contains("residual"), "{err}");
-    let frozen = Spec::mlp("frozen", 1, Activation::Relu).frozen_readout();
+    // The lazy limit of a frozen readout has no lowering (the lazy solver trains w¹).
+    let frozen = Spec::mlp("frozen", 1, Activation::Relu)
+        .frozen_readout()
+        .lazy();
     let err = generate("specs/frozen.toml", &derive(&frozen).unwrap()).unwrap_err();
     assert!(err.to_string().contains("frozen readout"), "{err}");
+}
+
+/// z¹(k) = r¹: pass 2 never writes z, Φ¹ is not accumulated, and the NTK is G¹ ⊙ Kˣ.
+#[test]
+fn frozen_readout_sites_leave_z_alone() {
+    for act in [Activation::Relu, Activation::Tanh, Activation::Linear] {
+        let spec = Spec::mlp("frozen", 1, act).frozen_readout();
+        let g = generate("specs/test.toml", &derive(&spec).unwrap()).unwrap();
+        let s = &g.source;
+        assert!(
+            !s.contains("z_s +=") && !s.contains("let mut dz"),
+            "{act}: {s}"
+        );
+        assert!(
+            !s.contains("phi_kernel") && !s.contains("rank_one_update(pk"),
+            "{act}"
+        );
+        assert!(s.contains("&gk * &problem.kx.slice(s![..p, ..p])"), "{act}");
+        assert!(s.contains("let (z, weight)"), "{act}: z is never mutated");
+        let entries: Vec<_> = g.entries.iter().map(|e| (e.solver, e.readout)).collect();
+        assert_eq!(
+            entries,
+            [("TwoLayer", "Frozen")],
+            "{act}: no closed form either"
+        );
+    }
 }
 
 #[test]
@@ -91,6 +120,14 @@ fn residual_linear_lowers_and_checks_the_stream_form() {
     let g = generate("specs/residual-linear-2.toml", &d).unwrap();
     assert_eq!(g.entries.len(), 1);
     assert!(g.entries[0].residual && g.entries[0].solver == "DeepLinear");
+    assert_eq!(g.entries[0].readout, "Trained");
+    // The runtime's residual closed form trains the readout: a frozen one is refused.
+    let frozen = derive(&spec.clone().frozen_readout()).unwrap();
+    let err = generate("specs/residual-frozen.toml", &frozen).unwrap_err();
+    assert!(
+        matches!(&err, CodegenError::Unsupported(m) if m.contains("frozen readout")),
+        "{err}"
+    );
     assert!(
         g.source
             .contains("setup.forward_row(k, &delta, &mut layers, 1);")

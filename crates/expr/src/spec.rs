@@ -202,19 +202,11 @@ impl Spec {
     /// Parses and validates the TOML form (see [`SpecFile`]).
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
         let file: SpecFile = toml::from_str(text).map_err(|e| {
-            // serde's message lacks the key; quote the offending line when the span has it.
-            let line = e.span().and_then(|span| {
-                let start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
-                let end = text[span.start..]
-                    .find('\n')
-                    .map_or(text.len(), |i| span.start + i);
-                Some(text[start..end].trim()).filter(|l| !l.is_empty())
-            });
-            let message = one_line(e.message());
-            SpecError(match line {
-                Some(l) => format!("`{l}`: {message}"),
-                None => message,
-            })
+            let msg = one_line(e.message());
+            match e.span().and_then(|span| key_at(text, span.start)) {
+                Some(key) => SpecError(format!("`{key}`: {msg}")),
+                None => SpecError(msg),
+            }
         })?;
         file.into_spec()
     }
@@ -342,6 +334,28 @@ impl SpecError {
     }
 }
 
+/// The key whose line holds byte `pos` of a TOML text (`layers.activation` inside a
+/// `[[layers]]` table), so that a bad value's error names it.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let before = text.get(..pos)?;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let table = before[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -364,4 +378,39 @@ pub fn catalogue() -> Vec<Spec> {
     ];
     let lazy: Vec<Spec> = rich.iter().map(|s| s.clone().lazy()).collect();
     rich.into_iter().chain(lazy).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RELU: &str = "name = \"n\"\ndepth = 1\nactivation = \"relu\"\n";
+
+    #[test]
+    fn readout_key_selects_a_frozen_readout() {
+        let trained = Spec::from_toml(RELU).unwrap();
+        assert!(trained.readout_trainable);
+        let frozen = Spec::from_toml(&format!("{RELU}readout = \"frozen\"\n")).unwrap();
+        assert_eq!(frozen, Spec::mlp("n", 1, Activation::Relu).frozen_readout());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (extra, key, what) in [
+            (
+                "readout = \"froze\"\n",
+                "`readout`:",
+                "`trainable` or `frozen`",
+            ),
+            ("readout = 1\n", "`readout`:", "string"),
+            ("lazy = \"yes\"\n", "`lazy`:", "bool"),
+        ] {
+            let err = Spec::from_toml(&format!("{RELU}{extra}")).unwrap_err().0;
+            assert!(err.starts_with(key) && err.contains(what), "{extra}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let text = "name = \"n\"\n[[layers]]\nactivation = \"sigmoid\"\n";
+        let err = Spec::from_toml(text).unwrap_err().0;
+        assert!(err.starts_with("`layers.activation`:"), "{err}");
+    }
 }

@@ -51,3 +51,33 @@ fn saturation_is_bounded() {
         }
     }
 }
+
+/// A frozen readout w¹ is never updated, so the backward field stays at its source,
+/// z¹(k) = r¹, and nothing drives it; the preactivation still moves through g¹ = r¹ φ'(h¹).
+#[test]
+fn frozen_readout_snapshots() {
+    use dmft_expr::Spec;
+    use dmft_expr::spec::Activation;
+    for act in [Activation::Relu, Activation::Tanh] {
+        let name = format!("two-layer-{act}-frozen-readout");
+        let spec = Spec::mlp(&name, 1, act).frozen_readout();
+        let d = derive(&spec).unwrap();
+        let rhs = |lhs: &str| {
+            d.sections
+                .iter()
+                .flat_map(|s| &s.equations)
+                .find(|e| e.lhs.to_string() == lhs)
+                .unwrap_or_else(|| panic!("{name}: no equation for {lhs}"))
+                .rhs
+                .to_string()
+        };
+        assert_eq!(rhs("(z 1 k)"), "(r 1 _)", "{name}: the readout moves");
+        assert_eq!(
+            rhs("(g 1 k)"),
+            format!("(* (r 1 _) (dact {act} (h 1 k)))"),
+            "{name}: gradient field"
+        );
+        assert_eq!(rhs("(dq (z 1 k) (delta s))"), "0", "{name}: z tangent");
+        insta::assert_snapshot!(name, derivation(&d, Style::Unicode));
+    }
+}

@@ -6,7 +6,7 @@
 use dmft_expr::interp::{Mat, Setting, Sites, march_sites, solve_lazy, solve_operators};
 use dmft_expr::{Activation, Spec, derive};
 use dmft_runtime::two_layer::{SiteSet, solve_quadrature};
-use dmft_runtime::{Model, Parameterization, Problem, Schedule, no_progress};
+use dmft_runtime::{Model, Parameterization, Problem, Readout, Schedule, no_progress};
 use ndarray::{Array1, Array2};
 
 const TOL: f64 = 1e-9;
@@ -46,6 +46,7 @@ fn model(depth: usize, activation: dmft_runtime::Activation, gamma0: f64) -> Mod
         gamma0,
         centered: false,
         residual: None,
+        readout: Readout::Trained,
     }
 }
 

@@ -6,6 +6,7 @@
 //! Run with `cargo bench -p dmft-runtime --bench solvers`; results in docs/performance.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use dmft_runtime::Readout;
 use dmft_runtime::propagator::two_layer_prediction_fluctuations;
 use dmft_runtime::sampling::{normal_matrix, replica_rng};
 use dmft_runtime::*;
@@ -32,6 +33,7 @@ fn model(depth: usize, activation: Activation) -> Model {
         gamma0: 1.0,
         centered: false,
         residual: None,
+        readout: Readout::Trained,
     }
 }
 

@@ -5,6 +5,7 @@
 //!
 //! (defaults 10⁵ sites, NTK entry variances recorded every 10 steps).
 
+use dmft_runtime::Readout;
 use dmft_runtime::propagator::two_layer_prediction_fluctuations;
 use dmft_runtime::sampling::{normal_matrix, replica_rng};
 use dmft_runtime::*;
@@ -25,6 +26,7 @@ fn main() {
         gamma0: 1.0,
         centered: false,
         residual: None,
+        readout: Readout::Trained,
     };
     let arg = |i: usize, name: &str, default: usize| -> usize {
         std::env::args().nth(i).map_or(default, |a| {

@@ -18,7 +18,7 @@
 use crate::problem::Parameterization;
 use crate::propagator::PredictionFluctuations;
 use crate::two_layer::SiteSet;
-use crate::{DmftError, Model, Problem, Result, Schedule, SolverOptions};
+use crate::{DmftError, Model, Problem, Readout, Result, Schedule, SolverOptions};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array3, ArrayView1, Axis, s};
 
@@ -217,6 +217,11 @@ pub fn two_layer_lazy_fluctuations(
             model.depth
         )));
     }
+    if model.readout == Readout::Frozen {
+        return Err(DmftError::Unsupported(
+            "the lazy universal form is implemented for a trained readout (model.readout = frozen is μP only)".into(),
+        ));
+    }
     if model.parameterization == Parameterization::Ntk && !model.centered {
         return Err(DmftError::Unsupported(
             "in the NTK parameterization f(0) is an O(1) Gaussian process, not a finite-width effect: set model.centered = true".into(),
@@ -331,6 +336,7 @@ mod tests {
                 gamma0: 0.01,
                 centered,
                 residual: None,
+                readout: Readout::Trained,
             };
             let lazy = two_layer_lazy_fluctuations(&problem, &model, &schedule, &options).unwrap();
             let tangent =

@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod deep_linear;
+pub mod deep_linear_propagator;
 pub mod deep_nonlinear;
 pub mod lazy;
 pub mod lazy_fluctuations;
@@ -87,6 +88,12 @@ pub fn validate(model: &Model, schedule: &Schedule, solver: SolverKind) -> Resul
                 model.activation
             ));
         }
+    }
+    if model.readout == Readout::Frozen && solver != SolverKind::TwoLayer {
+        return bad(format!(
+            "model.readout = frozen is implemented by the two-layer solver only (model.depth = 1, \
+             parameterization = mup), not by theory.solver = {solver}"
+        ));
     }
     match solver {
         SolverKind::TwoLayer if model.depth != 1 => bad(format!(

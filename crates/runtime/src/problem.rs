@@ -132,6 +132,27 @@ impl fmt::Display for Parameterization {
     }
 }
 
+/// Whether gradient descent updates the readout w¹ or leaves it at its initial value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Readout {
+    /// Every layer learns (theory.md section 1).
+    #[default]
+    Trained,
+    /// Only the hidden weights learn: the backward field stays z = r, and the NTK loses its
+    /// readout term Φ^L.
+    Frozen,
+}
+
+impl fmt::Display for Readout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Readout::Trained => "trained",
+            Readout::Frozen => "frozen",
+        })
+    }
+}
+
 /// The architecture the theory describes (theory.md section 1).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
@@ -143,6 +164,8 @@ pub struct Model {
     pub gamma0: f64,
     /// Train f − f₀ instead of f. At infinite width f₀ = 0, so only finite-M sampling sees it.
     pub centered: bool,
+    /// Whether gradient descent trains the readout w¹ (Frozen: only the hidden weights learn).
+    pub readout: Readout,
     /// Residual branch multiplier β: layers 2..L are h^{ℓ+1} = h^ℓ + (β/√L) W^ℓ φ(h^ℓ)/√N
     /// (the first layer, from the input, is not residual). None: the plain chain.
     pub residual: Option<f64>,
@@ -199,10 +222,13 @@ impl SolverKind {
     }
 
     /// The solver `auto` picks: lazy for NTK parameterization, the closed form for linear
-    /// networks, the two-layer site process for L = 1, sampling with responses otherwise.
+    /// networks, the two-layer site process for L = 1 (the only one with a frozen readout),
+    /// sampling with responses otherwise.
     pub fn auto(model: &Model) -> SolverKind {
         if model.parameterization == Parameterization::Ntk {
             SolverKind::Lazy
+        } else if model.readout == Readout::Frozen {
+            SolverKind::TwoLayer
         } else if model.activation == Activation::Linear {
             SolverKind::DeepLinear
         } else if model.depth == 1 {

@@ -6,6 +6,8 @@
 //! the noise feeds back through Δ = y − f: δf = ε − D_f δf with D_f((k,ν),(j,α)) =
 //! ∂f_ν(k)/∂Δ_α(j) (j < k, α a training point). Hence Σ_f = (I + D_f)⁻¹ κ_f (I + D_f)⁻ᵀ
 //! over (step, point), train and test points together (test points never feed back).
+//! With a frozen readout z = r at every step, so every z tangent vanishes and the NTK has
+//! no Φ term; the same march serves both.
 //!
 //! D_f is the derivative of the site *average*. It is computed in one pass over the sites:
 //! each site is marched open loop along the infinite-width Δ path, carrying forward-mode
@@ -18,7 +20,7 @@
 
 use crate::problem::Parameterization;
 use crate::two_layer::{Probe, SiteSet, march};
-use crate::{DmftError, Model, Problem, Progress, Result, Schedule, SolverOptions};
+use crate::{DmftError, Model, Problem, Progress, Readout, Result, Schedule, SolverOptions};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, Axis, s};
 use ndarray_linalg::{Diag, SolveTriangular, UPLO};
@@ -416,6 +418,8 @@ struct SiteMarch<'a> {
     steps: usize,
     /// K^x row-major, n × n.
     kx: Vec<f64>,
+    /// False for a frozen readout: z and its tangents stay put, the NTK loses Φ.
+    readout_trained: bool,
     /// Kernel half-width per training point (relu only; 0 drops the crossing term).
     crossing: Vec<f64>,
     /// Per site and step: z, φ(h) (n), φ'(h) (n), v = K(cΔ ⊙ φ') (n), φ''(h_β) or its
@@ -458,6 +462,7 @@ impl<'a> SiteMarch<'a> {
             model,
             delta_path,
             c: schedule.eta * model.gamma0 / p as f64,
+            readout_trained: model.readout == Readout::Trained,
             steps: schedule.steps,
             kx: problem.kx.iter().copied().collect(),
             crossing: (0..p)
@@ -523,7 +528,10 @@ impl<'a> SiteMarch<'a> {
             if let Some(rec_index) = self.recorded[k] {
                 for (e, &(mu, alpha)) in self.pairs.iter().enumerate() {
                     let g = d1[mu] * d1[alpha] * z * z;
-                    let kappa = phi[mu] * phi[alpha] + g * self.kx[mu * n + alpha];
+                    let mut kappa = g * self.kx[mu * n + alpha];
+                    if self.readout_trained {
+                        kappa += phi[mu] * phi[alpha];
+                    }
                     let row = rec_index * entries + e;
                     ntk_row[row] = root_w * kappa;
                     sums.ntk_first[row] += weight * kappa;
@@ -556,7 +564,9 @@ impl<'a> SiteMarch<'a> {
                     h[nu] += k_nb * slope * z;
                 }
             }
-            z += dz;
+            if self.readout_trained {
+                z += dz;
+            }
         }
     }
 
@@ -632,7 +642,11 @@ impl<'a> SiteMarch<'a> {
                 }
                 for (e, &(mu, alpha)) in self.pairs.iter().enumerate() {
                     let k_ma = weight * self.kx[mu * n + alpha];
-                    let (phi_mu, phi_alpha) = (weight * phi[mu], weight * phi[alpha]);
+                    let (phi_mu, phi_alpha) = if self.readout_trained {
+                        (weight * phi[mu], weight * phi[alpha])
+                    } else {
+                        (0.0, 0.0)
+                    };
                     let (g_mu, g_alpha) = (k_ma * d1[mu] * z, k_ma * d1[alpha] * z);
                     let out = &mut ntk_acc[(rec_index * entries + e) * width..][..active];
                     let (dphi_mu, dphi_alpha) = (
@@ -684,7 +698,11 @@ impl<'a> SiteMarch<'a> {
                         }
                         continue;
                     }
-                    let slope = if nu < p { c * delta[nu] * d1[nu] } else { 0.0 };
+                    let slope = if nu < p && self.readout_trained {
+                        c * delta[nu] * d1[nu]
+                    } else {
+                        0.0
+                    };
                     let vn = v[nu];
                     if a == 0.0 && slope == 0.0 {
                         // φ'_ν = 0 (an inactive relu unit): δh_ν feeds nothing this step.
@@ -730,7 +748,11 @@ impl<'a> SiteMarch<'a> {
                     for nu in 0..n {
                         self.dh[nu * width + d] = c * self.kx[nu * n + alpha] * g;
                     }
-                    self.dz[d] = c * phi[alpha];
+                    self.dz[d] = if self.readout_trained {
+                        c * phi[alpha]
+                    } else {
+                        0.0
+                    };
                 }
             }
         }
@@ -787,6 +809,7 @@ mod tests {
 
     fn tangent_and_fd(
         act: Activation,
+        readout: Readout,
         sites_of: impl Fn(&Problem) -> SiteSet,
         width: f64,
         step: f64,
@@ -799,6 +822,7 @@ mod tests {
             gamma0: 1.5,
             centered: false,
             residual: None,
+            readout,
         };
         let schedule = Schedule {
             eta: 0.5,
@@ -844,6 +868,7 @@ mod tests {
             gamma0: 0.7,
             centered: false,
             residual: None,
+            readout: Readout::Trained,
         };
         let schedule = Schedule {
             eta: 0.5,
@@ -877,20 +902,25 @@ mod tests {
     #[test]
     fn smooth_tangents_match_finite_differences() {
         // Deterministic sites: the two routes differ only by the O(step²) truncation of the
-        // central difference (≈ 1e-8 relative at step 1e-4) and round-off.
-        for act in [Activation::Tanh, Activation::Erf, Activation::Linear] {
+        // central difference (≈ 1e-8 relative at step 1e-4) and round-off. The frozen readout
+        // drops the z tangents: the march's fixed z checks that they vanish.
+        let cases = [Activation::Tanh, Activation::Erf, Activation::Linear]
+            .into_iter()
+            .flat_map(|a| [(a, Readout::Trained), (a, Readout::Frozen)]);
+        for (act, readout) in cases {
             let (tangent, fd) = tangent_and_fd(
                 act,
+                readout,
                 |problem| SiteSet::quadrature(problem.kx.view(), 8).unwrap(),
                 CROSSING_WIDTH,
                 1e-4,
             );
             let scale = fd.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             let err = (&tangent - &fd).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            assert!(scale > 1e-3, "{act}: D_f vanished");
+            assert!(scale > 1e-3, "{act} {readout}: D_f vanished");
             assert!(
                 err <= 1e-6 * scale,
-                "{act}: |tangent − FD| = {err:e}, |D| = {scale:e}"
+                "{act} {readout}: |tangent − FD| = {err:e}, |D| = {scale:e}"
             );
         }
     }
@@ -904,8 +934,14 @@ mod tests {
         // (≈ 1/√(M·width) each) and their O(width²), O(step²) biases.
         let sites =
             |problem: &Problem| SiteSet::monte_carlo(problem.kx.view(), 1_000_000, 5, 0).unwrap();
-        let (kernel, fd) = tangent_and_fd(Activation::Relu, sites, CROSSING_WIDTH, 5e-2);
-        let (pathwise, _) = tangent_and_fd(Activation::Relu, sites, 0.0, 5e-2);
+        let (kernel, fd) = tangent_and_fd(
+            Activation::Relu,
+            Readout::Trained,
+            sites,
+            CROSSING_WIDTH,
+            5e-2,
+        );
+        let (pathwise, _) = tangent_and_fd(Activation::Relu, Readout::Trained, sites, 0.0, 5e-2);
         let norm = |a: &Array2<f64>| a.iter().map(|v| v * v).sum::<f64>().sqrt();
         let missed = norm(&(&pathwise - &fd));
         let left = norm(&(&kernel - &fd));

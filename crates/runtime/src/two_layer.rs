@@ -4,6 +4,9 @@
 //!   z(k)   = r + c Σ_{j<k} Σ_α Δ_α(j) φ(h_α(j)),            r ~ N(0, 1)
 //!   g = φ'(h) z,   f_μ(k) = γ₀⁻¹ ⟨z(k) φ(h_μ(k))⟩
 //!
+//! With a frozen readout (`Readout::Frozen`) w¹ never moves, so z(k) = r and the NTK is
+//! G ⊙ K^x alone (no Φ term from the readout gradient).
+//!
 //! Sites interact only through Δ, so the march keeps running sums instead of histories:
 //! O(M P (P+Q)) work per step. Averages are weighted sums over a [`SiteSet`]: a
 //! Gauss–Hermite tensor grid over (u, r) (deterministic) or Monte Carlo draws.
@@ -13,7 +16,9 @@ use crate::linalg::psd_factor;
 use crate::quadrature::tensor_grid;
 use crate::record::{RawRun, Recorder, replica_trajectory};
 use crate::sampling::{normal_matrix, replica_rng};
-use crate::{DmftError, Model, Problem, Progress, Result, Schedule, SolverOptions, Trajectory};
+use crate::{
+    DmftError, Model, Problem, Progress, Readout, Result, Schedule, SolverOptions, Trajectory,
+};
 use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 use rayon::prelude::*;
 
@@ -111,6 +116,7 @@ pub(crate) fn march(
     let (p, n) = (problem.n_train(), problem.n_all());
     let m = sites.r.len();
     let c = schedule.eta * model.gamma0 / p as f64;
+    let readout_trained = model.readout == Readout::Trained;
     let kx_train_rows = problem.kx.slice(s![..p, ..]).to_owned();
     let (mut h, mut z, weight) = (sites.u.clone(), sites.r.clone(), &sites.weight);
     let mut f_all = Array2::<f64>::zeros((schedule.steps + 1, n));
@@ -182,9 +188,13 @@ pub(crate) fn march(
             let mut gk = grad_kernel
                 .take()
                 .expect("accumulated when the NTK is needed");
-            mirror_lower(&mut pk);
             mirror_lower(&mut gk);
-            &pk.slice(s![..p, ..p]) + &(&gk * &problem.kx.slice(s![..p, ..p]))
+            let mut ntk = &gk * &problem.kx.slice(s![..p, ..p]);
+            if readout_trained {
+                mirror_lower(&mut pk);
+                ntk += &pk.slice(s![..p, ..p]);
+            }
+            ntk
         })?;
         if k == schedule.steps {
             break;
@@ -194,7 +204,7 @@ pub(crate) fn march(
         {
             delta[alpha] += eps;
         }
-        // Pass 2: h += c K^x[·, train] (Δ ⊙ g), z += c Σ_α Δ_α φ_α.
+        // Pass 2: h += c K^x[·, train] (Δ ⊙ g), z += c Σ_α Δ_α φ_α (z stays r when frozen).
         let cd: Array1<f64> = &delta * c;
         h.axis_chunks_iter_mut(Axis(0), CHUNK)
             .into_par_iter()
@@ -213,7 +223,9 @@ pub(crate) fn march(
                             h_i.scaled_add(coef, &kx_train_rows.row(alpha));
                         }
                     }
-                    *z_i += dz;
+                    if readout_trained {
+                        *z_i += dz;
+                    }
                 }
             });
         progress(k + 1);

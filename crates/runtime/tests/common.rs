@@ -3,6 +3,7 @@
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
 
+use dmft_runtime::Readout;
 use dmft_runtime::sampling::{normal_matrix, replica_rng};
 use dmft_runtime::{
     Activation, Model, Parameterization, Problem, Schedule, SolverKind, SolverOptions, Trajectory,
@@ -33,6 +34,7 @@ pub fn mup(depth: usize, activation: Activation, gamma0: f64) -> Model {
         gamma0,
         centered: false,
         residual: None,
+        readout: Readout::Trained,
     }
 }
 

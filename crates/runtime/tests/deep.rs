@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use dmft_runtime::Readout;
 use dmft_runtime::{
     Activation, DmftError, Model, Parameterization, SolverKind, SolverOptions, no_progress, solve,
 };
@@ -54,6 +55,7 @@ fn deep_nonlinear_converges_to_lazy_limit() {
     for act in [Activation::Relu, Activation::Tanh] {
         let model = Model {
             centered: true,
+            readout: Readout::Trained,
             ..mup(2, act, gamma0)
         };
         let sch = schedule(0.5, 12);

@@ -6,7 +6,8 @@ mod common;
 use common::*;
 use dmft_runtime::deep_linear::residual::{ResidualSetup, march, solve_full};
 use dmft_runtime::{
-    Activation, DmftError, Model, SolverKind, SolverOptions, Trajectory, no_progress, solve,
+    Activation, DmftError, Model, Readout, SolverKind, SolverOptions, Trajectory, no_progress,
+    solve,
 };
 use ndarray::{Array1, Array2, s};
 
@@ -239,6 +240,24 @@ fn residual_models_route_and_refuse() {
                 ..residual(2, 1.0, 1.0)
             },
             SolverKind::DeepNonlinear,
+            "model.residual",
+        ),
+        // A frozen readout is two-layer only and the residual stream trains the readout:
+        // each solver refuses the pair by the feature it lacks.
+        (
+            Model {
+                readout: Readout::Frozen,
+                ..residual(2, 1.0, 1.0)
+            },
+            SolverKind::DeepLinear,
+            "model.readout",
+        ),
+        (
+            Model {
+                readout: Readout::Frozen,
+                ..residual(1, 1.0, 1.0)
+            },
+            SolverKind::TwoLayer,
             "model.residual",
         ),
     ] {

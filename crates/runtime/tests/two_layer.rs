@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use dmft_runtime::{Activation, Model, Problem, SolverKind, SolverOptions, Trajectory};
+use dmft_runtime::{Activation, Model, Problem, Readout, SolverKind, SolverOptions, Trajectory};
 use ndarray::{Array1, s};
 
 fn run(
@@ -216,6 +216,7 @@ fn two_layer_monte_carlo_converges_to_lazy_limit() {
     for act in [Activation::Relu, Activation::Tanh, Activation::Erf] {
         let model = Model {
             centered: true,
+            readout: Readout::Trained,
             ..mup(1, act, gamma0)
         };
         let sch = schedule(0.5, 30);

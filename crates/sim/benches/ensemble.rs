@@ -17,6 +17,7 @@
 //!   amortized: 1 257 344 FLOPs per network-step in all.
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use dmft_sim::Readout;
 use dmft_sim::rng::keyed_rng;
 use dmft_sim::{
     Activation, Architecture, Dataset, EnsembleConfig, Parameterization, Schedule, run_ensemble,
@@ -56,6 +57,7 @@ fn ensemble(c: &mut Criterion) {
         gamma0: 1.0,
         centered: false,
         residual: None,
+        readout: Readout::Trained,
     };
     let schedule = Schedule {
         eta: 1.0,

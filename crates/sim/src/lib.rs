@@ -28,7 +28,7 @@ pub mod rng;
 pub mod stats;
 
 pub use data::{DataSampler, Dataset, Training};
-pub use dmft_runtime::{Activation, Parameterization, Schedule};
+pub use dmft_runtime::{Activation, Parameterization, Readout, Schedule};
 pub use ensemble::{
     Divergence, EnsembleAverage, EnsembleConfig, EnsembleStats, SeedOutcome, SeedRecord,
     SeedTrajectories, check_memory, memory_estimate, run_ensemble, run_seed, run_widths,

@@ -12,10 +12,12 @@
 //!   W⁰  += (c/√D) Σ_α Δ_α g¹_α x_αᵀ,
 //! all from the fields at θ(k) (a simultaneous update). Both the step and ∇ℒ are built by one
 //! routine, `accumulate`, that adds α Σ_μ a_μ γ₀N ∂f_μ/∂θ, so the gradient checks also
-//! check the step. The NTK parameterization is μP with γ₀ = 1/√N.
+//! check the step. The NTK parameterization is μP with γ₀ = 1/√N. A frozen readout
+//! (`Readout::Frozen`) keeps w^L at its initial value: its gradient is zero (it is not a
+//! parameter) and the NTK loses the Φ^L term.
 //!
 //! Kernels: Φ^ℓ = φ(H^ℓ)φ(H^ℓ)ᵀ/N, G^ℓ = g^ℓ g^ℓᵀ/N, and the NTK
-//! K = Σ_{ℓ=0}^{L} G^{ℓ+1} ⊙ Φ^ℓ with Φ⁰ = K^x and G^{L+1} = 1.
+//! K = Σ_{ℓ=0}^{L} G^{ℓ+1} ⊙ Φ^ℓ with Φ⁰ = K^x and G^{L+1} = 1 (G^{L+1} = 0 when frozen).
 //!
 //! Residual networks (β/√L branches): H^{ℓ+1} = H^ℓ + a φ(H^ℓ) W^ℓᵀ/√N for 1 ≤ ℓ < L with
 //! a = β/√L, so g^ℓ = g^{ℓ+1} + a φ'(h^ℓ) ⊙ W^ℓᵀ g^{ℓ+1}/√N, the W^ℓ gradient and step carry
@@ -24,7 +26,7 @@
 use crate::error::{Result, invalid};
 use crate::gemm::gemm;
 use crate::rng::SimRng;
-use dmft_runtime::{Activation, Model, Parameterization};
+use dmft_runtime::{Activation, Model, Parameterization, Readout};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip, s};
 use rand::Rng;
 use rand_distr::StandardNormal;
@@ -42,6 +44,8 @@ pub struct Architecture {
     pub gamma0: f64,
     /// Train f − f₀, with f₀ the function at initialization, instead of f.
     pub centered: bool,
+    /// Whether gradient descent moves the readout w^L.
+    pub readout: Readout,
     /// Residual branch multiplier β (None: the plain chain); see the module docs.
     pub residual: Option<f64>,
 }
@@ -56,6 +60,7 @@ impl Architecture {
             parameterization: model.parameterization,
             gamma0: model.gamma0,
             centered: model.centered,
+            readout: model.readout,
             residual: model.residual,
         }
     }
@@ -68,6 +73,7 @@ impl Architecture {
             parameterization: self.parameterization,
             gamma0: self.gamma0,
             centered: self.centered,
+            readout: self.readout,
             residual: self.residual,
         }
     }
@@ -111,7 +117,7 @@ impl Architecture {
         }
     }
 
-    /// Number of trainable weights: N·D + (L−1)N² + N.
+    /// Number of weights, a frozen readout included: N·D + (L−1)N² + N.
     pub fn parameter_count(&self, input_dim: usize) -> usize {
         let n = self.width;
         n * input_dim + (self.depth - 1) * n * n + n
@@ -171,6 +177,7 @@ pub struct Forward {
     /// g^ℓ at index ℓ−1.
     g: Vec<Array2<f64>>,
     f: Array1<f64>,
+    readout: Readout,
     /// capacity × max(N, D) scratch for the Δ-weighted right factors of the update.
     weighted: Array2<f64>,
     /// a² of the hidden branches, for the NTK.
@@ -193,6 +200,7 @@ impl Forward {
             phi: layers(),
             g: layers(),
             f: Array1::zeros(capacity),
+            readout: arch.readout,
             weighted: Array2::zeros((capacity, n.max(input_dim))),
             branch_sq: arch.branch().1.powi(2),
         }
@@ -255,7 +263,7 @@ impl Forward {
         let depth = self.h.len();
         let phi: Vec<_> = (1..=depth).map(|l| self.phi_kernel(l)).collect();
         let grad: Vec<_> = (1..=depth).map(|l| self.grad_kernel(l)).collect();
-        let ntk = ntk(kx_train, &phi, &grad, self.branch_sq);
+        let ntk = ntk(kx_train, &phi, &grad, self.readout, self.branch_sq);
         Kernels { phi, grad, ntk }
     }
 }
@@ -280,17 +288,22 @@ fn gram(a: ArrayView2<f64>) -> Array2<f64> {
 }
 
 /// K = Φ^L + a² Σ_{ℓ=1}^{L−1} G^{ℓ+1} ⊙ Φ^ℓ + G¹ ⊙ K^x on the P×P block of the P points with
-/// backward fields (`phi` may cover more points, train first); `branch_sq` is a² (1 plain).
+/// backward fields (`phi` may cover more points, train first); no Φ^L with a frozen readout;
+/// `branch_sq` is a² (1 plain).
 pub fn ntk(
     kx_train: ArrayView2<f64>,
     phi: &[Array2<f64>],
     grad: &[Array2<f64>],
+    readout: Readout,
     branch_sq: f64,
 ) -> Array2<f64> {
     let p = kx_train.nrows();
     let depth = phi.len();
     let train = s![..p, ..p];
-    let mut k = phi[depth - 1].slice(train).to_owned();
+    let mut k = match readout {
+        Readout::Trained => phi[depth - 1].slice(train).to_owned(),
+        Readout::Frozen => Array2::zeros((p, p)),
+    };
     for l in 1..depth {
         Zip::from(&mut k)
             .and(&grad[l])
@@ -380,15 +393,17 @@ fn accumulate(
         fwd.grad_rows
     );
     let (n, d, depth) = (arch.width, x.ncols(), arch.depth);
-    let a_col = a.insert_axis(Axis(1));
-    let phi_last = fwd.phi[depth - 1].slice(s![..r, ..]);
-    gemm(
-        alpha,
-        phi_last.t(),
-        a_col,
-        1.0,
-        out.readout.view_mut().insert_axis(Axis(1)),
-    );
+    if arch.readout == Readout::Trained {
+        let a_col = a.insert_axis(Axis(1));
+        let phi_last = fwd.phi[depth - 1].slice(s![..r, ..]);
+        gemm(
+            alpha,
+            phi_last.t(),
+            a_col,
+            1.0,
+            out.readout.view_mut().insert_axis(Axis(1)),
+        );
+    }
     for l in 1..depth {
         let mut weighted = fwd.weighted.slice_mut(s![..r, ..n]);
         Zip::from(weighted.rows_mut())

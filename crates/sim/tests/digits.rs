@@ -1,5 +1,6 @@
 //! The shipped digits file, the ±1 task built from it, and the loader's error messages.
 
+use dmft_sim::Readout;
 use dmft_sim::digits::{self, ClassSplit};
 use dmft_sim::*;
 use ndarray::{Array1, Array2, Axis};
@@ -125,6 +126,7 @@ fn networks_learn_three_versus_eight() {
         gamma0: 1.0,
         centered: true,
         residual: None,
+        readout: Readout::Trained,
     };
     let schedule = Schedule {
         eta: 1.0,

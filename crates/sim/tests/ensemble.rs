@@ -1,6 +1,7 @@
 //! Ensemble runs: agreement with independent single-seed runs, determinism across thread
 //! counts, divergence handling, centering, online SGD, memory budget and error messages.
 
+use dmft_sim::Readout;
 use dmft_sim::rng::keyed_rng;
 use dmft_sim::*;
 use ndarray::{Array1, Array2, ArrayView1, Axis, s};
@@ -36,6 +37,7 @@ fn arch(depth: usize, width: usize, act: Activation) -> Architecture {
         gamma0: 1.0,
         centered: false,
         residual: None,
+        readout: Readout::Trained,
     }
 }
 

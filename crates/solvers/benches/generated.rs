@@ -1,5 +1,6 @@
 //! Each generated solver against its hand-written reference on the same problem.
 //! Run with `cargo bench -p dmft-solvers --bench generated`; ratios in docs/performance.md.
+//! Frozen-readout variants run the same problems with w¹ frozen.
 //!
 //! Problems: two-layer Monte Carlo M = 20 000 sites, P = 10, T = 50 (NTK recorded every
 //! 10 steps); lazy P = 100 train + 20 test points (Gauss–Hermite order 96 for tanh: P = 20),
@@ -77,6 +78,7 @@ fn bench(c: &mut Criterion) {
             centered: false,
             // Residual variants serve only residual models (β = 1).
             residual: g.residual.then_some(1.0),
+            readout: g.readout,
         };
         // A spec can serve two solver kinds (two-layer-linear: sites and closed form).
         let id = format!("{}-{}", g.variant, g.solver);

@@ -8,7 +8,8 @@
 pub mod generated;
 
 use dmft_runtime::{
-    Activation, Model, Problem, Progress, Result, Schedule, SolverKind, SolverOptions, Trajectory,
+    Activation, Model, Problem, Progress, Readout, Result, Schedule, SolverKind, SolverOptions,
+    Trajectory,
 };
 use std::fmt;
 
@@ -22,6 +23,7 @@ pub struct Generated {
     pub solver: SolverKind,
     pub depth: usize,
     pub activation: Activation,
+    pub readout: Readout,
     /// Serves models with residual branches (`Model::residual` set) and only those.
     pub residual: bool,
     pub solve: SolveFn,
@@ -51,6 +53,7 @@ pub fn find(solver: SolverKind, model: &Model) -> Option<&'static Generated> {
         g.solver == solver
             && g.depth == model.depth
             && g.activation == model.activation
+            && g.readout == model.readout
             && g.residual == model.residual.is_some()
     })
 }

@@ -1,6 +1,6 @@
 //! Every generated solver against the runtime's hand-written reference on the same
 //! problem: the infinite-width outputs (f on train and test points, the loss, the NTK at
-//! every recorded step).
+//! every recorded step), trained and frozen readouts alike.
 //!
 //! Tolerances. Deterministic paths (lazy kernels, the deep-linear closed form, two-layer
 //! Gauss–Hermite quadrature) must agree to 1e-10 relative to the largest magnitude of each
@@ -11,6 +11,7 @@
 //! keeps the reference's chunking and order of products, so the numbers are identical in
 //! practice; the test also reports whether they are bit-identical.
 
+use dmft_runtime::Readout;
 use dmft_runtime::{
     Activation, Model, Parameterization, Problem, Schedule, SolverKind, SolverOptions, Trajectory,
     no_progress,
@@ -38,7 +39,13 @@ fn problem() -> Problem {
     Problem::from_inputs(x_train.view(), y, x_test.view(), Some(y_test)).unwrap()
 }
 
-fn model(depth: usize, activation: Activation, gamma0: f64, centered: bool) -> Model {
+fn model(
+    depth: usize,
+    activation: Activation,
+    readout: Readout,
+    gamma0: f64,
+    centered: bool,
+) -> Model {
     Model {
         depth,
         activation,
@@ -46,6 +53,7 @@ fn model(depth: usize, activation: Activation, gamma0: f64, centered: bool) -> M
         gamma0,
         centered,
         residual: None,
+        readout,
     }
 }
 
@@ -106,7 +114,7 @@ fn lazy_solvers_match_the_reference() {
     let options = SolverOptions::default();
     let mut covered = 0;
     for g in REGISTRY.iter().filter(|g| g.solver == SolverKind::Lazy) {
-        let m = model(g.depth, g.activation, 1.0, false);
+        let m = model(g.depth, g.activation, g.readout, 1.0, false);
         let (generated, reference) = both(SolverKind::Lazy, &m, &schedule(0.8, 60, 3), &options);
         let w = worst(&generated, &reference);
         println!(
@@ -128,7 +136,7 @@ fn deep_linear_closed_forms_match_the_reference() {
         .filter(|g| g.solver == SolverKind::DeepLinear && !g.residual)
     {
         for gamma0 in [0.5, 2.0] {
-            let m = model(g.depth, Activation::Linear, gamma0, false);
+            let m = model(g.depth, Activation::Linear, g.readout, gamma0, false);
             let (generated, reference) = both(
                 SolverKind::DeepLinear,
                 &m,
@@ -157,10 +165,15 @@ fn residual_closed_forms_match_the_reference() {
         for (beta, gamma0) in [(1.0, 0.5), (0.6, 2.0)] {
             let m = Model {
                 residual: Some(beta),
-                ..model(g.depth, Activation::Linear, gamma0, false)
+                ..model(g.depth, Activation::Linear, g.readout, gamma0, false)
             };
             assert_eq!(find(SolverKind::DeepLinear, &m).unwrap().variant, g.variant);
-            let plain = model(g.depth, Activation::Linear, gamma0, false);
+            let frozen = Model {
+                readout: Readout::Frozen,
+                ..m.clone()
+            };
+            assert!(find(SolverKind::DeepLinear, &frozen).is_none());
+            let plain = model(g.depth, Activation::Linear, g.readout, gamma0, false);
             assert!(find(SolverKind::DeepLinear, &plain).is_none_or(|p| !p.residual));
             let (generated, reference) = both(
                 SolverKind::DeepLinear,
@@ -198,7 +211,7 @@ fn two_layer_quadrature_matches_the_reference() {
     let mut covered = 0;
     for g in REGISTRY.iter().filter(|g| g.solver == SolverKind::TwoLayer) {
         for gamma0 in [0.1, 1.0] {
-            let m = model(1, g.activation, gamma0, false);
+            let m = model(1, g.activation, g.readout, gamma0, false);
             let (generated, reference) =
                 both(SolverKind::TwoLayer, &m, &schedule(0.5, 30, 5), &options);
             let w = worst(&generated, &reference);
@@ -211,14 +224,17 @@ fn two_layer_quadrature_matches_the_reference() {
         }
         covered += 1;
     }
-    assert_eq!(covered, 3, "two-layer linear, relu and tanh");
+    assert_eq!(
+        covered, 5,
+        "two-layer linear, relu and tanh, relu and tanh with a frozen readout"
+    );
 }
 
 #[test]
 fn two_layer_monte_carlo_matches_the_reference_for_the_same_seed() {
     for g in REGISTRY.iter().filter(|g| g.solver == SolverKind::TwoLayer) {
         for centered in [false, true] {
-            let m = model(1, g.activation, 1.0, centered);
+            let m = model(1, g.activation, g.readout, 1.0, centered);
             let options = SolverOptions {
                 sites: 5000,
                 quadrature: 0,
@@ -251,7 +267,7 @@ fn dispatch_names_its_source_and_falls_back_to_the_reference() {
         quadrature: 4,
         ..SolverOptions::default()
     };
-    let relu = model(1, Activation::Relu, 1.0, false);
+    let relu = model(1, Activation::Relu, Readout::Trained, 1.0, false);
     let (_, source) = solve(
         &prob,
         &relu,
@@ -262,8 +278,25 @@ fn dispatch_names_its_source_and_falls_back_to_the_reference() {
     )
     .unwrap();
     assert_eq!(source.to_string(), "generated:two-layer-relu");
+    let frozen = Model {
+        readout: Readout::Frozen,
+        ..relu.clone()
+    };
+    let (_, source) = solve(
+        &prob,
+        &frozen,
+        &s,
+        SolverKind::TwoLayer,
+        &options,
+        &no_progress,
+    )
+    .unwrap();
+    assert_eq!(
+        source.to_string(),
+        "generated:two-layer-relu-frozen-readout"
+    );
     // erf has no generated two-layer solver in the catalogue.
-    let erf = model(1, Activation::Erf, 1.0, false);
+    let erf = model(1, Activation::Erf, Readout::Frozen, 1.0, false);
     let (t, source) = solve(
         &prob,
         &erf,
@@ -276,7 +309,7 @@ fn dispatch_names_its_source_and_falls_back_to_the_reference() {
     assert_eq!(source, Source::Reference);
     assert_eq!(t.solver, SolverKind::TwoLayer);
     // Bad input is refused before any solver runs, with the reference's message.
-    let bad = model(2, Activation::Relu, 1.0, false);
+    let bad = model(2, Activation::Relu, Readout::Trained, 1.0, false);
     let err = solve(
         &prob,
         &bad,
@@ -287,4 +320,17 @@ fn dispatch_names_its_source_and_falls_back_to_the_reference() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("model.depth = 1"), "{err}");
+    let err = solve(
+        &prob,
+        &Model {
+            readout: Readout::Frozen,
+            ..bad
+        },
+        &s,
+        SolverKind::DeepNonlinear,
+        &options,
+        &no_progress,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("model.readout = frozen"), "{err}");
 }

@@ -12,7 +12,7 @@ pub mod sites {
     use ndarray::{Array1, Array2, s};
     use rayon::prelude::*;
 
-    /// Site averages of one step: f before the 1/γ₀, and when recording Φ¹ and G¹.
+    /// Site averages of one step: f before the 1/γ₀, and when recording the NTK's kernels.
     struct StepSums {
         zphi: Array1<f64>,
         phi: Option<Array2<f64>>,
