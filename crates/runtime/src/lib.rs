@@ -79,11 +79,13 @@ pub fn validate(model: &Model, schedule: &Schedule, solver: SolverKind) -> Resul
     }
     if let Some(beta) = model.residual {
         if !(beta.is_finite() && beta > 0.0) {
-            return bad(format!("model.beta must be a positive number, got {beta}"));
+            return bad(format!(
+                "model.residual_beta must be a positive number, got {beta}"
+            ));
         }
         if solver != SolverKind::DeepLinear || model.activation != Activation::Linear {
             return bad(format!(
-                "model.residual = true is solved for linear networks only (theory.solver = deep-linear, \
+                "model.residual_beta (residual branches) is solved for linear networks only (theory.solver = deep-linear, \
                  model.activation = linear), got solver {solver}, activation {}",
                 model.activation
             ));

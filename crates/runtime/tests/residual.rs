@@ -227,11 +227,15 @@ fn residual_models_route_and_refuse() {
     .unwrap();
     assert!((&t.f_train - &plain.f_train).iter().any(|v| v.abs() > 1e-3));
     for (m, solver, key) in [
-        (residual(2, 1.0, -1.0), SolverKind::DeepLinear, "model.beta"),
+        (
+            residual(2, 1.0, -1.0),
+            SolverKind::DeepLinear,
+            "model.residual_beta",
+        ),
         (
             residual(2, 1.0, f64::NAN),
             SolverKind::DeepLinear,
-            "model.beta",
+            "model.residual_beta",
         ),
         (residual(2, 1.0, 1.0), SolverKind::Lazy, "model.residual"),
         (

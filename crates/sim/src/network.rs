@@ -97,7 +97,7 @@ impl Architecture {
             && !(beta.is_finite() && beta > 0.0)
         {
             return Err(invalid(format!(
-                "model.beta must be finite and positive (got {beta})"
+                "model.residual_beta must be finite and positive (got {beta})"
             )));
         }
         Ok(())
