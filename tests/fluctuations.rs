@@ -10,7 +10,8 @@ use dmft_runtime::deep_linear_propagator::deep_linear_prediction_fluctuations;
 use dmft_runtime::lazy_fluctuations::two_layer_lazy_fluctuations;
 use dmft_runtime::propagator::two_layer_prediction_fluctuations;
 use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule, SolverOptions};
-use dmft_sim::{Architecture, Dataset, EnsembleConfig, run_ensemble};
+use dmft_sim::{Architecture, Dataset, EnsembleConfig, EnsembleStats, run_ensemble};
+use ndarray::Array2;
 
 /// Largest |N·Var − Σ| / max(3 SE, 10 % of Σ) over paired entries of an ensemble variance, its
 /// standard error and the prediction; panics naming `what` and the entry when one misses.
@@ -33,6 +34,29 @@ fn worst_ratio<'a>(
         );
     }
     worst
+}
+
+/// [`worst_ratio`] over the train and the test predictions of one ensemble.
+fn worst_prediction_ratio(
+    width: usize,
+    sim: &EnsembleStats,
+    (var_f_train, var_f_test): (&Array2<f64>, &Array2<f64>),
+    label: &str,
+) -> f64 {
+    worst_ratio(
+        width,
+        &sim.f_train.var,
+        &sim.f_train.se_var(),
+        var_f_train,
+        &format!("{label} train"),
+    )
+    .max(worst_ratio(
+        width,
+        &sim.f_test.var,
+        &sim.f_test.se_var(),
+        var_f_test,
+        &format!("{label} test"),
+    ))
 }
 
 /// Bordelon & Pehlevan (2023): feature learning reduces the finite-width variance of the
@@ -214,22 +238,12 @@ fn grid_point(data: &Dataset, schedule: &Schedule, model: &Model, separated_top:
         cfg.base_seed = 99;
         let sim = run_ensemble(data, &cfg).unwrap();
         let label = format!("{act} γ₀={gamma0} readout {} N={width}", model.readout);
-        let se_train = sim.f_train.se_var();
-        let se_test = sim.f_test.se_var();
-        let worst = worst_ratio(
+        let worst = worst_prediction_ratio(
             width,
-            &sim.f_train.var,
-            &se_train,
-            &theory.var_f_train,
-            &format!("{label} train"),
-        )
-        .max(worst_ratio(
-            width,
-            &sim.f_test.var,
-            &se_test,
-            &theory.var_f_test,
-            &format!("{label} test"),
-        ));
+            &sim,
+            (&theory.var_f_train, &theory.var_f_test),
+            &label,
+        );
         // NTK entries, same criterion: the relu kink term matters most here.
         let se = sim.ntk.se_var();
         let worst_ntk = worst_ratio(
@@ -307,21 +321,12 @@ fn ntk_parameterization_matches_the_lazy_universal_form() {
             cfg.base_seed = 41;
             let sim = run_ensemble(&data, &cfg).unwrap();
             let label = format!("NTK parameterization {act} N={width}");
-            let (se_train, se_test) = (sim.f_train.se_var(), sim.f_test.se_var());
-            let worst = worst_ratio(
+            let worst = worst_prediction_ratio(
                 width,
-                &sim.f_train.var,
-                &se_train,
-                &theory.var_f_train,
-                &format!("{label} train"),
-            )
-            .max(worst_ratio(
-                width,
-                &sim.f_test.var,
-                &se_test,
-                &theory.var_f_test,
-                &format!("{label} test"),
-            ));
+                &sim,
+                (&theory.var_f_train, &theory.var_f_test),
+                &label,
+            );
             println!(
                 "NTK parameterization {act} N={width}: worst |N·Var − Σ| / tolerance = {worst:.2}"
             );
@@ -354,20 +359,12 @@ fn deep_linear_case(depth: usize, gamma0: f64, width: usize, seeds: usize) -> f6
     cfg.base_seed = 123;
     let sim = run_ensemble(&data, &cfg).unwrap();
     let label = format!("deep linear L={depth} γ₀={gamma0} N={width}");
-    let worst = worst_ratio(
+    let worst = worst_prediction_ratio(
         width,
-        &sim.f_train.var,
-        &sim.f_train.se_var(),
-        &theory.var_f_train,
-        &format!("{label} train"),
-    )
-    .max(worst_ratio(
-        width,
-        &sim.f_test.var,
-        &sim.f_test.se_var(),
-        &theory.var_f_test,
-        &format!("{label} test"),
-    ));
+        &sim,
+        (&theory.var_f_train, &theory.var_f_test),
+        &label,
+    );
     println!("{label}: worst |N·Var − Σ| / tolerance = {worst:.2}");
     worst
 }
