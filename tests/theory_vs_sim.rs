@@ -12,6 +12,7 @@ mod common;
 
 use common::dataset;
 use dmft_runtime::Readout;
+use dmft_runtime::linalg::eigvalsh;
 use dmft_runtime::{
     Activation, Model, Parameterization, Schedule, SolverKind, SolverOptions, Trajectory,
     no_progress, solve,
@@ -180,20 +181,19 @@ fn deep_nonlinear_networks_match_sampled_dmft() {
     }
 }
 
-/// max over recorded steps of η λ_max(K(k)) / P from the theory's NTK (power iteration on
-/// the small PSD matrix). Below 2 the discrete dynamics is stable around the trajectory.
+/// max over recorded steps of η λ_max(K(k)) / P from the theory's NTK. Below 2 the
+/// discrete dynamics is stable around the trajectory.
 fn edge_of_stability(theory: &Trajectory, eta: f64) -> f64 {
     let p = theory.ntk.shape()[1];
     theory
         .ntk
         .outer_iter()
         .map(|k| {
-            let mut v = ndarray::Array1::<f64>::ones(p);
-            for _ in 0..500 {
-                let w = k.dot(&v);
-                v = &w / w.dot(&w).sqrt();
-            }
-            v.dot(&k.dot(&v)) * eta / p as f64
+            let top = *eigvalsh(k)
+                .expect("eigenvalues of a finite NTK")
+                .last()
+                .unwrap();
+            top * eta / p as f64
         })
         .fold(0.0, f64::max)
 }
