@@ -233,7 +233,7 @@ const SITE_BLOCKS: usize = 4;
 
 /// Budget for one direction block's D_f accumulator, which every site of a block updates at
 /// every step: it must stay in the core's L2 cache, or the pass is memory bound.
-const TANGENT_BLOCK_BYTES: usize = 384 * 1024;
+const TANGENT_BLOCK_BYTES: usize = 1536 * 1024;
 
 /// Half-width of the triangle kernel standing in for relu'' = δ(h), relative to the scale
 /// √K^x_ββ of h_β. Its bias is O(width²) on the kink-crossing term and its Monte Carlo
@@ -297,6 +297,17 @@ impl SiteSums {
         self.cross += &other.cross;
     }
 
+    /// Adds Σψψᵀ, Σψκᵀ and Σκκᵀ (within each recorded step) of a batch of √w-scaled rows.
+    fn add_second_moments(&mut self, psi: ArrayView2<f64>, ntk: ArrayView2<f64>) {
+        general_mat_mul(1.0, &psi.t(), &psi, 1.0, &mut self.second);
+        general_mat_mul(1.0, &psi.t(), &ntk, 1.0, &mut self.cross);
+        let entries = self.ntk_second.shape()[1];
+        for (r, mut block) in self.ntk_second.outer_iter_mut().enumerate() {
+            let at_step = ntk.slice(s![.., r * entries..(r + 1) * entries]);
+            general_mat_mul(1.0, &at_step.t(), &at_step, 1.0, &mut block);
+        }
+    }
+
     /// D_f as a dense ((T+1)·n) × (T·P) matrix, columns d = j·P + α.
     fn sensitivity_matrix(&self, p: usize) -> Array2<f64> {
         self.assemble(&self.sensitivity, self.first.len(), p)
@@ -336,6 +347,9 @@ fn direction_blocks(p: usize, n: usize, steps: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// Sites whose ψ and κ rows are folded into the second moments by one GEMM.
+const KAPPA_BATCH: usize = 256;
+
 /// Sites marched together: their base trajectories are cached while every block of
 /// directions is swept over them, so each accumulator block is loaded once per chunk.
 const SITE_CHUNK: usize = 32;
@@ -366,26 +380,29 @@ fn site_sums(
             let range = (b * site_block).min(m)..((b + 1) * site_block).min(m);
             let mut sums = SiteSums::zeros(nt * n, ntk_rows, p, &blocks);
             let mut march = SiteMarch::new(problem, model, schedule, delta_path, crossing_width);
-            let mut psi = Array2::<f64>::zeros((SITE_CHUNK, nt * n));
-            let mut ntk = Array2::<f64>::zeros((SITE_CHUNK, ntk_rows));
+            // ψ and κ rows of up to KAPPA_BATCH sites, folded into the second moments by one
+            // GEMM per batch: with one GEMM per 32-site chunk the pass re-streamed the
+            // (T+1)n-square sum from memory for every chunk.
+            let mut psi = Array2::<f64>::zeros((KAPPA_BATCH, nt * n));
+            let mut ntk = Array2::<f64>::zeros((KAPPA_BATCH, ntk_rows));
+            let mut filled = 0;
             for chunk in range.clone().step_by(SITE_CHUNK) {
                 let chunk = chunk..(chunk + SITE_CHUNK).min(range.end);
                 for (i, site) in chunk.clone().enumerate() {
                     march.base(
                         i,
                         (sites.u.row(site), sites.r[site], sites.weight[site]),
-                        (psi.row_mut(i), ntk.row_mut(i)),
+                        (psi.row_mut(filled + i), ntk.row_mut(filled + i)),
                         &mut sums,
                     );
                 }
-                let rows = psi.slice(s![..chunk.len(), ..]);
-                general_mat_mul(1.0, &rows.t(), &rows, 1.0, &mut sums.second);
-                let ntk_part = ntk.slice(s![..chunk.len(), ..]);
-                general_mat_mul(1.0, &rows.t(), &ntk_part, 1.0, &mut sums.cross);
-                let entries = sums.ntk_second.shape()[1];
-                for (r, mut block) in sums.ntk_second.outer_iter_mut().enumerate() {
-                    let at_step = ntk_part.slice(s![.., r * entries..(r + 1) * entries]);
-                    general_mat_mul(1.0, &at_step.t(), &at_step, 1.0, &mut block);
+                filled += chunk.len();
+                if filled + SITE_CHUNK > KAPPA_BATCH || chunk.end == range.end {
+                    sums.add_second_moments(
+                        psi.slice(s![..filled, ..]),
+                        ntk.slice(s![..filled, ..]),
+                    );
+                    filled = 0;
                 }
                 for ((block, acc), ntk_acc) in blocks
                     .iter()
@@ -437,9 +454,6 @@ struct SiteMarch<'a> {
     /// Recorded-step index of each step, and the NTK entries (μ ≤ α).
     recorded: Vec<Option<usize>>,
     pairs: Vec<(usize, usize)>,
-    /// ∂φ(h_β)/∂Δ_d and ∂g_β/∂Δ_d of the training points at a recorded step, [β][d].
-    dphi: Vec<f64>,
-    dg: Vec<f64>,
 }
 
 impl<'a> SiteMarch<'a> {
@@ -473,7 +487,7 @@ impl<'a> SiteMarch<'a> {
             dh: vec![0.0; n * width],
             dz: vec![0.0; width],
             dz_next: vec![0.0; width],
-            curvature_rows: vec![0.0; p * width],
+            curvature_rows: vec![0.0; p.max(2) * width],
             curved: Vec::with_capacity(p),
             recorded: {
                 let mut index = vec![None; schedule.steps + 1];
@@ -483,8 +497,6 @@ impl<'a> SiteMarch<'a> {
                 index
             },
             pairs: ntk_pairs(p),
-            dphi: vec![0.0; p * width],
-            dg: vec![0.0; p * width],
         }
     }
 
@@ -627,41 +639,25 @@ impl<'a> SiteMarch<'a> {
             let active = (k.min(block.end) - block.start) * p;
             let last = k == self.steps;
             if let (Some(rec_index), true) = (self.recorded[k], active > 0) {
-                // ∂κ_e/∂Δ_d = w(δφ_μ φ_α + φ_μ δφ_α + K^x_μα (δg_μ g_α + g_μ δg_α)), with
-                // δφ_β = φ'_β δh_β and δg_β = φ''_β z δh_β + φ'_β δz (the relu kernel again).
-                for beta in 0..p {
-                    let dh = &self.dh[beta * width..][..active];
-                    let dz = &self.dz[..active];
-                    let (slope, curve) = (d1[beta], curvature[beta] * z);
-                    let dphi = &mut self.dphi[beta * width..][..active];
-                    let dg = &mut self.dg[beta * width..][..active];
-                    for (((f, g), &x), &y) in dphi.iter_mut().zip(dg.iter_mut()).zip(dh).zip(dz) {
-                        *f = slope * x;
-                        *g = curve * x + slope * y;
-                    }
-                }
+                // ∂κ_e/∂Δ_d = w(δφ_μ φ_α + φ_μ δφ_α + K^x_μα (δg_μ g_α + g_μ δg_α)) with
+                // δφ_β = φ'_β δh_β and δg_β = φ''_β z δh_β + φ'_β δz (the relu kernel again),
+                // collected on the three state rows it reads: δh_μ, δh_α and δz.
+                let dz = &self.dz[..active];
                 for (e, &(mu, alpha)) in self.pairs.iter().enumerate() {
-                    let k_ma = weight * self.kx[mu * n + alpha];
+                    let k_ma = weight * self.kx[mu * n + alpha] * z;
                     let (phi_mu, phi_alpha) = if self.readout_trained {
                         (weight * phi[mu], weight * phi[alpha])
                     } else {
                         (0.0, 0.0)
                     };
-                    let (g_mu, g_alpha) = (k_ma * d1[mu] * z, k_ma * d1[alpha] * z);
+                    let c_mu = phi_alpha * d1[mu] + k_ma * d1[alpha] * curvature[mu] * z;
+                    let c_alpha = phi_mu * d1[alpha] + k_ma * d1[mu] * curvature[alpha] * z;
+                    let c_z = 2.0 * k_ma * d1[mu] * d1[alpha];
                     let out = &mut ntk_acc[(rec_index * entries + e) * width..][..active];
-                    let (dphi_mu, dphi_alpha) = (
-                        &self.dphi[mu * width..][..active],
-                        &self.dphi[alpha * width..][..active],
-                    );
-                    let (dg_mu, dg_alpha) = (
-                        &self.dg[mu * width..][..active],
-                        &self.dg[alpha * width..][..active],
-                    );
-                    for (d, out) in out.iter_mut().enumerate() {
-                        *out += phi_alpha * dphi_mu[d]
-                            + phi_mu * dphi_alpha[d]
-                            + g_alpha * dg_mu[d]
-                            + g_mu * dg_alpha[d];
+                    let dh_mu = &self.dh[mu * width..][..active];
+                    let dh_alpha = &self.dh[alpha * width..][..active];
+                    for (((out, &x), &y), &u) in out.iter_mut().zip(dh_mu).zip(dh_alpha).zip(dz) {
+                        *out += c_mu * x + c_alpha * y + c_z * u;
                     }
                 }
             }
@@ -672,7 +668,8 @@ impl<'a> SiteMarch<'a> {
                 //   δz' = δz + Σ_β cΔ_β φ'_β δh_β                     (train β)
                 //   δh_ν' = δh_ν + v_ν δz + Σ_β K_νβ cΔ_β φ''_β z δh_β
                 // with δg_β = φ''(h_β) z δh_β + φ'(h_β) δz. The φ'' rows are copied first,
-                // since every ν reads them before the pass updates them.
+                // since every ν reads them before the pass updates them; the first two are
+                // fused into the pass (relu's kernel rarely leaves more than two).
                 self.curved.clear();
                 if !last {
                     for beta in 0..p {
@@ -686,10 +683,15 @@ impl<'a> SiteMarch<'a> {
                     }
                     self.dz_next[..active].copy_from_slice(&self.dz[..active]);
                 }
+                let (fused_rows, extra_rows) = self.curvature_rows.split_at(2 * width);
+                let (first, second) = fused_rows.split_at(width);
+                let (first, second) = (&first[..active], &second[..active]);
                 let dz = &self.dz[..active];
+                let next = &mut self.dz_next[..active];
+                let weight_over_gamma = weight / gamma0;
                 for nu in 0..n {
-                    let a = weight * z * d1[nu] / gamma0;
-                    let b = weight * phi[nu] / gamma0;
+                    let a = weight_over_gamma * z * d1[nu];
+                    let b = weight_over_gamma * phi[nu];
                     let out = &mut acc[(k * n + nu) * width..][..active];
                     let dh = &mut self.dh[nu * width..][..active];
                     if last {
@@ -703,30 +705,36 @@ impl<'a> SiteMarch<'a> {
                     } else {
                         0.0
                     };
-                    let vn = v[nu];
-                    if a == 0.0 && slope == 0.0 {
-                        // φ'_ν = 0 (an inactive relu unit): δh_ν feeds nothing this step.
-                        for ((out, x), &y) in out.iter_mut().zip(dh.iter_mut()).zip(dz) {
-                            *out += b * y;
-                            *x += vn * y;
-                        }
-                    } else {
-                        let next = &mut self.dz_next[..active];
-                        for (((out, x), &y), zn) in out
-                            .iter_mut()
-                            .zip(dh.iter_mut())
-                            .zip(dz)
-                            .zip(next.iter_mut())
-                        {
-                            let old = *x;
-                            *out += a * old + b * y;
-                            *zn += slope * old;
-                            *x = old + vn * y;
-                        }
+                    let scale = |j: usize| {
+                        self.curved
+                            .get(j)
+                            .map_or(0.0, |&(beta, coef)| self.kx[nu * n + beta] * coef)
+                    };
+                    let coefs = RowCoefficients {
+                        a,
+                        b,
+                        slope,
+                        vn: v[nu],
+                        curved: [scale(0), scale(1)],
+                    };
+                    let rows = (out, &mut *dh, dz, &mut *next, first, second);
+                    // φ'_ν = 0 (an inactive relu unit): δh_ν feeds nothing this step; test
+                    // points and a frozen readout do not feed δz.
+                    match (
+                        a != 0.0 || slope != 0.0,
+                        slope != 0.0,
+                        !self.curved.is_empty(),
+                    ) {
+                        (false, _, false) => tangent_row::<false, false, false>(rows, &coefs),
+                        (false, _, true) => tangent_row::<false, false, true>(rows, &coefs),
+                        (true, false, false) => tangent_row::<true, false, false>(rows, &coefs),
+                        (true, false, true) => tangent_row::<true, false, true>(rows, &coefs),
+                        (true, true, false) => tangent_row::<true, true, false>(rows, &coefs),
+                        (true, true, true) => tangent_row::<true, true, true>(rows, &coefs),
                     }
-                    for (slot, &(beta, coef)) in self.curved.iter().enumerate() {
+                    for (j, &(beta, coef)) in self.curved.iter().enumerate().skip(2) {
                         let scale = self.kx[nu * n + beta] * coef;
-                        let old = &self.curvature_rows[slot * width..][..active];
+                        let old = &extra_rows[(j - 2) * width..][..active];
                         for (x, &o) in dh.iter_mut().zip(old) {
                             *x += scale * o;
                         }
@@ -756,6 +764,64 @@ impl<'a> SiteMarch<'a> {
                 }
             }
         }
+    }
+}
+
+/// Scalars of one point's row in the fused tangent pass.
+struct RowCoefficients {
+    /// w z φ'_ν / γ₀ and w φ_ν / γ₀: the sensitivity of ψ_ν to δh_ν and δz.
+    a: f64,
+    b: f64,
+    /// c Δ_ν φ'_ν: how δh_ν feeds δz (train points of a trained readout).
+    slope: f64,
+    /// v_ν: how δz feeds δh_ν.
+    vn: f64,
+    /// K_νβ c Δ_β φ''_β z of the first two curved training points (0 if absent).
+    curved: [f64; 2],
+}
+
+/// One row's streams over the active directions: its accumulator row, δh_ν, δz, δz', and
+/// the first two curvature rows.
+type RowStreams<'s> = (
+    &'s mut [f64],
+    &'s mut [f64],
+    &'s [f64],
+    &'s mut [f64],
+    &'s [f64],
+    &'s [f64],
+);
+
+/// One point ν of the fused tangent pass over the directions (see `tangents_portable`),
+/// compiled per case so that the common rows skip the terms that vanish: `FEEDS_H` (δh_ν
+/// reaches ψ or δz), `FEEDS_Z` (slope ≠ 0), `CURVED` (some φ'' term is non-zero).
+#[inline(always)]
+fn tangent_row<const FEEDS_H: bool, const FEEDS_Z: bool, const CURVED: bool>(
+    (out, dh, dz, next, first, second): RowStreams,
+    c: &RowCoefficients,
+) {
+    let [s0, s1] = c.curved;
+    for (((((out, x), &y), zn), &o0), &o1) in out
+        .iter_mut()
+        .zip(dh.iter_mut())
+        .zip(dz)
+        .zip(next.iter_mut())
+        .zip(first)
+        .zip(second)
+    {
+        let old = *x;
+        let mut new = old + c.vn * y;
+        if CURVED {
+            new += s0 * o0 + s1 * o1;
+        }
+        if FEEDS_H {
+            *out += c.a * old + c.b * y;
+        } else {
+            *out += c.b * y;
+        }
+        if FEEDS_Z {
+            *zn += c.slope * old;
+        }
+        *x = new;
     }
 }
 
