@@ -17,6 +17,11 @@
 //! Cost: O(M·P·T²·(3(P+Q) + P)) multiply-adds for relu and linear (a φ'' term adds
 //! O(P·(P+Q)) per direction and step for smooth activations), O(M·((P+Q)T)²) for κ, and
 //! memory O((P+Q)T·(P+Q+P)T) per site block; never a (PT)²×(PT)² object.
+//!
+//! The base march of one site, which records z, φ, φ', v and the curvature per step for the
+//! tangents, is the variant-specific part: the [`SiteRecorder`] trait, with
+//! [`ReferenceSites`] as the hand-written reference and one generated recorder per catalogue
+//! variant (dmft-solvers). The tangent propagation and the assembly of Σ_f are shared.
 
 use crate::problem::Parameterization;
 use crate::two_layer::{Probe, SiteSet, march};
