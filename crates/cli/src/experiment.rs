@@ -133,15 +133,23 @@ pub struct Outcome {
 /// before any work, with the estimate.
 const MAX_PROPAGATOR_BYTES: u128 = 4 << 30;
 
+/// The propagator Σ_f and which implementation computed it.
+pub struct Fluctuations {
+    pub sigma: PredictionFluctuations,
+    /// "generated:<variant>" (the variant's generated site recorder) or "reference".
+    pub source: String,
+}
+
 /// Computes the finite-width propagator Σ_f when `theory.fluctuations = true`, with a
-/// progress bar over the sites.
+/// progress bar over the sites. With `theory.solver = "auto"` a two-layer μP variant of
+/// the catalogue uses its generated site recorder.
 pub fn fluctuations(
     config: &Config,
     data: &Dataset,
     source: &Source,
     label: &str,
     quiet: bool,
-) -> Result<Option<PredictionFluctuations>, Failure> {
+) -> Result<Option<Fluctuations>, Failure> {
     if !config.theory.fluctuations {
         return Ok(None);
     }
@@ -176,7 +184,12 @@ pub fn fluctuations(
             &config.schedule(),
             &options,
         )
-        .map(Some)
+        .map(|sigma| {
+            Some(Fluctuations {
+                sigma,
+                source: dmft_solvers::Source::Reference.to_string(),
+            })
+        })
         .map_err(|e| Failure::from_solver(source.name, e));
     }
     let total = if options.quadrature > 0 {
@@ -188,16 +201,20 @@ pub fn fluctuations(
         options.sites
     };
     let bar = Bar::new(total as u64, "sites", &format!("{label} Σ_f"), quiet);
-    let computed = propagator::two_layer_prediction_fluctuations(
-        &problem,
-        &config.model(),
-        &config.schedule(),
-        &options,
-        &|done| bar.advance(done as u64),
-    );
+    let (model, schedule) = (config.model(), config.schedule());
+    let progress = |done: usize| bar.advance(done as u64);
+    let computed = if config.theory.solver == SolverChoice::Auto {
+        dmft_solvers::prediction_fluctuations(&problem, &model, &schedule, &options, &progress)
+            .map(|(sigma, from)| (sigma, from.to_string()))
+    } else {
+        propagator::two_layer_prediction_fluctuations(
+            &problem, &model, &schedule, &options, &progress,
+        )
+        .map(|sigma| (sigma, dmft_solvers::Source::Reference.to_string()))
+    };
     bar.finish();
     computed
-        .map(Some)
+        .map(|(sigma, source)| Some(Fluctuations { sigma, source }))
         .map_err(|e| Failure::from_solver(source.name, e))
 }
 
@@ -281,14 +298,16 @@ pub fn run_and_write(
         data,
         trajectory: &trajectory,
         solver_source: &solver_source,
-        fluctuations: fluctuations.as_ref(),
+        fluctuations: fluctuations
+            .as_ref()
+            .map(|fl| (&fl.sigma, fl.source.as_str())),
         width,
         wall_time,
     };
     let metrics = results::write(out, &record)?;
     Ok(Outcome {
         trajectory,
-        fluctuations,
+        fluctuations: fluctuations.map(|fl| fl.sigma),
         metrics,
     })
 }

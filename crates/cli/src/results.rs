@@ -41,8 +41,9 @@ pub struct Record<'a> {
     pub trajectory: &'a Trajectory,
     /// Which implementation solved it: "generated:<variant>" or "reference".
     pub solver_source: &'a str,
-    /// Σ_f when theory.fluctuations = true.
-    pub fluctuations: Option<&'a PredictionFluctuations>,
+    /// Σ_f when theory.fluctuations = true, and which implementation computed it
+    /// ("generated:<variant>" or "reference").
+    pub fluctuations: Option<(&'a PredictionFluctuations, &'a str)>,
     /// `--width N`: also write the variances at width N.
     pub width: Option<usize>,
     pub wall_time: f64,
@@ -120,14 +121,14 @@ pub fn write(dir: &Path, record: &Record) -> Result<Metrics, Failure> {
         ("predictions", predictions_svg),
         ("ntk_eigenvalues", eigen_svg),
     ];
-    if let Some(fl) = record.fluctuations {
+    if let Some((fl, _)) = record.fluctuations {
         check_fluctuations(fl, traj)?;
         svgs.push(("fluctuations", plots::fluctuations(fl).to_svg()));
     }
     write_atomically(dir, |tmp| {
         let plot_dir = tmp.join("plots");
         let mut files = write_theory(tmp, traj)?;
-        if let Some(fl) = record.fluctuations {
+        if let Some((fl, _)) = record.fluctuations {
             files.extend(write_fluctuations(tmp, fl, record.width)?);
         }
         create_dir(&plot_dir)?;
@@ -258,9 +259,10 @@ fn summary(record: &Record, metrics: &Metrics, files: &[String]) -> serde_json::
         },
         "ntk_relative_change": metrics.ntk_change,
         "monte_carlo": monte_carlo,
-        "fluctuations": record.fluctuations.map(|fl| {
+        "fluctuations": record.fluctuations.map(|(fl, propagator_source)| {
             let last = fl.var_loss.len() - 1;
             json!({
+                "propagator_source": propagator_source,
                 "scale": "N·Var (width-free); the *_N{width} files hold Var at that width",
                 "width": record.width,
                 "final_max_var_f_train": fl.var_f_train.row(last).iter().cloned().fold(0.0f64, f64::max),

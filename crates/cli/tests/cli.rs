@@ -301,15 +301,17 @@ fn run_writes_results_contract() {
     assert_eq!(names, ["config.toml", "res"]);
 }
 
-/// `solver = "auto"` runs the generated solver of the variant and says so; for the same
-/// seed its predictions are the reference's to the last bit (the .npy files are equal).
+/// `solver = "auto"` runs the generated solver and propagator of the variant and says so;
+/// for the same seed its predictions and variances are the reference's to the last bit
+/// (the .npy files are equal).
 #[test]
 fn auto_uses_the_generated_solver_and_records_it() {
     let dir = TempDir::new();
-    dir.write("reference.toml", SMALL);
+    let small = format!("{SMALL}fluctuations = true\n");
+    dir.write("reference.toml", &small);
     dir.write(
         "auto.toml",
-        &SMALL.replace(r#"solver = "two-layer""#, r#"solver = "auto""#),
+        &small.replace(r#"solver = "two-layer""#, r#"solver = "auto""#),
     );
     for name in ["reference", "auto"] {
         let out = dmft(
@@ -325,7 +327,24 @@ fn auto_uses_the_generated_solver_and_records_it() {
     assert_eq!(summary("auto")["solver_source"], "generated:two-layer-relu");
     assert_eq!(summary("auto")["solver"], "two-layer");
     assert_eq!(summary("reference")["solver_source"], "reference");
-    for file in ["f_train", "f_test", "ntk", "f_train_se"] {
+    assert_eq!(
+        summary("auto")["fluctuations"]["propagator_source"],
+        "generated:two-layer-relu"
+    );
+    assert_eq!(
+        summary("reference")["fluctuations"]["propagator_source"],
+        "reference"
+    );
+    for file in [
+        "f_train",
+        "f_test",
+        "ntk",
+        "f_train_se",
+        "var_f_train",
+        "var_f_test",
+        "var_ntk",
+        "var_loss",
+    ] {
         let read =
             |name: &str| fs::read(dir.path(name).join(format!("theory/{file}.npy"))).unwrap();
         assert!(read("auto") == read("reference"), "{file}.npy differs");
@@ -370,6 +389,10 @@ fn frozen_readout_runs_the_generated_solver() {
         assert!(read("auto") == read("reference"), "{file}.npy differs");
     }
     assert!(dir.path("auto").join("theory/var_f_train.npy").is_file());
+    assert_eq!(
+        summary("auto")["fluctuations"]["propagator_source"],
+        "generated:two-layer-relu-frozen-readout"
+    );
     // The frozen readout is two-layer μP only; other models are refused naming the key.
     dir.write(
         "deep.toml",

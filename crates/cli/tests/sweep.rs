@@ -99,6 +99,12 @@ fn sweep_overlays_the_propagator() {
     for w in s["widths"].as_array().unwrap() {
         assert!(w["variance_vs_propagator"]["max_abs_z"].is_f64(), "{w}");
     }
+    // solver = "auto" (the default): the variant's generated site recorder ran.
+    assert_eq!(
+        s["theory"]["propagator_source"], "generated:two-layer-relu",
+        "{}",
+        s["theory"]
+    );
 }
 
 #[test]

@@ -17,10 +17,17 @@
 //! Cost: O(M·P·T²·(3(P+Q) + P)) multiply-adds for relu and linear (a φ'' term adds
 //! O(P·(P+Q)) per direction and step for smooth activations), O(M·((P+Q)T)²) for κ, and
 //! memory O((P+Q)T·(P+Q+P)T) per site block; never a (PT)²×(PT)² object.
+//!
+//! The base march of one site, which records z, φ, φ', v and the curvature per step for the
+//! tangents, is the variant-specific part: the [`SiteRecorder`] trait, with
+//! [`ReferenceSites`] as the hand-written reference and one generated recorder per catalogue
+//! variant (dmft-solvers). The tangent propagation and the assembly of Σ_f are shared.
 
 use crate::problem::Parameterization;
 use crate::two_layer::{Probe, SiteSet, march};
-use crate::{DmftError, Model, Problem, Progress, Readout, Result, Schedule, SolverOptions};
+use crate::{
+    Activation, DmftError, Model, Problem, Progress, Readout, Result, Schedule, SolverOptions,
+};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, Axis, s};
 use ndarray_linalg::{Diag, SolveTriangular, UPLO};
@@ -61,10 +68,37 @@ pub fn two_layer_prediction_fluctuations(
     options: &SolverOptions,
     progress: Progress,
 ) -> Result<PredictionFluctuations> {
+    let sites = ReferenceSites {
+        activation: model.activation,
+        readout: model.readout,
+    };
+    two_layer_prediction_fluctuations_with(problem, model, schedule, options, &sites, progress)
+}
+
+/// [`two_layer_prediction_fluctuations`] with the base march of each site done by
+/// `recorder` (a generated, specialized one, or [`ReferenceSites`]); the tangent
+/// propagation and the assembly of Σ_f are the same for every recorder.
+pub fn two_layer_prediction_fluctuations_with<R: SiteRecorder>(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    options: &SolverOptions,
+    recorder: &R,
+    progress: Progress,
+) -> Result<PredictionFluctuations> {
     if model.depth != 1 || model.parameterization != Parameterization::Mup {
         return Err(DmftError::Unsupported(
             "prediction fluctuations are implemented for two-layer μP networks (model.depth = 1, parameterization = mup)".into(),
         ));
+    }
+    if recorder.activation() != model.activation || recorder.readout() != model.readout {
+        return Err(DmftError::Unsupported(format!(
+            "the propagator's site recorder serves {} with a {} readout, not model.activation = {} with model.readout = {}",
+            recorder.activation(),
+            recorder.readout(),
+            model.activation,
+            model.readout
+        )));
     }
     let sites = SiteSet::from_options(problem.kx.view(), options)?;
     let every_step = Schedule {
@@ -87,7 +121,7 @@ pub fn two_layer_prediction_fluctuations(
         schedule,
         &sites,
         delta_path.view(),
-        CROSSING_WIDTH,
+        (recorder, CROSSING_WIDTH),
         progress,
     );
 
@@ -243,6 +277,207 @@ const TANGENT_BLOCK_BYTES: usize = 1536 * 1024;
 /// central differences).
 pub const CROSSING_WIDTH: f64 = 0.2;
 
+/// relu's crossing kernel: the triangle of half-width `half_width` standing in for δ(h) in
+/// the curvature slot (0 when the half-width is 0: the pathwise tangent). One function, so
+/// the reference and the generated recorders evaluate the same numbers.
+#[inline]
+pub fn crossing_kernel(h: f64, half_width: f64) -> f64 {
+    if half_width > 0.0 {
+        (1.0 - h.abs() / half_width).max(0.0) / half_width
+    } else {
+        0.0
+    }
+}
+
+/// Slots of one step of a site's trajectory record, [`record_len`] values: z, φ(h) (n),
+/// φ'(h) (n), v = K^x(cΔ ⊙ φ') (n) and the curvature coefficient of each training point
+/// (P): φ''(h_β), relu's [`crossing_kernel`], or 0.
+pub struct StepRecord<'r> {
+    pub z: &'r mut f64,
+    pub phi: &'r mut [f64],
+    pub d1: &'r mut [f64],
+    pub v: &'r mut [f64],
+    pub curvature: &'r mut [f64],
+}
+
+/// Length of one step's record for n points, P of them training points.
+pub fn record_len(n: usize, p: usize) -> usize {
+    1 + 3 * n + p
+}
+
+/// What the base march of one site reads: the open-loop Δ path and the constants of the
+/// problem, borrowed from the pass over the sites.
+pub struct SiteContext<'a> {
+    /// Training points P and all points n = P + Q.
+    pub p: usize,
+    pub n: usize,
+    pub steps: usize,
+    /// c = η γ₀ / P.
+    pub c: f64,
+    pub gamma0: f64,
+    pub centered: bool,
+    /// K^x row-major, n × n.
+    pub kx: &'a [f64],
+    /// Δ(k) on the training points along the infinite-width run, (T + 1) × P.
+    pub delta_path: ArrayView2<'a, f64>,
+    /// Recorded-step index of each step (None: the NTK is not recorded there).
+    pub recorded: &'a [Option<usize>],
+    /// The train NTK entries (μ ≤ α), row-major.
+    pub pairs: &'a [(usize, usize)],
+    /// Crossing-kernel half-width per training point (relu).
+    pub crossing: &'a [f64],
+}
+
+impl SiteContext<'_> {
+    /// The record of step k within a site's trajectory (k-major, [`record_len`] per step).
+    #[inline]
+    pub fn step<'r>(&self, trajectory: &'r mut [f64], k: usize) -> StepRecord<'r> {
+        let len = record_len(self.n, self.p);
+        let (z, rest) = trajectory[k * len..(k + 1) * len]
+            .split_first_mut()
+            .expect("a record has a z slot");
+        let (phi, rest) = rest.split_at_mut(self.n);
+        let (d1, rest) = rest.split_at_mut(self.n);
+        let (v, curvature) = rest.split_at_mut(self.n);
+        StepRecord {
+            z,
+            phi,
+            d1,
+            v,
+            curvature,
+        }
+    }
+}
+
+/// What the base march of one site writes.
+pub struct SiteOutputs<'s> {
+    /// The site's trajectory record, (T + 1) steps of [`record_len`] values, which the
+    /// tangent propagation reads back.
+    pub trajectory: &'s mut [f64],
+    /// √w ψ_ν(k) at index k·n + ν, ψ = zφ(h)/γ₀ (minus ψ(0) for a centered model).
+    pub psi: &'s mut [f64],
+    /// √w κ_e(k), κ_e = φ_μφ_α (trained readout only) + g_μg_α K^x_μα, at index r·E + e
+    /// for the recorded steps r and the entries e of [`SiteContext::pairs`].
+    pub ntk: &'s mut [f64],
+    /// Running Σ w ψ and Σ w κ over the sites, same indices.
+    pub psi_sum: &'s mut [f64],
+    pub ntk_sum: &'s mut [f64],
+}
+
+/// The variant-specific half of the propagator's pass over the sites: the open-loop base
+/// march of one site along the infinite-width Δ path, h += c K^x(Δ ⊙ g), z += c Δ·φ (a
+/// trained readout), recording each step for the tangents and writing the ψ and NTK rows.
+/// The tangent propagation and the assembly of Σ_f are the runtime's, common to all.
+pub trait SiteRecorder: Sync {
+    /// Whether a curvature slot can be non-zero (φ'' of a smooth activation, or relu's
+    /// crossing kernel). False promises zeros, so the tangents may skip every φ'' term.
+    const CURVATURE: bool;
+
+    /// The variant served; the propagator refuses a model of another.
+    fn activation(&self) -> Activation;
+    fn readout(&self) -> Readout;
+
+    /// Marches the site with source u (n values) and r, of weight w.
+    fn record(&self, cx: &SiteContext, site: (ArrayView1<f64>, f64, f64), out: SiteOutputs);
+}
+
+/// The hand-written recorder of any activation and readout, dispatching on the activation
+/// at each evaluation: the reference the generated recorders are checked against.
+pub struct ReferenceSites {
+    pub activation: Activation,
+    pub readout: Readout,
+}
+
+impl SiteRecorder for ReferenceSites {
+    const CURVATURE: bool = true;
+
+    fn activation(&self) -> Activation {
+        self.activation
+    }
+
+    fn readout(&self) -> Readout {
+        self.readout
+    }
+
+    fn record(
+        &self,
+        cx: &SiteContext,
+        (u, r, weight): (ArrayView1<f64>, f64, f64),
+        out: SiteOutputs,
+    ) {
+        let (p, n) = (cx.p, cx.n);
+        let entries = cx.pairs.len();
+        let act = self.activation;
+        let readout_trained = self.readout == Readout::Trained;
+        let (gamma0, c, root_w) = (cx.gamma0, cx.c, weight.sqrt());
+        let mut h: Vec<f64> = u.to_vec();
+        let mut z = r;
+        let mut psi0 = vec![0.0; n];
+        for k in 0..=cx.steps {
+            let StepRecord {
+                z: z_slot,
+                phi,
+                d1,
+                v,
+                curvature,
+            } = cx.step(out.trajectory, k);
+            *z_slot = z;
+            for nu in 0..n {
+                phi[nu] = act.phi(h[nu]);
+                d1[nu] = act.d1(h[nu]);
+                let mut psi = z * phi[nu] / gamma0;
+                if cx.centered {
+                    if k == 0 {
+                        psi0[nu] = psi;
+                    }
+                    psi -= psi0[nu];
+                }
+                out.psi[k * n + nu] = root_w * psi;
+                out.psi_sum[k * n + nu] += weight * psi;
+            }
+            if let Some(rec_index) = cx.recorded[k] {
+                for (e, &(mu, alpha)) in cx.pairs.iter().enumerate() {
+                    let g = d1[mu] * d1[alpha] * z * z;
+                    let mut kappa = g * cx.kx[mu * n + alpha];
+                    if readout_trained {
+                        kappa += phi[mu] * phi[alpha];
+                    }
+                    let row = rec_index * entries + e;
+                    out.ntk[row] = root_w * kappa;
+                    out.ntk_sum[row] += weight * kappa;
+                }
+            }
+            for (beta, curv) in curvature.iter_mut().enumerate() {
+                *curv = if act.has_kink() {
+                    crossing_kernel(h[beta], cx.crossing[beta])
+                } else {
+                    act.d2(h[beta])
+                };
+            }
+            if k == cx.steps {
+                break;
+            }
+            // Open loop: h += c K(Δ(k) ⊙ g), z += c Δ(k)·φ; v = K(cΔ ⊙ φ') for the tangents.
+            let delta = cx.delta_path.row(k);
+            v.fill(0.0);
+            let mut dz = 0.0;
+            for beta in 0..p {
+                let cd = c * delta[beta];
+                let slope = cd * d1[beta];
+                dz += cd * phi[beta];
+                for nu in 0..n {
+                    let k_nb = cx.kx[nu * n + beta];
+                    v[nu] += k_nb * slope;
+                    h[nu] += k_nb * slope * z;
+                }
+            }
+            if readout_trained {
+                z += dz;
+            }
+        }
+    }
+}
+
 /// Site sums of one pass: D_f by blocks of source steps j (each [k][ν][(j − j₀)·P + α]),
 /// Σψ and Σψψᵀ; for the train NTK entries κ_e = φ_μφ_α + g_μg_α K^x_μα at the recorded
 /// steps (index r·E + e), D_K by the same blocks, Σκ, Σκκᵀ within each step and Σψκᵀ.
@@ -358,13 +593,13 @@ const SITE_CHUNK: usize = 32;
 /// forward-mode tangents for the directions Δ_α(j): D_f((k,ν),(j,α)) = ⟨∂ψ_ν(k)/∂Δ_α(j)⟩.
 /// For relu the kink-crossing term of the derivative of the site average is kept: relu''
 /// = δ(h) is replaced by a narrow triangle kernel (see [`CROSSING_WIDTH`]).
-fn site_sums(
+fn site_sums<R: SiteRecorder>(
     problem: &Problem,
     model: &Model,
     schedule: &Schedule,
     sites: &SiteSet,
     delta_path: ArrayView2<f64>,
-    crossing_width: f64,
+    (recorder, crossing_width): (&R, f64),
     progress: Progress,
 ) -> SiteSums {
     let (p, n, nt) = (problem.n_train(), problem.n_all(), schedule.steps + 1);
@@ -390,6 +625,7 @@ fn site_sums(
                 let chunk = chunk..(chunk + SITE_CHUNK).min(range.end);
                 for (i, site) in chunk.clone().enumerate() {
                     march.base(
+                        recorder,
                         i,
                         (sites.u.row(site), sites.r[site], sites.weight[site]),
                         (psi.row_mut(filled + i), ntk.row_mut(filled + i)),
@@ -470,7 +706,7 @@ impl<'a> SiteMarch<'a> {
             .map(|b| b.len() * p)
             .max()
             .unwrap_or(0);
-        let record = 1 + 3 * n + p;
+        let record = record_len(n, p);
         SiteMarch {
             problem,
             model,
@@ -500,86 +736,58 @@ impl<'a> SiteMarch<'a> {
         }
     }
 
-    /// Marches site `slot` of the chunk, caching its trajectory; writes √w ψ(k) for all k
-    /// (minus ψ(0) for the centered model) and √w κ_e(k) at the recorded steps into the two
-    /// rows, and adds w ψ and w κ to `sums`.
-    fn base(
+    /// Marches site `slot` of the chunk with `recorder`, caching its trajectory; writes √w
+    /// ψ(k) for all k (minus ψ(0) for the centered model) and √w κ_e(k) at the recorded
+    /// steps into the two rows, and adds w ψ and w κ to `sums`.
+    fn base<R: SiteRecorder>(
         &mut self,
+        recorder: &R,
         slot: usize,
-        (u, r, weight): (ArrayView1<f64>, f64, f64),
+        site: (ArrayView1<f64>, f64, f64),
         (mut psi_row, mut ntk_row): (ArrayViewMut1<f64>, ArrayViewMut1<f64>),
         sums: &mut SiteSums,
     ) {
-        let (p, n) = (self.problem.n_train(), self.problem.n_all());
-        let entries = self.pairs.len();
-        let act = self.model.activation;
-        let (gamma0, c, root_w) = (self.model.gamma0, self.c, weight.sqrt());
-        let mut h: Vec<f64> = u.to_vec();
-        let mut z = r;
-        let mut psi0 = vec![0.0; n];
-        for k in 0..=self.steps {
-            let at = (slot * (self.steps + 1) + k) * self.record;
-            let rec = &mut self.trajectory[at..at + self.record];
-            rec[0] = z;
-            let (phi, rest) = rec[1..].split_at_mut(n);
-            let (d1, rest) = rest.split_at_mut(n);
-            let (v, curvature) = rest.split_at_mut(n);
-            for nu in 0..n {
-                phi[nu] = act.phi(h[nu]);
-                d1[nu] = act.d1(h[nu]);
-                let mut psi = z * phi[nu] / gamma0;
-                if self.model.centered {
-                    if k == 0 {
-                        psi0[nu] = psi;
-                    }
-                    psi -= psi0[nu];
-                }
-                psi_row[k * n + nu] = root_w * psi;
-                sums.first[k * n + nu] += weight * psi;
-            }
-            if let Some(rec_index) = self.recorded[k] {
-                for (e, &(mu, alpha)) in self.pairs.iter().enumerate() {
-                    let g = d1[mu] * d1[alpha] * z * z;
-                    let mut kappa = g * self.kx[mu * n + alpha];
-                    if self.readout_trained {
-                        kappa += phi[mu] * phi[alpha];
-                    }
-                    let row = rec_index * entries + e;
-                    ntk_row[row] = root_w * kappa;
-                    sums.ntk_first[row] += weight * kappa;
-                }
-            }
-            for (beta, curv) in curvature.iter_mut().enumerate() {
-                let half_width = self.crossing[beta];
-                *curv = if !act.has_kink() {
-                    act.d2(h[beta])
-                } else if half_width > 0.0 {
-                    (1.0 - h[beta].abs() / half_width).max(0.0) / half_width
-                } else {
-                    0.0
-                };
-            }
-            if k == self.steps {
-                break;
-            }
-            // Open loop: h += c K(Δ(k) ⊙ g), z += c Δ(k)·φ; v = K(cΔ ⊙ φ') for the tangents.
-            let delta = self.delta_path.row(k);
-            v.fill(0.0);
-            let mut dz = 0.0;
-            for beta in 0..p {
-                let cd = c * delta[beta];
-                let slope = cd * d1[beta];
-                dz += cd * phi[beta];
-                for nu in 0..n {
-                    let k_nb = self.kx[nu * n + beta];
-                    v[nu] += k_nb * slope;
-                    h[nu] += k_nb * slope * z;
-                }
-            }
-            if self.readout_trained {
-                z += dz;
-            }
-        }
+        let cx = SiteContext {
+            p: self.problem.n_train(),
+            n: self.problem.n_all(),
+            steps: self.steps,
+            c: self.c,
+            gamma0: self.model.gamma0,
+            centered: self.model.centered,
+            kx: &self.kx,
+            delta_path: self.delta_path,
+            recorded: &self.recorded,
+            pairs: &self.pairs,
+            crossing: &self.crossing,
+        };
+        let len = (self.steps + 1) * self.record;
+        let trajectory = &mut self.trajectory[slot * len..(slot + 1) * len];
+        recorder.record(
+            &cx,
+            site,
+            SiteOutputs {
+                trajectory: &mut *trajectory,
+                psi: psi_row.as_slice_mut().expect("psi rows are contiguous"),
+                ntk: ntk_row.as_slice_mut().expect("NTK rows are contiguous"),
+                psi_sum: sums
+                    .first
+                    .as_slice_mut()
+                    .expect("fresh sums are contiguous"),
+                ntk_sum: sums
+                    .ntk_first
+                    .as_slice_mut()
+                    .expect("fresh sums are contiguous"),
+            },
+        );
+        debug_assert!(
+            R::CURVATURE
+                || (0..=self.steps).all(|k| cx
+                    .step(trajectory, k)
+                    .curvature
+                    .iter()
+                    .all(|&x| x == 0.0)),
+            "a recorder without curvature wrote a curvature slot"
+        );
     }
 
     /// Adds w ∂ψ_ν(k)/∂Δ_α(j) for j in `block` to `acc` ([k][ν][(j − j₀)·P + α]), for the
@@ -828,7 +1036,6 @@ fn tangent_row<const FEEDS_H: bool, const FEEDS_Z: bool, const CURVED: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Activation;
     use crate::sampling::{normal_matrix, replica_rng};
 
     fn small_problem(p: usize, q: usize, dim: usize) -> Problem {
@@ -913,7 +1120,13 @@ mod tests {
             &schedule,
             &sites,
             delta.view(),
-            width,
+            (
+                &ReferenceSites {
+                    activation: act,
+                    readout,
+                },
+                width,
+            ),
             &|_| {},
         );
         let tangent = sums.sensitivity_matrix(p);

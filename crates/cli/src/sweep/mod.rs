@@ -55,6 +55,8 @@ pub struct Sweep<'a> {
     pub theory: Option<Solved>,
     /// The propagator Σ_f, with `theory.fluctuations = true`.
     pub fluctuations: Option<PredictionFluctuations>,
+    /// Which implementation computed Σ_f ("generated:<variant>" or "reference").
+    pub propagator_source: Option<String>,
     /// In increasing width.
     pub widths: Vec<WidthRun>,
     /// rayon threads the seeds ran on.
@@ -131,6 +133,10 @@ pub fn run(config_path: &Path, out: &Path, quiet: bool) -> Result<(), Failure> {
     } else {
         (None, None)
     };
+    let (fluctuations, propagator_source) = match fluctuations {
+        Some(fl) => (Some(fl.sigma), Some(fl.source)),
+        None => (None, None),
+    };
     let cost = |w: usize| width_cost(&config, data.dim(), w);
     let bar = Bar::percent(widths.iter().map(|&w| cost(w)).sum(), "networks", quiet);
     let mut done = 0;
@@ -167,6 +173,7 @@ pub fn run(config_path: &Path, out: &Path, quiet: bool) -> Result<(), Failure> {
         data: &data,
         theory,
         fluctuations,
+        propagator_source,
         widths: runs,
         threads,
         wall_time: started.elapsed().as_secs_f64(),
