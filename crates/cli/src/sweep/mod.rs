@@ -22,10 +22,10 @@ mod write;
 use crate::config::{Config, DataKind, TrainingChoice};
 use crate::experiment::{self, Solved, Source};
 use crate::failure::Failure;
+use crate::fluctuations::Fluctuations;
 use crate::progress::Bar;
 use crate::results;
 use dmft_data::{Dataset, GaussianTask};
-use dmft_runtime::propagator::PredictionFluctuations;
 use dmft_sim::{
     Architecture, DataSampler, EnsembleConfig, EnsembleStats, SimError, SimRng, Training,
     memory_estimate,
@@ -54,7 +54,7 @@ pub struct Sweep<'a> {
     pub data: &'a Dataset,
     pub theory: Option<Solved>,
     /// The propagator Σ_f, with `theory.fluctuations = true`.
-    pub fluctuations: Option<PredictionFluctuations>,
+    pub fluctuations: Option<Fluctuations>,
     /// In increasing width.
     pub widths: Vec<WidthRun>,
     /// rayon threads the seeds ran on.

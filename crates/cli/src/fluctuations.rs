@@ -1,0 +1,64 @@
+//! The finite-width propagator of a run: which one computed Σ_f, and which observables it
+//! has. Every propagator gives N·Var of the predictions and of the loss; only the two-layer
+//! ones (μP site propagator, lazy universal form) also give the NTK's.
+
+use dmft_runtime::deep_linear_propagator::DeepLinearFluctuations;
+use dmft_runtime::propagator::PredictionFluctuations;
+use ndarray::{Array1, Array2};
+
+pub enum Fluctuations {
+    /// Two-layer networks (model.depth = 1): predictions, loss and NTK.
+    TwoLayer(PredictionFluctuations),
+    /// Deep linear μP networks (model.depth ≥ 2), from the Hessian of the full action:
+    /// predictions and loss.
+    DeepLinear(DeepLinearFluctuations),
+}
+
+impl Fluctuations {
+    /// The name recorded in summary.json.
+    pub fn propagator(&self) -> &'static str {
+        match self {
+            Fluctuations::TwoLayer(_) => "two-layer",
+            Fluctuations::DeepLinear(_) => "deep-linear",
+        }
+    }
+
+    pub fn t(&self) -> &Array1<f64> {
+        match self {
+            Fluctuations::TwoLayer(fl) => &fl.t,
+            Fluctuations::DeepLinear(fl) => &fl.t,
+        }
+    }
+
+    /// N·Var[f] on the train points, T_rec × P.
+    pub fn var_f_train(&self) -> &Array2<f64> {
+        match self {
+            Fluctuations::TwoLayer(fl) => &fl.var_f_train,
+            Fluctuations::DeepLinear(fl) => &fl.var_f_train,
+        }
+    }
+
+    /// N·Var[f] on the test points, T_rec × Q.
+    pub fn var_f_test(&self) -> &Array2<f64> {
+        match self {
+            Fluctuations::TwoLayer(fl) => &fl.var_f_test,
+            Fluctuations::DeepLinear(fl) => &fl.var_f_test,
+        }
+    }
+
+    /// N·Var of the train loss, T_rec.
+    pub fn var_loss(&self) -> &Array1<f64> {
+        match self {
+            Fluctuations::TwoLayer(fl) => &fl.var_loss,
+            Fluctuations::DeepLinear(fl) => &fl.var_loss,
+        }
+    }
+
+    /// The propagator that also has the NTK variances (two-layer only).
+    pub fn with_ntk(&self) -> Option<&PredictionFluctuations> {
+        match self {
+            Fluctuations::TwoLayer(fl) => Some(fl),
+            Fluctuations::DeepLinear(_) => None,
+        }
+    }
+}
