@@ -1112,6 +1112,28 @@ mod tests {
         assert_eq!(c.solver(), SolverKind::TwoLayer);
     }
 
+    /// The configs under examples/ are documentation a user runs: each must pass validation.
+    #[test]
+    fn shipped_examples_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if let Err(e) = Config::parse(&text) {
+                    panic!("{}: {e}", path.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 5,
+            "found {checked} examples in {}",
+            dir.display()
+        );
+    }
+
     #[test]
     fn built_in_default_parses() {
         let c = Config::parse(crate::DEFAULT_CONFIG).unwrap();

@@ -124,6 +124,9 @@ pub fn run(config_path: &Path, out: &Path, quiet: bool) -> Result<(), Failure> {
     let estimates = check_memory(&config, &data, &sim_data, &ensemble, &widths, threads)
         .map_err(|e| Failure::Input(format!("{name}: {e}")))?;
 
+    if config.sim.theory {
+        experiment::check_propagator_size(&config, &data, &source)?;
+    }
     let (theory, fluctuations) = if config.sim.theory {
         let solved = experiment::solve(&config, &data, &source, "theory", quiet)?;
         let fluctuations = experiment::fluctuations(&config, &data, &source, "theory", quiet)?;
