@@ -212,7 +212,7 @@ pub fn fluctuations(
         );
         bar.finish();
         return computed
-            .map(|fl| Some(Fluctuations::DeepLinear(fl)))
+            .map(|fl| Some(Fluctuations::DeepLinear(Box::new(fl))))
             .map_err(solver_failure);
     }
     if model.parameterization == Parameterization::Ntk {
@@ -220,7 +220,7 @@ pub fn fluctuations(
         return lazy_fluctuations::two_layer_lazy_fluctuations(
             &problem, &model, &schedule, &options,
         )
-        .map(|fl| Some(Fluctuations::TwoLayer(fl)))
+        .map(|fl| Some(Fluctuations::TwoLayer(Box::new(fl))))
         .map_err(solver_failure);
     }
     let total = if options.quadrature > 0 {
@@ -241,7 +241,7 @@ pub fn fluctuations(
     );
     bar.finish();
     computed
-        .map(|fl| Some(Fluctuations::TwoLayer(fl)))
+        .map(|fl| Some(Fluctuations::TwoLayer(Box::new(fl))))
         .map_err(solver_failure)
 }
 

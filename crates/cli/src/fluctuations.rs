@@ -8,10 +8,10 @@ use ndarray::{Array1, Array2};
 
 pub enum Fluctuations {
     /// Two-layer networks (model.depth = 1): predictions, loss and NTK.
-    TwoLayer(PredictionFluctuations),
+    TwoLayer(Box<PredictionFluctuations>),
     /// Deep linear μP networks (model.depth ≥ 2), from the Hessian of the full action:
     /// predictions and loss.
-    DeepLinear(DeepLinearFluctuations),
+    DeepLinear(Box<DeepLinearFluctuations>),
 }
 
 impl Fluctuations {
@@ -57,7 +57,7 @@ impl Fluctuations {
     /// The propagator that also has the NTK variances (two-layer only).
     pub fn with_ntk(&self) -> Option<&PredictionFluctuations> {
         match self {
-            Fluctuations::TwoLayer(fl) => Some(fl),
+            Fluctuations::TwoLayer(fl) => Some(fl.as_ref()),
             Fluctuations::DeepLinear(_) => None,
         }
     }
