@@ -570,6 +570,33 @@ fn deep_linear_fluctuations_are_the_runtime_propagator() {
     assert!(!files.iter().any(|f| f.contains("ntk_top")), "{files:?}");
 }
 
+/// The deep linear propagator has no NTK eigenvalue of its own: the edge-of-stability warning
+/// reads the top eigenvalue off the written infinite-width NTK. At η = 2 this task crosses
+/// 2P/η = 3 during training (at η = 0.5 it does not: the test above asserts an empty stderr).
+#[test]
+fn deep_linear_fluctuations_warn_past_the_edge_of_stability() {
+    use ndarray_npy::read_npy;
+    let dir = TempDir::new();
+    dir.write(
+        "config.toml",
+        &DEEP_LINEAR.replace("eta = 0.5", "eta = 2.0"),
+    );
+    let out = dmft(&dir.0, &["run", "config.toml", "--out", "res", "--quiet"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let ntk: ndarray::Array3<f64> = read_npy(dir.path("res/theory/ntk.npy")).unwrap();
+    let t: ndarray::Array1<f64> = read_npy(dir.path("res/theory/t.npy")).unwrap();
+    let top: Vec<f64> = ntk
+        .outer_iter()
+        .map(|k| *dmft_runtime::linalg::eigvalsh(k).unwrap().last().unwrap())
+        .collect();
+    let first = top.iter().position(|&l| l > 3.0).expect("crosses 2P/η");
+    let expected = format!(
+        "warning: the top NTK eigenvalue {:.3e} exceeds 2P/η = 3.000e0 at t = {}:",
+        top[first], t[first]
+    );
+    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+}
+
 /// Every network the deep linear propagator does not cover is refused before any work, by
 /// a one-line error naming the key; so is a problem above its size limit.
 #[test]
