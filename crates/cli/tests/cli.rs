@@ -414,6 +414,21 @@ fn fluctuations_are_written_with_their_width_conversion() {
     let summary: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(res.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["fluctuations"]["width"], 512);
+    assert_eq!(summary["fluctuations"]["propagator"], "two-layer");
+    assert_eq!(
+        summary["fluctuations"]["observables"],
+        serde_json::json!([
+            "var_f_train",
+            "var_f_test",
+            "var_loss",
+            "var_ntk",
+            "var_ntk_top"
+        ])
+    );
+    assert_eq!(
+        summary["fluctuations"]["not_computed"],
+        serde_json::json!({})
+    );
     let script = r#"
 import sys, os
 import numpy as np
