@@ -203,7 +203,7 @@ fn summary(sweep: &Sweep, deviations: &[DeviationSummary], files: &[String]) -> 
             "solver": traj.solver.name(),
             "solver_requested": config.theory.solver.to_string(),
             "solver_source": th.solver_source,
-            "propagator_source": sweep.propagator_source,
+            "propagator_source": sweep.fluctuations.as_ref().map(|fl| &fl.source),
             "method": traj.method,
             "wall_time_seconds": th.wall_time,
             "final": {
@@ -345,7 +345,6 @@ mod tests {
             data,
             theory: None,
             fluctuations: None,
-            propagator_source: None,
             widths: runs
                 .into_iter()
                 .map(|stats| WidthRun {
