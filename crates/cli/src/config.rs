@@ -525,11 +525,8 @@ impl Config {
 
         let m = &self.model;
         let solver = self.theory.solver;
-        if self.theory.fluctuations && m.depth != 1 {
-            return Err(format!(
-                "theory.fluctuations = true needs a two-layer network (model.depth = 1), got depth {}; the propagator of deeper networks is not implemented yet",
-                m.depth
-            ));
+        if self.theory.fluctuations && m.depth > 1 {
+            self.check_deep_fluctuations()?;
         }
         if self.theory.fluctuations && m.parameterization == Parameterization::Ntk && !m.centered {
             return Err("theory.fluctuations = true with model.parameterization = \"ntk\" needs model.centered = true: there f(0) is an O(1) Gaussian process, not a finite-width effect".into());
@@ -598,6 +595,32 @@ impl Config {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// `theory.fluctuations` at depth ≥ 2: only the deep linear μP propagator exists. Residual
+    /// branches and a frozen readout are refused with their own keys below.
+    fn check_deep_fluctuations(&self) -> Result<(), String> {
+        let m = &self.model;
+        if m.activation != Activation::Linear {
+            return Err(format!(
+                "theory.fluctuations = true at model.depth = {} needs model.activation = \"linear\" (the deep linear propagator), got \"{}\"; the deep nonlinear propagator is not implemented yet",
+                m.depth, m.activation
+            ));
+        }
+        if m.parameterization != Parameterization::Mup {
+            return Err(format!(
+                "theory.fluctuations = true at model.depth = {} needs model.parameterization = \"mup\"; the lazy (NTK) propagator is two-layer only",
+                m.depth
+            ));
+        }
+        let solver = self.theory.solver;
+        if !matches!(solver, SolverChoice::Auto | SolverChoice::DeepLinear) {
+            return Err(format!(
+                "theory.fluctuations = true at model.depth = {} is computed around the deep linear solver's trajectory; theory.solver must be \"auto\" or \"deep-linear\", got \"{solver}\"",
+                m.depth
+            ));
+        }
+        Ok(())
     }
 
     /// The proportional regime: a deep linear network with a linear teacher, solved by its
@@ -1087,6 +1110,28 @@ mod tests {
         assert_eq!(c.train.eta, 0.5);
         assert_eq!(c.theory.sites, 100_000);
         assert_eq!(c.solver(), SolverKind::TwoLayer);
+    }
+
+    /// The configs under examples/ are documentation a user runs: each must pass validation.
+    #[test]
+    fn shipped_examples_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if let Err(e) = Config::parse(&text) {
+                    panic!("{}: {e}", path.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 5,
+            "found {checked} examples in {}",
+            dir.display()
+        );
     }
 
     #[test]

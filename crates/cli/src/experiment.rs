@@ -3,12 +3,13 @@
 
 use crate::config::{Config, DataKind, SolverChoice};
 use crate::failure::Failure;
+use crate::fluctuations::{Fluctuations, Sigma};
 use crate::progress::Bar;
 use crate::results::{self, Metrics};
 use dmft_data::{Dataset, GaussianTask};
-use dmft_runtime::lazy_fluctuations;
-use dmft_runtime::propagator::{self, PredictionFluctuations};
+use dmft_runtime::propagator;
 use dmft_runtime::{Parameterization, Trajectory};
+use dmft_runtime::{deep_linear_propagator, lazy_fluctuations};
 use dmft_sim::digits::{self, ClassSplit};
 use std::path::Path;
 use std::time::Instant;
@@ -125,7 +126,7 @@ fn check_result_size(config: &Config, data: &Dataset, source: &Source) -> Result
 /// A finished run: what was computed and how long it took.
 pub struct Outcome {
     pub trajectory: Trajectory,
-    pub fluctuations: Option<PredictionFluctuations>,
+    pub fluctuations: Option<Fluctuations>,
     pub metrics: Metrics,
 }
 
@@ -133,22 +134,33 @@ pub struct Outcome {
 /// before any work, with the estimate.
 const MAX_PROPAGATOR_BYTES: u128 = 4 << 30;
 
-/// Computes the finite-width propagator Σ_f when `theory.fluctuations = true`, with a
-/// progress bar over the sites.
-pub fn fluctuations(
+/// Refuses a `theory.fluctuations` problem above what its propagator can hold, naming the
+/// sizes and what to reduce; call it before any solving.
+pub fn check_propagator_size(
     config: &Config,
     data: &Dataset,
     source: &Source,
-    label: &str,
-    quiet: bool,
-) -> Result<Option<PredictionFluctuations>, Failure> {
+) -> Result<(), Failure> {
     if !config.theory.fluctuations {
-        return Ok(None);
+        return Ok(());
     }
     let (p, q, steps) = (data.n_train(), data.n_test(), config.train.steps);
+    let depth = config.model.depth;
+    if depth > 1 {
+        let order_parameters = deep_linear_propagator::order_parameters(depth, p + q, steps);
+        let limit = deep_linear_propagator::MAX_ORDER_PARAMETERS;
+        if order_parameters > limit as u128 {
+            return Err(Failure::Input(format!(
+                "{}: theory.fluctuations at model.depth = {depth} uses the dense deep linear propagator, which holds at most {limit} order parameters; P + Q = {} points over T + 1 = {} steps give {order_parameters} (reduce train.steps, the number of points or model.depth)",
+                source.name,
+                p + q,
+                steps + 1
+            )));
+        }
+        return Ok(());
+    }
     let recorded = config.schedule().recorded_steps().len();
-    let lazy = config.model().parameterization == Parameterization::Ntk;
-    let bytes = if lazy {
+    let bytes = if config.model().parameterization == Parameterization::Ntk {
         lazy_fluctuations::memory_bytes(p, q, steps)
     } else {
         propagator::memory_bytes(p, q, steps, recorded)
@@ -164,41 +176,82 @@ pub fn fluctuations(
             MAX_PROPAGATOR_BYTES >> 30
         )));
     }
+    Ok(())
+}
+
+/// Computes the finite-width propagator Σ_f when `theory.fluctuations = true`, with a
+/// progress bar: over the sites for two-layer μP, over the estimated work for deep linear
+/// networks (the config allows depth ≥ 2 only for linear μP ones). With `theory.solver =
+/// "auto"` a two-layer μP variant of the catalogue uses its generated site recorder.
+pub fn fluctuations(
+    config: &Config,
+    data: &Dataset,
+    source: &Source,
+    label: &str,
+    quiet: bool,
+) -> Result<Option<Fluctuations>, Failure> {
+    if !config.theory.fluctuations {
+        return Ok(None);
+    }
+    check_propagator_size(config, data, source)?;
     let problem = data
         .to_problem()
         .map_err(|e| Failure::from_solver(source.name, e))?;
-    let options = config.solver_options();
-    if lazy {
+    let (model, schedule, options) = (config.model(), config.schedule(), config.solver_options());
+    let solver_failure = |e| Failure::from_solver(source.name, e);
+    if model.depth > 1 {
+        let bar = Bar::percent(
+            deep_linear_propagator::PROGRESS_TOTAL as u64,
+            &format!("{label} Σ_f"),
+            quiet,
+        );
+        let computed = deep_linear_propagator::deep_linear_prediction_fluctuations_with_progress(
+            &problem,
+            &model,
+            &schedule,
+            &|done| bar.advance(done as u64),
+        );
+        bar.finish();
+        return computed
+            .map(|fl| Some(Fluctuations::reference(Sigma::DeepLinear(Box::new(fl)))))
+            .map_err(solver_failure);
+    }
+    if model.parameterization == Parameterization::Ntk {
         // The NTK parameterization is lazy: the universal form from the NTK covariance.
         return lazy_fluctuations::two_layer_lazy_fluctuations(
-            &problem,
-            &config.model(),
-            &config.schedule(),
-            &options,
+            &problem, &model, &schedule, &options,
         )
-        .map(Some)
-        .map_err(|e| Failure::from_solver(source.name, e));
+        .map(|fl| Some(Fluctuations::reference(Sigma::TwoLayer(Box::new(fl)))))
+        .map_err(solver_failure);
     }
     let total = if options.quadrature > 0 {
         dmft_runtime::two_layer::SiteSet::quadrature(problem.kx.view(), options.quadrature)
-            .map_err(|e| Failure::from_solver(source.name, e))?
+            .map_err(solver_failure)?
             .r
             .len()
     } else {
         options.sites
     };
     let bar = Bar::new(total as u64, "sites", &format!("{label} Σ_f"), quiet);
-    let computed = propagator::two_layer_prediction_fluctuations(
-        &problem,
-        &config.model(),
-        &config.schedule(),
-        &options,
-        &|done| bar.advance(done as u64),
-    );
+    let progress = |done: usize| bar.advance(done as u64);
+    let computed = if config.theory.solver == SolverChoice::Auto {
+        dmft_solvers::prediction_fluctuations(&problem, &model, &schedule, &options, &progress)
+            .map(|(fl, from)| (fl, from.to_string()))
+    } else {
+        propagator::two_layer_prediction_fluctuations(
+            &problem, &model, &schedule, &options, &progress,
+        )
+        .map(|fl| (fl, dmft_solvers::Source::Reference.to_string()))
+    };
     bar.finish();
     computed
-        .map(Some)
-        .map_err(|e| Failure::from_solver(source.name, e))
+        .map(|(fl, source)| {
+            Some(Fluctuations {
+                sigma: Sigma::TwoLayer(Box::new(fl)),
+                source,
+            })
+        })
+        .map_err(solver_failure)
 }
 
 /// A solved infinite-width trajectory, which implementation produced it, and the seconds
@@ -269,6 +322,7 @@ pub fn run_and_write(
     width: Option<usize>,
     quiet: bool,
 ) -> Result<Outcome, Failure> {
+    check_propagator_size(config, data, source)?;
     let Solved {
         trajectory,
         solver_source,

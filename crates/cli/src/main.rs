@@ -11,6 +11,7 @@ mod config;
 mod default_run;
 mod experiment;
 mod failure;
+mod fluctuations;
 mod plots;
 mod progress;
 mod proportional;
@@ -208,21 +209,38 @@ fn run(config_path: &Path, out: &Path, width: Option<usize>, quiet: bool) -> Res
         m.t_final
     );
     if let Some(fl) = &outcome.fluctuations {
-        let last = fl.var_loss.len() - 1;
+        let last = fl.var_loss().len() - 1;
         let max = |a: ndarray::ArrayView1<f64>| a.iter().cloned().fold(0.0f64, f64::max);
         println!(
-            "finite width (N·Var, width-free) at t = {}: max over train points {:.3e}, test {:.3e}, loss {:.3e}",
-            fl.t[last],
-            max(fl.var_f_train.row(last)),
-            max(fl.var_f_test.row(last)),
-            fl.var_loss[last]
+            "finite width (N·Var, width-free, {} propagator) at t = {}: max over train points {:.3e}, test {:.3e}, loss {:.3e}",
+            fl.propagator(),
+            fl.t()[last],
+            max(fl.var_f_train().row(last)),
+            max(fl.var_f_test().row(last)),
+            fl.var_loss()[last]
         );
         // Gradient descent is linearly unstable once η λ_max / P > 2 (the edge of stability).
+        // The two-layer propagator has the top eigenvalue from its own sites; otherwise it
+        // is read off the trajectory's NTK.
+        let top: Vec<f64> = match fl.with_ntk() {
+            Some(k) => k.ntk_top.to_vec(),
+            None => traj
+                .ntk
+                .axis_iter(ndarray::Axis(0))
+                .map(|k| {
+                    dmft_runtime::linalg::eigvalsh(k)
+                        .ok()
+                        .and_then(|e| e.last().copied())
+                        .unwrap_or(0.0)
+                })
+                .collect(),
+        };
         let threshold = 2.0 * data.n_train() as f64 / config.train.eta;
-        if let Some(i) = fl.ntk_top.iter().position(|&l| l > threshold) {
+        if let Some(i) = top.iter().position(|&l| l > threshold) {
             eprintln!(
                 "warning: the top NTK eigenvalue {:.3e} exceeds 2P/η = {threshold:.3e} at t = {}: past the edge of stability the linearized fluctuations can grow without bound; check Σ_f against ensembles (dmft sweep)",
-                fl.ntk_top[i], fl.t[i]
+                top[i],
+                fl.t()[i]
             );
         }
     }

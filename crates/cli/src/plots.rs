@@ -1,10 +1,10 @@
 //! The figures of a results folder, built from a trajectory with `dmft-report`.
 
 use crate::failure::Failure;
+use crate::fluctuations::Fluctuations;
 use dmft_data::Dataset;
 use dmft_report::{Figure, Grid};
 use dmft_runtime::Trajectory;
-use dmft_runtime::propagator::PredictionFluctuations;
 use ndarray::{Array1, Array2, Axis};
 
 /// At most this many per-point curves per panel: beyond that the plot is unreadable anyway.
@@ -140,20 +140,20 @@ pub fn ntk_eigenvalues(traj: &Trajectory) -> Result<Figure, Failure> {
 
 /// N·Var of train (solid) and test (dashed) predictions against t: the width-free
 /// finite-width variance Σ_f(k,k) of the propagator.
-pub fn fluctuations(fl: &PredictionFluctuations) -> Figure {
-    let all = fl.var_f_train.iter().chain(fl.var_f_test.iter());
+pub fn fluctuations(fl: &Fluctuations) -> Figure {
+    let all = fl.var_f_train().iter().chain(fl.var_f_test().iter());
     let positive = all.clone().all(|&v| v > 0.0);
     let mut fig = Figure::new("finite-width variance N·Var[f] (solid: train, dashed: test)")
         .x_label(T_LABEL)
         .y_label("N·Var[f]")
         .log_y(positive);
     for (which, var, dashed) in [
-        ("train", &fl.var_f_train, false),
-        ("test", &fl.var_f_test, true),
+        ("train", fl.var_f_train(), false),
+        ("test", fl.var_f_test(), true),
     ] {
         for i in 0..var.ncols().min(MAX_CURVES) {
             fig = fig
-                .line(format!("{which} {}", i + 1), &fl.t, var.column(i))
+                .line(format!("{which} {}", i + 1), fl.t(), var.column(i))
                 .color(i)
                 .dashed(dashed);
         }

@@ -4,9 +4,10 @@
 //! ```text
 //! DIR/summary.json
 //! DIR/theory/{t,f_train,f_test,loss,ntk}.npy  (+ test_loss, f_train_se, f_test_se, loss_se)
-//! DIR/theory/{var_f_train,var_f_test,var_loss,var_ntk,var_ntk_top}.npy  (theory.fluctuations:
-//!   N·Var), and ntk_top.npy (top eigenvalue of the infinite-width train NTK)
-//! DIR/theory/{var_f_train,var_f_test,var_loss,var_ntk,var_ntk_top}_N{width}.npy  (--width)
+//! DIR/theory/{var_f_train,var_f_test,var_loss}.npy  (theory.fluctuations: N·Var)
+//! DIR/theory/{var_ntk,var_ntk_top,ntk_top}.npy  (two-layer networks only: N·Var of the NTK
+//!   and of its top eigenvalue, and the top eigenvalue of the infinite-width train NTK)
+//! DIR/theory/var_*_N{width}.npy  (--width: the same variances at that width)
 //! DIR/plots/{loss,predictions,ntk_eigenvalues}.svg  (+ fluctuations.svg)
 //! ```
 //!
@@ -17,10 +18,10 @@
 
 use crate::config::Config;
 use crate::failure::Failure;
+use crate::fluctuations::Fluctuations;
 use crate::plots;
 use dmft_data::Dataset;
 use dmft_runtime::Trajectory;
-use dmft_runtime::propagator::PredictionFluctuations;
 use ndarray::{ArrayBase, Axis, Data, Dimension};
 use ndarray_npy::{WritableElement, write_npy};
 use serde_json::json;
@@ -42,7 +43,7 @@ pub struct Record<'a> {
     /// Which implementation solved it: "generated:<variant>" or "reference".
     pub solver_source: &'a str,
     /// Σ_f when theory.fluctuations = true.
-    pub fluctuations: Option<&'a PredictionFluctuations>,
+    pub fluctuations: Option<&'a Fluctuations>,
     /// `--width N`: also write the variances at width N.
     pub width: Option<usize>,
     pub wall_time: f64,
@@ -143,11 +144,12 @@ pub fn write(dir: &Path, record: &Record) -> Result<Metrics, Failure> {
     Ok(metrics)
 }
 
-/// Writes N·Var of predictions and loss into `root/theory/`, and with `width` the variances
-/// at that width; returns the files written, relative to `root`.
+/// Writes N·Var of predictions and loss (and of the NTK, where the propagator has it) into
+/// `root/theory/`, and with `width` the variances at that width; returns the files written,
+/// relative to `root`.
 pub fn write_fluctuations(
     root: &Path,
-    fl: &PredictionFluctuations,
+    fl: &Fluctuations,
     width: Option<usize>,
 ) -> Result<Vec<String>, Failure> {
     let theory = root.join("theory");
@@ -159,33 +161,44 @@ pub fn write_fluctuations(
             .map(|n| (format!("_N{n}"), 1.0 / n as f64)),
     );
     for (suffix, scale) in scales {
-        for (name, a) in [
-            ("var_f_train", fl.var_f_train.mapv(|v| v * scale).into_dyn()),
-            ("var_f_test", fl.var_f_test.mapv(|v| v * scale).into_dyn()),
-            ("var_loss", fl.var_loss.mapv(|v| v * scale).into_dyn()),
-            ("var_ntk", fl.var_ntk.mapv(|v| v * scale).into_dyn()),
-            ("var_ntk_top", fl.var_ntk_top.mapv(|v| v * scale).into_dyn()),
-        ] {
+        let mut arrays = vec![
+            (
+                "var_f_train",
+                fl.var_f_train().mapv(|v| v * scale).into_dyn(),
+            ),
+            ("var_f_test", fl.var_f_test().mapv(|v| v * scale).into_dyn()),
+            ("var_loss", fl.var_loss().mapv(|v| v * scale).into_dyn()),
+        ];
+        if let Some(k) = fl.with_ntk() {
+            arrays.push(("var_ntk", k.var_ntk.mapv(|v| v * scale).into_dyn()));
+            arrays.push(("var_ntk_top", k.var_ntk_top.mapv(|v| v * scale).into_dyn()));
+        }
+        for (name, a) in arrays {
             let name = format!("{name}{suffix}");
             save(&theory, &name, &a)?;
             files.push(format!("theory/{name}.npy"));
         }
     }
-    save(&theory, "ntk_top", &fl.ntk_top.clone().into_dyn())?;
-    files.push("theory/ntk_top.npy".into());
+    if let Some(k) = fl.with_ntk() {
+        save(&theory, "ntk_top", &k.ntk_top)?;
+        files.push("theory/ntk_top.npy".into());
+    }
     Ok(files)
 }
 
 /// Checks Σ_f's recorded arrays against the trajectory's steps and for finite values.
-pub fn check_fluctuations(fl: &PredictionFluctuations, traj: &Trajectory) -> Result<(), Failure> {
+pub fn check_fluctuations(fl: &Fluctuations, traj: &Trajectory) -> Result<(), Failure> {
     let (t, p, q) = (traj.t.len(), traj.f_train.ncols(), traj.f_test.ncols());
     let origin = "the propagator";
-    check_array(origin, "var_f_train", &fl.var_f_train, &[t, p], &traj.t)?;
-    check_array(origin, "var_f_test", &fl.var_f_test, &[t, q], &traj.t)?;
-    check_array(origin, "var_loss", &fl.var_loss, &[t], &traj.t)?;
-    check_array(origin, "var_ntk", &fl.var_ntk, &[t, p, p], &traj.t)?;
-    check_array(origin, "ntk_top", &fl.ntk_top, &[t], &traj.t)?;
-    check_array(origin, "var_ntk_top", &fl.var_ntk_top, &[t], &traj.t)
+    check_array(origin, "var_f_train", fl.var_f_train(), &[t, p], &traj.t)?;
+    check_array(origin, "var_f_test", fl.var_f_test(), &[t, q], &traj.t)?;
+    check_array(origin, "var_loss", fl.var_loss(), &[t], &traj.t)?;
+    if let Some(k) = fl.with_ntk() {
+        check_array(origin, "var_ntk", &k.var_ntk, &[t, p, p], &traj.t)?;
+        check_array(origin, "ntk_top", &k.ntk_top, &[t], &traj.t)?;
+        check_array(origin, "var_ntk_top", &k.var_ntk_top, &[t], &traj.t)?;
+    }
+    Ok(())
 }
 
 /// Writes the trajectory's arrays into `root/theory/` (the layout of module docs) and
@@ -258,21 +271,41 @@ fn summary(record: &Record, metrics: &Metrics, files: &[String]) -> serde_json::
         },
         "ntk_relative_change": metrics.ntk_change,
         "monte_carlo": monte_carlo,
-        "fluctuations": record.fluctuations.map(|fl| {
-            let last = fl.var_loss.len() - 1;
-            json!({
-                "scale": "N·Var (width-free); the *_N{width} files hold Var at that width",
-                "width": record.width,
-                "final_max_var_f_train": fl.var_f_train.row(last).iter().cloned().fold(0.0f64, f64::max),
-                "final_max_var_f_test": fl.var_f_test.row(last).iter().cloned().fold(0.0f64, f64::max),
-                "final_var_loss": fl.var_loss[last],
-                "final_ntk_top": fl.ntk_top[last],
-                "final_var_ntk_top": fl.var_ntk_top[last],
-            })
-        }),
+        "fluctuations": record.fluctuations.map(|fl| fluctuation_summary(fl, record.width)),
         "wall_time_seconds": record.wall_time,
         "versions": { "dmft": env!("CARGO_PKG_VERSION") },
         "files": files,
+    })
+}
+
+/// The `fluctuations` entry of summary.json: which propagator ran, which observables it
+/// wrote (the NTK ones are two-layer only), and their final values.
+fn fluctuation_summary(fl: &Fluctuations, width: Option<usize>) -> serde_json::Value {
+    let last = fl.var_loss().len() - 1;
+    let max = |a: &ndarray::Array2<f64>| a.row(last).iter().cloned().fold(0.0f64, f64::max);
+    let mut observables = vec!["var_f_train", "var_f_test", "var_loss"];
+    let kernel = fl.with_ntk();
+    if kernel.is_some() {
+        observables.extend(["var_ntk", "var_ntk_top"]);
+    }
+    json!({
+        "propagator": fl.propagator(),
+        "propagator_source": fl.source,
+        "observables": observables,
+        "not_computed": match kernel {
+            Some(_) => json!({}),
+            None => json!({
+                "var_ntk": "two-layer networks only (model.depth = 1)",
+                "var_ntk_top": "two-layer networks only (model.depth = 1)",
+            }),
+        },
+        "scale": "N·Var (width-free); the *_N{width} files hold Var at that width",
+        "width": width,
+        "final_max_var_f_train": max(fl.var_f_train()),
+        "final_max_var_f_test": max(fl.var_f_test()),
+        "final_var_loss": fl.var_loss()[last],
+        "final_ntk_top": kernel.map(|k| k.ntk_top[last]),
+        "final_var_ntk_top": kernel.map(|k| k.var_ntk_top[last]),
     })
 }
 

@@ -301,15 +301,17 @@ fn run_writes_results_contract() {
     assert_eq!(names, ["config.toml", "res"]);
 }
 
-/// `solver = "auto"` runs the generated solver of the variant and says so; for the same
-/// seed its predictions are the reference's to the last bit (the .npy files are equal).
+/// `solver = "auto"` runs the generated solver and propagator of the variant and says so;
+/// for the same seed its predictions and variances are the reference's to the last bit
+/// (the .npy files are equal).
 #[test]
 fn auto_uses_the_generated_solver_and_records_it() {
     let dir = TempDir::new();
-    dir.write("reference.toml", SMALL);
+    let small = format!("{SMALL}fluctuations = true\n");
+    dir.write("reference.toml", &small);
     dir.write(
         "auto.toml",
-        &SMALL.replace(r#"solver = "two-layer""#, r#"solver = "auto""#),
+        &small.replace(r#"solver = "two-layer""#, r#"solver = "auto""#),
     );
     for name in ["reference", "auto"] {
         let out = dmft(
@@ -325,7 +327,24 @@ fn auto_uses_the_generated_solver_and_records_it() {
     assert_eq!(summary("auto")["solver_source"], "generated:two-layer-relu");
     assert_eq!(summary("auto")["solver"], "two-layer");
     assert_eq!(summary("reference")["solver_source"], "reference");
-    for file in ["f_train", "f_test", "ntk", "f_train_se"] {
+    assert_eq!(
+        summary("auto")["fluctuations"]["propagator_source"],
+        "generated:two-layer-relu"
+    );
+    assert_eq!(
+        summary("reference")["fluctuations"]["propagator_source"],
+        "reference"
+    );
+    for file in [
+        "f_train",
+        "f_test",
+        "ntk",
+        "f_train_se",
+        "var_f_train",
+        "var_f_test",
+        "var_ntk",
+        "var_loss",
+    ] {
         let read =
             |name: &str| fs::read(dir.path(name).join(format!("theory/{file}.npy"))).unwrap();
         assert!(read("auto") == read("reference"), "{file}.npy differs");
@@ -370,6 +389,10 @@ fn frozen_readout_runs_the_generated_solver() {
         assert!(read("auto") == read("reference"), "{file}.npy differs");
     }
     assert!(dir.path("auto").join("theory/var_f_train.npy").is_file());
+    assert_eq!(
+        summary("auto")["fluctuations"]["propagator_source"],
+        "generated:two-layer-relu-frozen-readout"
+    );
     // The frozen readout is two-layer μP only; other models are refused naming the key.
     dir.write(
         "deep.toml",
@@ -414,6 +437,21 @@ fn fluctuations_are_written_with_their_width_conversion() {
     let summary: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(res.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["fluctuations"]["width"], 512);
+    assert_eq!(summary["fluctuations"]["propagator"], "two-layer");
+    assert_eq!(
+        summary["fluctuations"]["observables"],
+        serde_json::json!([
+            "var_f_train",
+            "var_f_test",
+            "var_loss",
+            "var_ntk",
+            "var_ntk_top"
+        ])
+    );
+    assert_eq!(
+        summary["fluctuations"]["not_computed"],
+        serde_json::json!({})
+    );
     let script = r#"
 import sys, os
 import numpy as np
@@ -446,12 +484,207 @@ print("ok")
     }
 }
 
+/// A deep linear μP network of depth L = 2 (P = 3, Q = 1, T = 6, steps 0, 2, 4, 6 recorded).
+const DEEP_LINEAR: &str = r#"
+[data]
+p_train = 3
+p_test = 1
+dim = 8
+teacher = "linear"
+seed = 4
+[model]
+depth = 2
+activation = "linear"
+gamma0 = 1.5
+[train]
+eta = 0.5
+steps = 6
+record_every = 2
+[theory]
+fluctuations = true
+"#;
+
+/// Plumbing check, not a check of the propagator (that is the runtime's tests and the
+/// ensemble sweep below): `dmft run` on a deep linear config writes exactly what a direct
+/// call of `deep_linear_prediction_fluctuations` on the same problem returns (≤ 1e-12 of the
+/// largest entry: the same code on the same inputs), the `--width` files at 1/N of them, no
+/// NTK variance files, and a summary.json that says which observables were written.
 #[test]
-fn fluctuations_need_a_two_layer_network_and_width_needs_them() {
-    rejects(
-        "[model]\ndepth = 2\n[theory]\nfluctuations = true\n",
-        "theory.fluctuations = true needs a two-layer network",
+fn deep_linear_fluctuations_are_the_runtime_propagator() {
+    use dmft_runtime::deep_linear_propagator::deep_linear_prediction_fluctuations;
+    use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule};
+    use ndarray_npy::read_npy;
+
+    let dir = TempDir::new();
+    dir.write("config.toml", DEEP_LINEAR);
+    let args = ["run", "config.toml", "--out", "res", "--width", "256"];
+    let out = dmft(&dir.0, &[&args[..], &["--quiet"]].concat());
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("finite width (N·Var, width-free, deep-linear propagator)"),
+        "{stdout}"
     );
+
+    let data = dmft_data::GaussianTask {
+        p_train: 3,
+        p_test: 1,
+        dim: 8,
+        teacher: dmft_data::Teacher::Linear,
+        seed: 4,
+    }
+    .generate();
+    let model = Model {
+        depth: 2,
+        activation: Activation::Linear,
+        parameterization: Parameterization::Mup,
+        gamma0: 1.5,
+        centered: false,
+        residual: None,
+        readout: Readout::Trained,
+    };
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 6,
+        record_every: 2,
+    };
+    let direct =
+        deep_linear_prediction_fluctuations(&data.to_problem().unwrap(), &model, &schedule)
+            .unwrap();
+    let theory = dir.path("res/theory");
+    let close = |name: &str, got: ndarray::ArrayViewD<f64>, want: ndarray::ArrayViewD<f64>| {
+        assert_eq!(got.shape(), want.shape(), "{name}");
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{name}: all zero");
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-12 * scale, "{name}: {got} vs {want}");
+        }
+    };
+    for (name, want) in [
+        ("var_f_train", direct.var_f_train.view().into_dyn()),
+        ("var_f_test", direct.var_f_test.view().into_dyn()),
+        ("var_loss", direct.var_loss.view().into_dyn()),
+    ] {
+        let got: ndarray::ArrayD<f64> = read_npy(theory.join(format!("{name}.npy"))).unwrap();
+        close(name, got.view(), want.clone());
+        let at_width: ndarray::ArrayD<f64> =
+            read_npy(theory.join(format!("{name}_N256.npy"))).unwrap();
+        close(name, at_width.view(), (&want / 256.0).view());
+    }
+    assert_eq!(direct.var_f_train.dim(), (4, 3));
+    assert_eq!(direct.var_f_test.dim(), (4, 1));
+    for absent in ["var_ntk", "var_ntk_top", "ntk_top", "var_ntk_N256"] {
+        assert!(!theory.join(format!("{absent}.npy")).exists(), "{absent}");
+    }
+    let svg = fs::read_to_string(dir.path("res/plots/fluctuations.svg")).unwrap();
+    assert!(svg.contains("train 3") && svg.contains("test 1"));
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path("res/summary.json")).unwrap()).unwrap();
+    let fl = &summary["fluctuations"];
+    assert_eq!(fl["propagator"], "deep-linear");
+    assert_eq!(
+        fl["observables"],
+        serde_json::json!(["var_f_train", "var_f_test", "var_loss"])
+    );
+    assert!(
+        fl["not_computed"]["var_ntk"]
+            .as_str()
+            .unwrap()
+            .contains("two-layer"),
+        "{fl}"
+    );
+    assert_eq!(fl["width"], 256);
+    assert!(fl["final_ntk_top"].is_null());
+    assert_eq!(fl["final_var_loss"], direct.var_loss[3]);
+    let files: Vec<&str> = summary["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(files.contains(&"theory/var_f_test_N256.npy"), "{files:?}");
+    assert!(!files.iter().any(|f| f.contains("ntk_top")), "{files:?}");
+}
+
+/// The deep linear propagator has no NTK eigenvalue of its own: the edge-of-stability warning
+/// reads the top eigenvalue off the written infinite-width NTK. At η = 2 this task crosses
+/// 2P/η = 3 during training (at η = 0.5 it does not: the test above asserts an empty stderr).
+#[test]
+fn deep_linear_fluctuations_warn_past_the_edge_of_stability() {
+    use ndarray_npy::read_npy;
+    let dir = TempDir::new();
+    dir.write(
+        "config.toml",
+        &DEEP_LINEAR.replace("eta = 0.5", "eta = 2.0"),
+    );
+    let out = dmft(&dir.0, &["run", "config.toml", "--out", "res", "--quiet"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let ntk: ndarray::Array3<f64> = read_npy(dir.path("res/theory/ntk.npy")).unwrap();
+    let t: ndarray::Array1<f64> = read_npy(dir.path("res/theory/t.npy")).unwrap();
+    let top: Vec<f64> = ntk
+        .outer_iter()
+        .map(|k| *dmft_runtime::linalg::eigvalsh(k).unwrap().last().unwrap())
+        .collect();
+    let first = top.iter().position(|&l| l > 3.0).expect("crosses 2P/η");
+    let expected = format!(
+        "warning: the top NTK eigenvalue {:.3e} exceeds 2P/η = 3.000e0 at t = {}:",
+        top[first], t[first]
+    );
+    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+}
+
+/// Every network the deep linear propagator does not cover is refused before any work, by
+/// a one-line error naming the key; so is a problem above its size limit.
+#[test]
+fn deep_fluctuations_are_refused_outside_the_deep_linear_propagator() {
+    let linear = DEEP_LINEAR.replace("activation = \"linear\"\n", "");
+    for (config, key) in [
+        (
+            linear.replace("[model]\n", "[model]\nactivation = \"relu\"\n"),
+            "theory.fluctuations = true at model.depth = 2 needs model.activation = \"linear\"",
+        ),
+        (
+            DEEP_LINEAR.replace("[model]\n", "[model]\nparameterization = \"ntk\"\n"),
+            "theory.fluctuations = true at model.depth = 2 needs model.parameterization = \"mup\"",
+        ),
+        (
+            DEEP_LINEAR.replace("[theory]\n", "[theory]\nsolver = \"deep-nonlinear\"\n"),
+            "theory.solver must be \"auto\" or \"deep-linear\"",
+        ),
+        (
+            DEEP_LINEAR.replace("[model]\n", "[model]\nresidual_beta = 1.0\n"),
+            "model.residual_beta",
+        ),
+        (
+            DEEP_LINEAR.replace("[model]\n", "[model]\nreadout = \"frozen\"\n"),
+            "model.readout = \"frozen\"",
+        ),
+    ] {
+        rejects(&config, key);
+    }
+    // 41 steps of P + Q = 5 points: 21 115 + 2 · 205 · 41 + 861 + 205 = 38 991 order
+    // parameters, refused before the infinite-width solve.
+    let line = rejects(
+        &DEEP_LINEAR
+            .replace("p_test = 1", "p_test = 2")
+            .replace("steps = 6", "steps = 40"),
+        "theory.fluctuations at model.depth = 2 uses the dense deep linear propagator",
+    );
+    for part in [
+        "at most 12000",
+        "P + Q = 5",
+        "T + 1 = 41",
+        "give 38991",
+        "reduce train.steps",
+    ] {
+        assert!(line.contains(part), "{part}: {line}");
+    }
+}
+
+#[test]
+fn fluctuations_need_centering_in_ntk_and_width_needs_them() {
     rejects(
         "[model]\nparameterization = \"ntk\"\n[theory]\nfluctuations = true\n",
         "needs model.centered = true",

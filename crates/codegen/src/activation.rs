@@ -49,3 +49,26 @@ pub fn d1(name: &str, arg: &str, phi_value: Option<&str>) -> Result<String, Code
         _ => return Err(CodegenError::Unsupported(format!("activation `{name}`"))),
     })
 }
+
+/// φ''(arg) of a smooth activation as an expression, in the runtime's order of operations;
+/// `phi_value` as in [`d1`] (tanh'' = −2t(1 − t²) reuses the stored t). relu's φ'' is a
+/// Dirac delta, which no pointwise expression represents: the propagator lowering uses the
+/// runtime's crossing kernel for it instead.
+pub fn d2(name: &str, arg: &str, phi_value: Option<&str>) -> Result<String, CodegenError> {
+    Ok(match (name, phi_value) {
+        ("linear", _) => "0.0".to_string(),
+        ("tanh", Some(t)) => format!("-2.0 * {t} * (1.0 - {t} * {t})"),
+        ("tanh", None) => format!("{{ let t = {arg}.tanh(); -2.0 * t * (1.0 - t * t) }}"),
+        ("erf", _) => {
+            format!("-2.0 * {arg} * std::f64::consts::FRAC_2_SQRT_PI * (-{arg} * {arg}).exp()")
+        }
+        ("gelu", _) => {
+            format!("dmft_runtime::activation::normal_pdf({arg}) * (2.0 - {arg} * {arg})")
+        }
+        _ => {
+            return Err(CodegenError::Unsupported(format!(
+                "the second derivative of activation `{name}`"
+            )));
+        }
+    })
+}

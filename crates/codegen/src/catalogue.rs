@@ -89,10 +89,21 @@ fn registry(solvers: &[(String, GeneratedSolver)]) -> Result<String> {
                 )));
             }
             seen.push(key);
+            let propagator = match e.propagator {
+                Some(f) => format!("Some({}::{f})", g.module),
+                None => "None".to_string(),
+            };
             rows.push_str(&format!(
                 "Generated {{ variant: \"{}\", spec: \"{rel}\", solver: SolverKind::{}, depth: {}, \
-                 activation: Activation::{}, readout: Readout::{}, residual: {}, solve: {}::{} }},\n",
-                g.variant, e.solver, e.depth, e.activation, e.readout, e.residual, g.module,
+                 activation: Activation::{}, readout: Readout::{}, residual: {}, solve: {}::{}, \
+                 propagator: {propagator} }},\n",
+                g.variant,
+                e.solver,
+                e.depth,
+                e.activation,
+                e.readout,
+                e.residual,
+                g.module,
                 e.function
             ));
         }

@@ -342,6 +342,7 @@ rec.finish(SolverKind::Lazy, method)
         residual: false,
         readout: "Trained",
         function: "lazy::solve",
+        propagator: None,
     };
     Ok((source, entry))
 }

@@ -7,6 +7,9 @@
 //!   unrolled, closed-form kernel maps inlined, quadrature with φ inlined otherwise;
 //! - [`sites`]: the two-layer single-site process, forward in time, with φ and φ' inlined,
 //!   fields that are aliases of others (g = z, φ(h) = h) never stored;
+//! - [`propagator`]: with each site march, the base march of one site that the runtime's
+//!   prediction propagator records and propagates tangents from, after checking that the
+//!   derived tangent fields have the form the runtime's tangent kernel implements;
 //! - [`operators`]: the block-triangular closed form of linear networks, layers unrolled
 //!   into calls of the runtime's per-layer block-row updates;
 //! - [`residual`]: the joint-stream closed form of residual linear networks (β/√L
@@ -19,6 +22,7 @@ pub mod catalogue;
 pub mod format;
 pub mod lazy;
 pub mod operators;
+pub mod propagator;
 pub mod residual;
 pub mod sexp;
 pub mod sites;
@@ -60,6 +64,9 @@ pub struct Entry {
     pub readout: &'static str,
     /// Function in the module, e.g. `solve_sites`.
     pub function: &'static str,
+    /// The prediction propagator of the variant in the module, when generated, e.g.
+    /// `propagator::prediction_fluctuations`.
+    pub propagator: Option<&'static str>,
 }
 
 /// The generated source of one spec.

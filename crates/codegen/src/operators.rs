@@ -166,6 +166,7 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, _options: &S
         residual: false,
         readout: "Trained",
         function: "closed_form::solve",
+        propagator: None,
     };
     Ok((source, entry))
 }

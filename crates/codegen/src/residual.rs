@@ -200,6 +200,7 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, _options: &S
         readout: "Trained",
         residual: true,
         function: "closed_form::solve",
+        propagator: None,
     };
     Ok((source, entry))
 }

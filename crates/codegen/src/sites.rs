@@ -509,6 +509,16 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, options: &So
 }}
 "#
     );
+    // The propagator's site recorder rides along; a form it does not know leaves the
+    // variant's propagator to the runtime's reference.
+    let (source, propagator) = match crate::propagator::lower(spec, act, eqs) {
+        Ok(recorder) => (
+            source + &recorder,
+            Some("propagator::prediction_fluctuations"),
+        ),
+        Err(CodegenError::Unsupported(_)) => (source, None),
+        Err(e) => return Err(e),
+    };
     let entry = Entry {
         solver: "TwoLayer",
         readout: if frozen { "Frozen" } else { "Trained" },
@@ -516,6 +526,7 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, options: &So
         activation: activation::runtime_variant(act)?,
         residual: false,
         function: "sites::solve",
+        propagator,
     };
     Ok((source, entry))
 }

@@ -1,6 +1,7 @@
 //! What the lowerings specialize, and what they refuse, read off the generated source.
 
-use dmft_codegen::{CodegenError, derivation_hash, generate};
+use dmft_codegen::sexp::Sexp;
+use dmft_codegen::{CodegenError, Equations, derivation_hash, generate, propagator};
 use dmft_expr::{Activation, Spec, derive};
 
 fn source(spec: Spec) -> String {
@@ -36,8 +37,10 @@ fn linear_sites_store_neither_phi_nor_g() {
 fn tanh_derivative_reuses_the_stored_tanh() {
     let s = source(Spec::mlp("two-layer-tanh", 1, Activation::Tanh));
     assert!(s.contains("(1.0 - phi_i[mu] * phi_i[mu])"), "{s}");
+    // The site march (the propagator's recorder has its own, checked below).
+    let march = &s[..s.find("pub mod propagator").unwrap()];
     assert_eq!(
-        s.matches(".tanh()").count(),
+        march.matches(".tanh()").count(),
         1,
         "tanh evaluated once per sample"
     );
@@ -144,4 +147,121 @@ fn residual_linear_lowers_and_checks_the_stream_form() {
         matches!(&err, CodegenError::Unsupported(m) if m.contains("(g 1 k)") && m.contains("unrecognized form")),
         "{err}"
     );
+}
+
+/// Every two-layer variant gets the propagator's site recorder beside its site march, with
+/// the variant folded in and no activation dispatch.
+#[test]
+fn propagator_recorders_fold_the_variant() {
+    let cases = [Activation::Relu, Activation::Tanh, Activation::Linear]
+        .into_iter()
+        .flat_map(|a| [(a, false), (a, true)]);
+    for (act, frozen) in cases {
+        let spec = Spec::mlp("two-layer", 1, act);
+        let spec = if frozen { spec.frozen_readout() } else { spec };
+        let g = generate("specs/test.toml", &derive(&spec).unwrap()).unwrap();
+        let sites = g.entries.iter().find(|e| e.solver == "TwoLayer").unwrap();
+        assert_eq!(
+            sites.propagator,
+            Some("propagator::prediction_fluctuations"),
+            "{act} frozen={frozen}"
+        );
+        let s = &g.source[g.source.find("pub mod propagator").unwrap()..];
+        let label = format!("{act} frozen={frozen}: {s}");
+        assert!(
+            !s.contains(".phi(") && !s.contains(".d1(") && !s.contains(".d2("),
+            "{label}"
+        );
+        match act {
+            Activation::Relu => {
+                assert!(s.contains("const CURVATURE: bool = true;"), "{label}");
+                assert!(
+                    s.contains("curvature[beta] = crossing_kernel(h[beta], cx.crossing[beta]);"),
+                    "{label}"
+                );
+                assert!(s.contains("if slope != 0.0"), "{label}");
+            }
+            Activation::Tanh => {
+                assert_eq!(s.matches(".tanh()").count(), 1, "{label}");
+                assert!(s.contains("d1[nu] = 1.0 - phi[nu] * phi[nu];"), "{label}");
+                assert!(
+                    s.contains(
+                        "curvature[beta] = -2.0 * phi[beta] * (1.0 - phi[beta] * phi[beta]);"
+                    ),
+                    "{label}"
+                );
+            }
+            _ => {
+                assert!(s.contains("const CURVATURE: bool = false;"), "{label}");
+                assert!(!s.contains("curvature[beta]"), "{label}");
+                assert!(s.contains("let g = z * z;") && s.contains("let slope = cd;"));
+            }
+        }
+        if frozen {
+            assert!(s.contains("let z = r;") && !s.contains("dz"), "{label}");
+            assert!(
+                s.contains("let kappa = g * cx.kx[mu * n + alpha];"),
+                "{label}"
+            );
+        } else {
+            assert!(s.contains("z += dz;"), "{label}");
+            assert!(s.contains("+ phi[mu] * phi[alpha];"), "{label}");
+        }
+    }
+}
+
+/// Hessian blocks of another form than the runtime's tangent kernel implements are refused,
+/// quoting the equation: a dropped birth term, a dropped φ'' term, Δ at the wrong time, the
+/// derivative of the site average for a smooth activation, and a pathwise D_f for relu
+/// (which would drop the kink-crossing term).
+#[test]
+fn propagator_refuses_forms_the_kernel_does_not_implement() {
+    let cases = [
+        (
+            Activation::Tanh,
+            "(dq (h 1 k) (delta s))",
+            "(* c (sum< j k (dot Kx (* (delta j) (dq (g 1 j) (delta s))))))",
+        ),
+        (
+            Activation::Tanh,
+            "(dq (g 1 k) (delta s))",
+            "(* (dact tanh (h 1 k)) (dq (z 1 k) (delta s)))",
+        ),
+        (
+            Activation::Tanh,
+            "(dq (z 1 k) (delta s))",
+            "(* c (sum< j k (sum-a (+ (* (kron j s) (act tanh (h 1 j))) (* (dq (h 1 j) (delta s)) (* (delta k) (dact tanh (h 1 j))))))))",
+        ),
+        (
+            Activation::Tanh,
+            "(dq (f k) (delta s))",
+            "(* (recip gamma0) (dq (avg (* (z 1 k) (act tanh (h 1 k)))) (delta s)))",
+        ),
+        (
+            Activation::Relu,
+            "(dq (f k) (delta s))",
+            "(* (recip gamma0) (avg (+ (* (act relu (h 1 k)) (dq (z 1 k) (delta s))) (* (dact relu (h 1 k)) (* (z 1 k) (dq (h 1 k) (delta s)))))))",
+        ),
+    ];
+    for (act, lhs, wrong) in cases {
+        let spec = Spec::mlp("two-layer", 1, act);
+        let d = derive(&spec).unwrap();
+        let mut eqs = Equations::new(&d).unwrap();
+        assert!(propagator::lower(&spec, act.name(), &eqs).is_ok(), "{act}");
+        eqs.all
+            .iter_mut()
+            .find(|e| e.lhs.to_string() == lhs)
+            .unwrap()
+            .rhs = Sexp::parse(wrong).unwrap();
+        let err = propagator::lower(&spec, act.name(), &eqs).unwrap_err();
+        let quoted = if wrong.contains("(delta k)") {
+            "(* (delta k) (dact tanh (h 1 j)))"
+        } else {
+            wrong
+        };
+        assert!(
+            matches!(&err, CodegenError::Unsupported(m) if m.contains("unrecognized form") && m.contains(quoted)),
+            "{act} {lhs}: {err}"
+        );
+    }
 }

@@ -18,10 +18,11 @@
 
 use crate::deep_linear::{self, LayerFields};
 use crate::linalg::SerialBlas;
-use crate::{DmftError, Model, Parameterization, Problem, Readout, Result, Schedule};
+use crate::{DmftError, Model, Parameterization, Problem, Progress, Readout, Result, Schedule};
 use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 use ndarray_linalg::{FactorizeInto, Inverse, Solve};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Step of the central differences for D_c. The site averages are rational functions of
 /// their inputs with O(1) coefficients: truncation ≈ 1e-12, round-off ≈ 1e-10 relative.
@@ -29,6 +30,22 @@ const STEP: f64 = 1e-6;
 
 /// Largest number of order parameters the dense solve accepts (memory ≈ 5 · 8 · n² bytes).
 pub const MAX_ORDER_PARAMETERS: usize = 12_000;
+
+/// The progress callback of [`deep_linear_prediction_fluctuations_with_progress`] counts up
+/// to this: thousandths of the estimated work.
+pub const PROGRESS_TOTAL: usize = 1000;
+
+/// Number of order parameters q of the dense solve for a network of `depth` layers on
+/// `points` = P + Q inputs over `steps` + 1 steps (the blocks of docs/fluctuations.md,
+/// "Coordinates"): per hidden-layer boundary the upper triangle of Φ^ℓ, A^ℓ, B^{ℓ+1} and the
+/// upper triangle of G^{ℓ+1}, plus the outputs. In u128 so that any config can be sized
+/// before anything is allocated.
+pub fn order_parameters(depth: usize, points: usize, steps: usize) -> u128 {
+    let nt = steps as u128 + 1;
+    let nh = nt * points as u128;
+    let boundary = nh * (nh + 1) / 2 + 2 * nh * nt + nt * (nt + 1) / 2;
+    (depth as u128).saturating_sub(1) * boundary + nh
+}
 
 /// N·Var of the predictions of a deep linear network to leading order in 1/N.
 pub struct DeepLinearFluctuations {
@@ -305,6 +322,17 @@ pub fn deep_linear_prediction_fluctuations(
     model: &Model,
     schedule: &Schedule,
 ) -> Result<DeepLinearFluctuations> {
+    deep_linear_prediction_fluctuations_with_progress(problem, model, schedule, &|_| {})
+}
+
+/// [`deep_linear_prediction_fluctuations`], reporting thousandths of the estimated work
+/// done (up to [`PROGRESS_TOTAL`]) from any thread.
+pub fn deep_linear_prediction_fluctuations_with_progress(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    progress: Progress,
+) -> Result<DeepLinearFluctuations> {
     if model.parameterization != Parameterization::Mup
         || model.activation != crate::Activation::Linear
     {
@@ -332,6 +360,7 @@ pub fn deep_linear_prediction_fluctuations(
     let (depth, layout) = (model.depth, ctx.layout);
     let Layout { n, p, nt } = layout;
     let total: usize = all.iter().map(|b| b.pairs.len()).sum();
+    let meter = Meter::new(progress, layout, depth, total);
     let mut k_mat = Array2::<f64>::zeros((total, total));
     // LAPACK on one thread: small calls come from rayon workers, and OpenBLAS's threaded
     // LU keeps per-CPU job tables on the caller's stack, which overflows the 2 MiB stacks
@@ -373,6 +402,7 @@ pub fn deep_linear_prediction_fluctuations(
                 perturb(&mut minus, layout, kind, pair, -STEP);
                 let hi = layer_means(&ctx.moments(&plus)?, &own, ctx.gamma0);
                 let lo = layer_means(&ctx.moments(&minus)?, &own, ctx.gamma0);
+                meter.column_done();
                 Ok((
                     col,
                     hi.iter()
@@ -389,7 +419,7 @@ pub fn deep_linear_prediction_fluctuations(
         }
     }
 
-    let sigma_q_f = solve_hessian(&k_mat, &d_c, all, depth)?;
+    let sigma_q_f = solve_hessian(&k_mat, &d_c, all, depth, &meter)?;
     let fb = find(all, Kind::F, depth);
     let nf = fb.pairs.len();
     let mut sigma = sigma_q_f
@@ -425,6 +455,7 @@ pub fn deep_linear_prediction_fluctuations(
         let d = sol.delta.row(k);
         var_loss[r] = d.dot(&blk.dot(&d)) / (p * p) as f64;
     }
+    progress(PROGRESS_TOTAL);
     Ok(DeepLinearFluctuations {
         steps,
         t: traj.t.clone(),
@@ -451,14 +482,14 @@ impl<'a> Saddle<'a> {
             p: problem.n_train(),
             nt: schedule.steps + 1,
         };
-        let blocks = blocks(layout, depth);
-        let total: usize = blocks.iter().map(|b| b.pairs.len()).sum();
-        if total > MAX_ORDER_PARAMETERS {
+        let total = order_parameters(depth, layout.n, schedule.steps);
+        if total > MAX_ORDER_PARAMETERS as u128 {
             return Err(DmftError::Invalid(format!(
                 "the dense deep linear propagator has {total} order parameters for depth = {depth}, P + Q = {}, steps = {} (limit {MAX_ORDER_PARAMETERS}); reduce train.steps or the number of points",
                 layout.n, schedule.steps
             )));
         }
+        let blocks = blocks(layout, depth);
         let solution = deep_linear::solve_full(problem, model, schedule, &|_| {})?;
         let ctx = Context {
             layout,
@@ -480,20 +511,64 @@ impl<'a> Saddle<'a> {
     }
 }
 
+/// Reports the work done as thousandths of an estimate. One D_c column (two site solves,
+/// O(((T+1)n)³) each) against the final dense solve (O(q³)): measured at L = 2, n = 5,
+/// T = 12 (q = 3991), one column took as long as 15 ((T+1)n)³ of the solve's q³, and the
+/// solve 87 % of the whole.
+struct Meter<'a> {
+    progress: Progress<'a>,
+    /// Thousandths per D_c column, and for the whole solve.
+    per_column: f64,
+    solve: f64,
+    columns_done: AtomicUsize,
+}
+
+impl<'a> Meter<'a> {
+    fn new(progress: Progress<'a>, layout: Layout, depth: usize, total: usize) -> Self {
+        let (nt, nh) = (layout.nt as f64, (layout.nt * layout.n) as f64);
+        // Every layer reads f; layer ℓ > 1 reads Φ^{ℓ−1}, layer ℓ < L reads G^{ℓ+1}.
+        let columns = depth as f64 * nh
+            + (depth - 1) as f64 * (nh * (nh + 1.0) / 2.0 + nt * (nt + 1.0) / 2.0);
+        let column_cost = 15.0 * nh.powi(3);
+        let solve_cost = (total as f64).powi(3);
+        let all = columns * column_cost + solve_cost;
+        Meter {
+            progress,
+            per_column: PROGRESS_TOTAL as f64 * column_cost / all,
+            solve: PROGRESS_TOTAL as f64 * solve_cost / all,
+            columns_done: AtomicUsize::new(0),
+        }
+    }
+
+    fn column_done(&self) {
+        let done = self.columns_done.fetch_add(1, Ordering::Relaxed) + 1;
+        (self.progress)((done as f64 * self.per_column) as usize);
+    }
+
+    /// `fraction` of the dense solve is done (its flops: inverse 2q³, product 2q³, LU ⅔q³).
+    fn solve_done(&self, fraction: f64) {
+        let columns = self.columns_done.load(Ordering::Relaxed) as f64 * self.per_column;
+        (self.progress)((columns + fraction * self.solve) as usize);
+    }
+}
+
 /// Columns of Σ_q = (M − K M⁻ᵀ J)⁻¹ K M⁻ᵀ for the outputs f (all rows of q), M = I − D_c.
 fn solve_hessian(
     k_mat: &Array2<f64>,
     d_c: &Array2<f64>,
     all: &[Block],
     depth: usize,
+    meter: &Meter,
 ) -> Result<Array2<f64>> {
     let total = k_mat.nrows();
     let lin =
         |e: ndarray_linalg::error::LinalgError| DmftError::Invalid(format!("propagator: {e}"));
     let m = Array2::<f64>::eye(total) - d_c;
     let m_inv = m.inv().map_err(lin)?;
+    meter.solve_done(0.43);
     // K M⁻ᵀ = (M⁻¹ K)ᵀ, K symmetric.
     let y = m_inv.dot(k_mat).reversed_axes();
+    meter.solve_done(0.86);
     // Y J: J pairs A^ℓ(a, j) with B^{ℓ+1}(a, j), unit weight.
     let mut z = m;
     for layer in 1..depth {
@@ -509,6 +584,7 @@ fn solve_hessian(
     }
     let fb = find(all, Kind::F, depth);
     let lu = z.factorize_into().map_err(lin)?;
+    meter.solve_done(1.0);
     let mut out = Array2::<f64>::zeros((total, fb.pairs.len()));
     for (i, mut col) in out.columns_mut().into_iter().enumerate() {
         col.assign(&lu.solve(&y.column(fb.offset + i)).map_err(lin)?);
@@ -645,6 +721,55 @@ mod tests {
             },
             "model.readout = frozen",
         );
+    }
+
+    /// The closed-form size that guards the solve counts exactly the blocks it builds, and a
+    /// problem above the limit is refused with the sizes named and nothing computed.
+    #[test]
+    fn order_parameters_count_the_blocks() {
+        for (depth, n, steps) in [(1, 5, 8), (2, 4, 6), (3, 5, 8), (4, 2, 3)] {
+            let layout = Layout {
+                n,
+                p: 1,
+                nt: steps + 1,
+            };
+            let built: usize = blocks(layout, depth).iter().map(|b| b.pairs.len()).sum();
+            assert_eq!(order_parameters(depth, n, steps), built as u128);
+        }
+        // The documented sizes: L = 2, P + Q = 5, T = 8 and 12.
+        assert_eq!(order_parameters(2, 5, 8), 1935);
+        assert_eq!(order_parameters(2, 5, 12), 3991);
+        let progress = AtomicUsize::new(0);
+        let Err(e) = deep_linear_prediction_fluctuations_with_progress(
+            &problem(),
+            &model(2, 1.0),
+            &schedule(40),
+            &|k| {
+                progress.fetch_max(k, Ordering::Relaxed);
+            },
+        ) else {
+            panic!("a problem above the limit was accepted");
+        };
+        let e = e.to_string();
+        assert!(e.contains("limit 12000") && e.contains("steps = 40"), "{e}");
+        assert_eq!(progress.into_inner(), 0);
+    }
+
+    /// The progress callback ends at its total, and never goes past it.
+    #[test]
+    fn progress_reaches_its_total() {
+        let seen = std::sync::Mutex::new(Vec::new());
+        deep_linear_prediction_fluctuations_with_progress(
+            &problem(),
+            &model(2, 1.0),
+            &schedule(3),
+            &|k| seen.lock().unwrap().push(k),
+        )
+        .unwrap();
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.last(), Some(&PROGRESS_TOTAL));
+        assert!(seen.iter().all(|&k| k <= PROGRESS_TOTAL), "{seen:?}");
+        assert!(seen.len() > 3, "{seen:?}");
     }
 
     fn schedule(steps: usize) -> Schedule {

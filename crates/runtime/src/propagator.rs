@@ -17,10 +17,17 @@
 //! Cost: O(M·P·T²·(3(P+Q) + P)) multiply-adds for relu and linear (a φ'' term adds
 //! O(P·(P+Q)) per direction and step for smooth activations), O(M·((P+Q)T)²) for κ, and
 //! memory O((P+Q)T·(P+Q+P)T) per site block; never a (PT)²×(PT)² object.
+//!
+//! The base march of one site, which records z, φ, φ', v and the curvature per step for the
+//! tangents, is the variant-specific part: the [`SiteRecorder`] trait, with
+//! [`ReferenceSites`] as the hand-written reference and one generated recorder per catalogue
+//! variant (dmft-solvers). The tangent propagation and the assembly of Σ_f are shared.
 
 use crate::problem::Parameterization;
 use crate::two_layer::{Probe, SiteSet, march};
-use crate::{DmftError, Model, Problem, Progress, Readout, Result, Schedule, SolverOptions};
+use crate::{
+    Activation, DmftError, Model, Problem, Progress, Readout, Result, Schedule, SolverOptions,
+};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, Axis, s};
 use ndarray_linalg::{Diag, SolveTriangular, UPLO};
@@ -61,10 +68,37 @@ pub fn two_layer_prediction_fluctuations(
     options: &SolverOptions,
     progress: Progress,
 ) -> Result<PredictionFluctuations> {
+    let sites = ReferenceSites {
+        activation: model.activation,
+        readout: model.readout,
+    };
+    two_layer_prediction_fluctuations_with(problem, model, schedule, options, &sites, progress)
+}
+
+/// [`two_layer_prediction_fluctuations`] with the base march of each site done by
+/// `recorder` (a generated, specialized one, or [`ReferenceSites`]); the tangent
+/// propagation and the assembly of Σ_f are the same for every recorder.
+pub fn two_layer_prediction_fluctuations_with<R: SiteRecorder>(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    options: &SolverOptions,
+    recorder: &R,
+    progress: Progress,
+) -> Result<PredictionFluctuations> {
     if model.depth != 1 || model.parameterization != Parameterization::Mup {
         return Err(DmftError::Unsupported(
             "prediction fluctuations are implemented for two-layer μP networks (model.depth = 1, parameterization = mup)".into(),
         ));
+    }
+    if recorder.activation() != model.activation || recorder.readout() != model.readout {
+        return Err(DmftError::Unsupported(format!(
+            "the propagator's site recorder serves {} with a {} readout, not model.activation = {} with model.readout = {}",
+            recorder.activation(),
+            recorder.readout(),
+            model.activation,
+            model.readout
+        )));
     }
     let sites = SiteSet::from_options(problem.kx.view(), options)?;
     let every_step = Schedule {
@@ -87,7 +121,7 @@ pub fn two_layer_prediction_fluctuations(
         schedule,
         &sites,
         delta_path.view(),
-        CROSSING_WIDTH,
+        (recorder, CROSSING_WIDTH),
         progress,
     );
 
@@ -233,7 +267,7 @@ const SITE_BLOCKS: usize = 4;
 
 /// Budget for one direction block's D_f accumulator, which every site of a block updates at
 /// every step: it must stay in the core's L2 cache, or the pass is memory bound.
-const TANGENT_BLOCK_BYTES: usize = 384 * 1024;
+const TANGENT_BLOCK_BYTES: usize = 1536 * 1024;
 
 /// Half-width of the triangle kernel standing in for relu'' = δ(h), relative to the scale
 /// √K^x_ββ of h_β. Its bias is O(width²) on the kink-crossing term and its Monte Carlo
@@ -243,6 +277,207 @@ const TANGENT_BLOCK_BYTES: usize = 384 * 1024;
 /// central differences). It fails where units park at the kink with a per-step jump beyond
 /// the width: relu with a frozen readout at γ₀ = 2 (docs/dmft.md, "Where the kernel fails").
 pub const CROSSING_WIDTH: f64 = 0.2;
+
+/// relu's crossing kernel: the triangle of half-width `half_width` standing in for δ(h) in
+/// the curvature slot (0 when the half-width is 0: the pathwise tangent). One function, so
+/// the reference and the generated recorders evaluate the same numbers.
+#[inline]
+pub fn crossing_kernel(h: f64, half_width: f64) -> f64 {
+    if half_width > 0.0 {
+        (1.0 - h.abs() / half_width).max(0.0) / half_width
+    } else {
+        0.0
+    }
+}
+
+/// Slots of one step of a site's trajectory record, [`record_len`] values: z, φ(h) (n),
+/// φ'(h) (n), v = K^x(cΔ ⊙ φ') (n) and the curvature coefficient of each training point
+/// (P): φ''(h_β), relu's [`crossing_kernel`], or 0.
+pub struct StepRecord<'r> {
+    pub z: &'r mut f64,
+    pub phi: &'r mut [f64],
+    pub d1: &'r mut [f64],
+    pub v: &'r mut [f64],
+    pub curvature: &'r mut [f64],
+}
+
+/// Length of one step's record for n points, P of them training points.
+pub fn record_len(n: usize, p: usize) -> usize {
+    1 + 3 * n + p
+}
+
+/// What the base march of one site reads: the open-loop Δ path and the constants of the
+/// problem, borrowed from the pass over the sites.
+pub struct SiteContext<'a> {
+    /// Training points P and all points n = P + Q.
+    pub p: usize,
+    pub n: usize,
+    pub steps: usize,
+    /// c = η γ₀ / P.
+    pub c: f64,
+    pub gamma0: f64,
+    pub centered: bool,
+    /// K^x row-major, n × n.
+    pub kx: &'a [f64],
+    /// Δ(k) on the training points along the infinite-width run, (T + 1) × P.
+    pub delta_path: ArrayView2<'a, f64>,
+    /// Recorded-step index of each step (None: the NTK is not recorded there).
+    pub recorded: &'a [Option<usize>],
+    /// The train NTK entries (μ ≤ α), row-major.
+    pub pairs: &'a [(usize, usize)],
+    /// Crossing-kernel half-width per training point (relu).
+    pub crossing: &'a [f64],
+}
+
+impl SiteContext<'_> {
+    /// The record of step k within a site's trajectory (k-major, [`record_len`] per step).
+    #[inline]
+    pub fn step<'r>(&self, trajectory: &'r mut [f64], k: usize) -> StepRecord<'r> {
+        let len = record_len(self.n, self.p);
+        let (z, rest) = trajectory[k * len..(k + 1) * len]
+            .split_first_mut()
+            .expect("a record has a z slot");
+        let (phi, rest) = rest.split_at_mut(self.n);
+        let (d1, rest) = rest.split_at_mut(self.n);
+        let (v, curvature) = rest.split_at_mut(self.n);
+        StepRecord {
+            z,
+            phi,
+            d1,
+            v,
+            curvature,
+        }
+    }
+}
+
+/// What the base march of one site writes.
+pub struct SiteOutputs<'s> {
+    /// The site's trajectory record, (T + 1) steps of [`record_len`] values, which the
+    /// tangent propagation reads back.
+    pub trajectory: &'s mut [f64],
+    /// √w ψ_ν(k) at index k·n + ν, ψ = zφ(h)/γ₀ (minus ψ(0) for a centered model).
+    pub psi: &'s mut [f64],
+    /// √w κ_e(k), κ_e = φ_μφ_α (trained readout only) + g_μg_α K^x_μα, at index r·E + e
+    /// for the recorded steps r and the entries e of [`SiteContext::pairs`].
+    pub ntk: &'s mut [f64],
+    /// Running Σ w ψ and Σ w κ over the sites, same indices.
+    pub psi_sum: &'s mut [f64],
+    pub ntk_sum: &'s mut [f64],
+}
+
+/// The variant-specific half of the propagator's pass over the sites: the open-loop base
+/// march of one site along the infinite-width Δ path, h += c K^x(Δ ⊙ g), z += c Δ·φ (a
+/// trained readout), recording each step for the tangents and writing the ψ and NTK rows.
+/// The tangent propagation and the assembly of Σ_f are the runtime's, common to all.
+pub trait SiteRecorder: Sync {
+    /// Whether a curvature slot can be non-zero (φ'' of a smooth activation, or relu's
+    /// crossing kernel). False promises zeros, so the tangents may skip every φ'' term.
+    const CURVATURE: bool;
+
+    /// The variant served; the propagator refuses a model of another.
+    fn activation(&self) -> Activation;
+    fn readout(&self) -> Readout;
+
+    /// Marches the site with source u (n values) and r, of weight w.
+    fn record(&self, cx: &SiteContext, site: (ArrayView1<f64>, f64, f64), out: SiteOutputs);
+}
+
+/// The hand-written recorder of any activation and readout, dispatching on the activation
+/// at each evaluation: the reference the generated recorders are checked against.
+pub struct ReferenceSites {
+    pub activation: Activation,
+    pub readout: Readout,
+}
+
+impl SiteRecorder for ReferenceSites {
+    const CURVATURE: bool = true;
+
+    fn activation(&self) -> Activation {
+        self.activation
+    }
+
+    fn readout(&self) -> Readout {
+        self.readout
+    }
+
+    fn record(
+        &self,
+        cx: &SiteContext,
+        (u, r, weight): (ArrayView1<f64>, f64, f64),
+        out: SiteOutputs,
+    ) {
+        let (p, n) = (cx.p, cx.n);
+        let entries = cx.pairs.len();
+        let act = self.activation;
+        let readout_trained = self.readout == Readout::Trained;
+        let (gamma0, c, root_w) = (cx.gamma0, cx.c, weight.sqrt());
+        let mut h: Vec<f64> = u.to_vec();
+        let mut z = r;
+        let mut psi0 = vec![0.0; n];
+        for k in 0..=cx.steps {
+            let StepRecord {
+                z: z_slot,
+                phi,
+                d1,
+                v,
+                curvature,
+            } = cx.step(out.trajectory, k);
+            *z_slot = z;
+            for nu in 0..n {
+                phi[nu] = act.phi(h[nu]);
+                d1[nu] = act.d1(h[nu]);
+                let mut psi = z * phi[nu] / gamma0;
+                if cx.centered {
+                    if k == 0 {
+                        psi0[nu] = psi;
+                    }
+                    psi -= psi0[nu];
+                }
+                out.psi[k * n + nu] = root_w * psi;
+                out.psi_sum[k * n + nu] += weight * psi;
+            }
+            if let Some(rec_index) = cx.recorded[k] {
+                for (e, &(mu, alpha)) in cx.pairs.iter().enumerate() {
+                    let g = d1[mu] * d1[alpha] * z * z;
+                    let mut kappa = g * cx.kx[mu * n + alpha];
+                    if readout_trained {
+                        kappa += phi[mu] * phi[alpha];
+                    }
+                    let row = rec_index * entries + e;
+                    out.ntk[row] = root_w * kappa;
+                    out.ntk_sum[row] += weight * kappa;
+                }
+            }
+            for (beta, curv) in curvature.iter_mut().enumerate() {
+                *curv = if act.has_kink() {
+                    crossing_kernel(h[beta], cx.crossing[beta])
+                } else {
+                    act.d2(h[beta])
+                };
+            }
+            if k == cx.steps {
+                break;
+            }
+            // Open loop: h += c K(Δ(k) ⊙ g), z += c Δ(k)·φ; v = K(cΔ ⊙ φ') for the tangents.
+            let delta = cx.delta_path.row(k);
+            v.fill(0.0);
+            let mut dz = 0.0;
+            for beta in 0..p {
+                let cd = c * delta[beta];
+                let slope = cd * d1[beta];
+                dz += cd * phi[beta];
+                for nu in 0..n {
+                    let k_nb = cx.kx[nu * n + beta];
+                    v[nu] += k_nb * slope;
+                    h[nu] += k_nb * slope * z;
+                }
+            }
+            if readout_trained {
+                z += dz;
+            }
+        }
+    }
+}
 
 /// Site sums of one pass: D_f by blocks of source steps j (each [k][ν][(j − j₀)·P + α]),
 /// Σψ and Σψψᵀ; for the train NTK entries κ_e = φ_μφ_α + g_μg_α K^x_μα at the recorded
@@ -298,6 +533,17 @@ impl SiteSums {
         self.cross += &other.cross;
     }
 
+    /// Adds Σψψᵀ, Σψκᵀ and Σκκᵀ (within each recorded step) of a batch of √w-scaled rows.
+    fn add_second_moments(&mut self, psi: ArrayView2<f64>, ntk: ArrayView2<f64>) {
+        general_mat_mul(1.0, &psi.t(), &psi, 1.0, &mut self.second);
+        general_mat_mul(1.0, &psi.t(), &ntk, 1.0, &mut self.cross);
+        let entries = self.ntk_second.shape()[1];
+        for (r, mut block) in self.ntk_second.outer_iter_mut().enumerate() {
+            let at_step = ntk.slice(s![.., r * entries..(r + 1) * entries]);
+            general_mat_mul(1.0, &at_step.t(), &at_step, 1.0, &mut block);
+        }
+    }
+
     /// D_f as a dense ((T+1)·n) × (T·P) matrix, columns d = j·P + α.
     fn sensitivity_matrix(&self, p: usize) -> Array2<f64> {
         self.assemble(&self.sensitivity, self.first.len(), p)
@@ -337,6 +583,9 @@ fn direction_blocks(p: usize, n: usize, steps: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// Sites whose ψ and κ rows are folded into the second moments by one GEMM.
+const KAPPA_BATCH: usize = 256;
+
 /// Sites marched together: their base trajectories are cached while every block of
 /// directions is swept over them, so each accumulator block is loaded once per chunk.
 const SITE_CHUNK: usize = 32;
@@ -345,13 +594,13 @@ const SITE_CHUNK: usize = 32;
 /// forward-mode tangents for the directions Δ_α(j): D_f((k,ν),(j,α)) = ⟨∂ψ_ν(k)/∂Δ_α(j)⟩.
 /// For relu the kink-crossing term of the derivative of the site average is kept: relu''
 /// = δ(h) is replaced by a narrow triangle kernel (see [`CROSSING_WIDTH`]).
-fn site_sums(
+fn site_sums<R: SiteRecorder>(
     problem: &Problem,
     model: &Model,
     schedule: &Schedule,
     sites: &SiteSet,
     delta_path: ArrayView2<f64>,
-    crossing_width: f64,
+    (recorder, crossing_width): (&R, f64),
     progress: Progress,
 ) -> SiteSums {
     let (p, n, nt) = (problem.n_train(), problem.n_all(), schedule.steps + 1);
@@ -367,26 +616,30 @@ fn site_sums(
             let range = (b * site_block).min(m)..((b + 1) * site_block).min(m);
             let mut sums = SiteSums::zeros(nt * n, ntk_rows, p, &blocks);
             let mut march = SiteMarch::new(problem, model, schedule, delta_path, crossing_width);
-            let mut psi = Array2::<f64>::zeros((SITE_CHUNK, nt * n));
-            let mut ntk = Array2::<f64>::zeros((SITE_CHUNK, ntk_rows));
+            // ψ and κ rows of up to KAPPA_BATCH sites, folded into the second moments by one
+            // GEMM per batch: with one GEMM per 32-site chunk the pass re-streamed the
+            // (T+1)n-square sum from memory for every chunk.
+            let mut psi = Array2::<f64>::zeros((KAPPA_BATCH, nt * n));
+            let mut ntk = Array2::<f64>::zeros((KAPPA_BATCH, ntk_rows));
+            let mut filled = 0;
             for chunk in range.clone().step_by(SITE_CHUNK) {
                 let chunk = chunk..(chunk + SITE_CHUNK).min(range.end);
                 for (i, site) in chunk.clone().enumerate() {
                     march.base(
+                        recorder,
                         i,
                         (sites.u.row(site), sites.r[site], sites.weight[site]),
-                        (psi.row_mut(i), ntk.row_mut(i)),
+                        (psi.row_mut(filled + i), ntk.row_mut(filled + i)),
                         &mut sums,
                     );
                 }
-                let rows = psi.slice(s![..chunk.len(), ..]);
-                general_mat_mul(1.0, &rows.t(), &rows, 1.0, &mut sums.second);
-                let ntk_part = ntk.slice(s![..chunk.len(), ..]);
-                general_mat_mul(1.0, &rows.t(), &ntk_part, 1.0, &mut sums.cross);
-                let entries = sums.ntk_second.shape()[1];
-                for (r, mut block) in sums.ntk_second.outer_iter_mut().enumerate() {
-                    let at_step = ntk_part.slice(s![.., r * entries..(r + 1) * entries]);
-                    general_mat_mul(1.0, &at_step.t(), &at_step, 1.0, &mut block);
+                filled += chunk.len();
+                if filled + SITE_CHUNK > KAPPA_BATCH || chunk.end == range.end {
+                    sums.add_second_moments(
+                        psi.slice(s![..filled, ..]),
+                        ntk.slice(s![..filled, ..]),
+                    );
+                    filled = 0;
                 }
                 for ((block, acc), ntk_acc) in blocks
                     .iter()
@@ -438,9 +691,6 @@ struct SiteMarch<'a> {
     /// Recorded-step index of each step, and the NTK entries (μ ≤ α).
     recorded: Vec<Option<usize>>,
     pairs: Vec<(usize, usize)>,
-    /// ∂φ(h_β)/∂Δ_d and ∂g_β/∂Δ_d of the training points at a recorded step, [β][d].
-    dphi: Vec<f64>,
-    dg: Vec<f64>,
 }
 
 impl<'a> SiteMarch<'a> {
@@ -457,7 +707,7 @@ impl<'a> SiteMarch<'a> {
             .map(|b| b.len() * p)
             .max()
             .unwrap_or(0);
-        let record = 1 + 3 * n + p;
+        let record = record_len(n, p);
         SiteMarch {
             problem,
             model,
@@ -474,7 +724,7 @@ impl<'a> SiteMarch<'a> {
             dh: vec![0.0; n * width],
             dz: vec![0.0; width],
             dz_next: vec![0.0; width],
-            curvature_rows: vec![0.0; p * width],
+            curvature_rows: vec![0.0; p.max(2) * width],
             curved: Vec::with_capacity(p),
             recorded: {
                 let mut index = vec![None; schedule.steps + 1];
@@ -484,91 +734,61 @@ impl<'a> SiteMarch<'a> {
                 index
             },
             pairs: ntk_pairs(p),
-            dphi: vec![0.0; p * width],
-            dg: vec![0.0; p * width],
         }
     }
 
-    /// Marches site `slot` of the chunk, caching its trajectory; writes √w ψ(k) for all k
-    /// (minus ψ(0) for the centered model) and √w κ_e(k) at the recorded steps into the two
-    /// rows, and adds w ψ and w κ to `sums`.
-    fn base(
+    /// Marches site `slot` of the chunk with `recorder`, caching its trajectory; writes √w
+    /// ψ(k) for all k (minus ψ(0) for the centered model) and √w κ_e(k) at the recorded
+    /// steps into the two rows, and adds w ψ and w κ to `sums`.
+    fn base<R: SiteRecorder>(
         &mut self,
+        recorder: &R,
         slot: usize,
-        (u, r, weight): (ArrayView1<f64>, f64, f64),
+        site: (ArrayView1<f64>, f64, f64),
         (mut psi_row, mut ntk_row): (ArrayViewMut1<f64>, ArrayViewMut1<f64>),
         sums: &mut SiteSums,
     ) {
-        let (p, n) = (self.problem.n_train(), self.problem.n_all());
-        let entries = self.pairs.len();
-        let act = self.model.activation;
-        let (gamma0, c, root_w) = (self.model.gamma0, self.c, weight.sqrt());
-        let mut h: Vec<f64> = u.to_vec();
-        let mut z = r;
-        let mut psi0 = vec![0.0; n];
-        for k in 0..=self.steps {
-            let at = (slot * (self.steps + 1) + k) * self.record;
-            let rec = &mut self.trajectory[at..at + self.record];
-            rec[0] = z;
-            let (phi, rest) = rec[1..].split_at_mut(n);
-            let (d1, rest) = rest.split_at_mut(n);
-            let (v, curvature) = rest.split_at_mut(n);
-            for nu in 0..n {
-                phi[nu] = act.phi(h[nu]);
-                d1[nu] = act.d1(h[nu]);
-                let mut psi = z * phi[nu] / gamma0;
-                if self.model.centered {
-                    if k == 0 {
-                        psi0[nu] = psi;
-                    }
-                    psi -= psi0[nu];
-                }
-                psi_row[k * n + nu] = root_w * psi;
-                sums.first[k * n + nu] += weight * psi;
-            }
-            if let Some(rec_index) = self.recorded[k] {
-                for (e, &(mu, alpha)) in self.pairs.iter().enumerate() {
-                    let g = d1[mu] * d1[alpha] * z * z;
-                    let mut kappa = g * self.kx[mu * n + alpha];
-                    if self.readout_trained {
-                        kappa += phi[mu] * phi[alpha];
-                    }
-                    let row = rec_index * entries + e;
-                    ntk_row[row] = root_w * kappa;
-                    sums.ntk_first[row] += weight * kappa;
-                }
-            }
-            for (beta, curv) in curvature.iter_mut().enumerate() {
-                let half_width = self.crossing[beta];
-                *curv = if !act.has_kink() {
-                    act.d2(h[beta])
-                } else if half_width > 0.0 {
-                    (1.0 - h[beta].abs() / half_width).max(0.0) / half_width
-                } else {
-                    0.0
-                };
-            }
-            if k == self.steps {
-                break;
-            }
-            // Open loop: h += c K(Δ(k) ⊙ g), z += c Δ(k)·φ; v = K(cΔ ⊙ φ') for the tangents.
-            let delta = self.delta_path.row(k);
-            v.fill(0.0);
-            let mut dz = 0.0;
-            for beta in 0..p {
-                let cd = c * delta[beta];
-                let slope = cd * d1[beta];
-                dz += cd * phi[beta];
-                for nu in 0..n {
-                    let k_nb = self.kx[nu * n + beta];
-                    v[nu] += k_nb * slope;
-                    h[nu] += k_nb * slope * z;
-                }
-            }
-            if self.readout_trained {
-                z += dz;
-            }
-        }
+        let cx = SiteContext {
+            p: self.problem.n_train(),
+            n: self.problem.n_all(),
+            steps: self.steps,
+            c: self.c,
+            gamma0: self.model.gamma0,
+            centered: self.model.centered,
+            kx: &self.kx,
+            delta_path: self.delta_path,
+            recorded: &self.recorded,
+            pairs: &self.pairs,
+            crossing: &self.crossing,
+        };
+        let len = (self.steps + 1) * self.record;
+        let trajectory = &mut self.trajectory[slot * len..(slot + 1) * len];
+        recorder.record(
+            &cx,
+            site,
+            SiteOutputs {
+                trajectory: &mut *trajectory,
+                psi: psi_row.as_slice_mut().expect("psi rows are contiguous"),
+                ntk: ntk_row.as_slice_mut().expect("NTK rows are contiguous"),
+                psi_sum: sums
+                    .first
+                    .as_slice_mut()
+                    .expect("fresh sums are contiguous"),
+                ntk_sum: sums
+                    .ntk_first
+                    .as_slice_mut()
+                    .expect("fresh sums are contiguous"),
+            },
+        );
+        debug_assert!(
+            R::CURVATURE
+                || (0..=self.steps).all(|k| cx
+                    .step(trajectory, k)
+                    .curvature
+                    .iter()
+                    .all(|&x| x == 0.0)),
+            "a recorder without curvature wrote a curvature slot"
+        );
     }
 
     /// Adds w ∂ψ_ν(k)/∂Δ_α(j) for j in `block` to `acc` ([k][ν][(j − j₀)·P + α]), for the
@@ -628,41 +848,25 @@ impl<'a> SiteMarch<'a> {
             let active = (k.min(block.end) - block.start) * p;
             let last = k == self.steps;
             if let (Some(rec_index), true) = (self.recorded[k], active > 0) {
-                // ∂κ_e/∂Δ_d = w(δφ_μ φ_α + φ_μ δφ_α + K^x_μα (δg_μ g_α + g_μ δg_α)), with
-                // δφ_β = φ'_β δh_β and δg_β = φ''_β z δh_β + φ'_β δz (the relu kernel again).
-                for beta in 0..p {
-                    let dh = &self.dh[beta * width..][..active];
-                    let dz = &self.dz[..active];
-                    let (slope, curve) = (d1[beta], curvature[beta] * z);
-                    let dphi = &mut self.dphi[beta * width..][..active];
-                    let dg = &mut self.dg[beta * width..][..active];
-                    for (((f, g), &x), &y) in dphi.iter_mut().zip(dg.iter_mut()).zip(dh).zip(dz) {
-                        *f = slope * x;
-                        *g = curve * x + slope * y;
-                    }
-                }
+                // ∂κ_e/∂Δ_d = w(δφ_μ φ_α + φ_μ δφ_α + K^x_μα (δg_μ g_α + g_μ δg_α)) with
+                // δφ_β = φ'_β δh_β and δg_β = φ''_β z δh_β + φ'_β δz (the relu kernel again),
+                // collected on the three state rows it reads: δh_μ, δh_α and δz.
+                let dz = &self.dz[..active];
                 for (e, &(mu, alpha)) in self.pairs.iter().enumerate() {
-                    let k_ma = weight * self.kx[mu * n + alpha];
+                    let k_ma = weight * self.kx[mu * n + alpha] * z;
                     let (phi_mu, phi_alpha) = if self.readout_trained {
                         (weight * phi[mu], weight * phi[alpha])
                     } else {
                         (0.0, 0.0)
                     };
-                    let (g_mu, g_alpha) = (k_ma * d1[mu] * z, k_ma * d1[alpha] * z);
+                    let c_mu = phi_alpha * d1[mu] + k_ma * d1[alpha] * curvature[mu] * z;
+                    let c_alpha = phi_mu * d1[alpha] + k_ma * d1[mu] * curvature[alpha] * z;
+                    let c_z = 2.0 * k_ma * d1[mu] * d1[alpha];
                     let out = &mut ntk_acc[(rec_index * entries + e) * width..][..active];
-                    let (dphi_mu, dphi_alpha) = (
-                        &self.dphi[mu * width..][..active],
-                        &self.dphi[alpha * width..][..active],
-                    );
-                    let (dg_mu, dg_alpha) = (
-                        &self.dg[mu * width..][..active],
-                        &self.dg[alpha * width..][..active],
-                    );
-                    for (d, out) in out.iter_mut().enumerate() {
-                        *out += phi_alpha * dphi_mu[d]
-                            + phi_mu * dphi_alpha[d]
-                            + g_alpha * dg_mu[d]
-                            + g_mu * dg_alpha[d];
+                    let dh_mu = &self.dh[mu * width..][..active];
+                    let dh_alpha = &self.dh[alpha * width..][..active];
+                    for (((out, &x), &y), &u) in out.iter_mut().zip(dh_mu).zip(dh_alpha).zip(dz) {
+                        *out += c_mu * x + c_alpha * y + c_z * u;
                     }
                 }
             }
@@ -673,7 +877,8 @@ impl<'a> SiteMarch<'a> {
                 //   δz' = δz + Σ_β cΔ_β φ'_β δh_β                     (train β)
                 //   δh_ν' = δh_ν + v_ν δz + Σ_β K_νβ cΔ_β φ''_β z δh_β
                 // with δg_β = φ''(h_β) z δh_β + φ'(h_β) δz. The φ'' rows are copied first,
-                // since every ν reads them before the pass updates them.
+                // since every ν reads them before the pass updates them; the first two are
+                // fused into the pass (relu's kernel rarely leaves more than two).
                 self.curved.clear();
                 if !last {
                     for beta in 0..p {
@@ -687,10 +892,15 @@ impl<'a> SiteMarch<'a> {
                     }
                     self.dz_next[..active].copy_from_slice(&self.dz[..active]);
                 }
+                let (fused_rows, extra_rows) = self.curvature_rows.split_at(2 * width);
+                let (first, second) = fused_rows.split_at(width);
+                let (first, second) = (&first[..active], &second[..active]);
                 let dz = &self.dz[..active];
+                let next = &mut self.dz_next[..active];
+                let weight_over_gamma = weight / gamma0;
                 for nu in 0..n {
-                    let a = weight * z * d1[nu] / gamma0;
-                    let b = weight * phi[nu] / gamma0;
+                    let a = weight_over_gamma * z * d1[nu];
+                    let b = weight_over_gamma * phi[nu];
                     let out = &mut acc[(k * n + nu) * width..][..active];
                     let dh = &mut self.dh[nu * width..][..active];
                     if last {
@@ -704,30 +914,36 @@ impl<'a> SiteMarch<'a> {
                     } else {
                         0.0
                     };
-                    let vn = v[nu];
-                    if a == 0.0 && slope == 0.0 {
-                        // φ'_ν = 0 (an inactive relu unit): δh_ν feeds nothing this step.
-                        for ((out, x), &y) in out.iter_mut().zip(dh.iter_mut()).zip(dz) {
-                            *out += b * y;
-                            *x += vn * y;
-                        }
-                    } else {
-                        let next = &mut self.dz_next[..active];
-                        for (((out, x), &y), zn) in out
-                            .iter_mut()
-                            .zip(dh.iter_mut())
-                            .zip(dz)
-                            .zip(next.iter_mut())
-                        {
-                            let old = *x;
-                            *out += a * old + b * y;
-                            *zn += slope * old;
-                            *x = old + vn * y;
-                        }
+                    let scale = |j: usize| {
+                        self.curved
+                            .get(j)
+                            .map_or(0.0, |&(beta, coef)| self.kx[nu * n + beta] * coef)
+                    };
+                    let coefs = RowCoefficients {
+                        a,
+                        b,
+                        slope,
+                        vn: v[nu],
+                        curved: [scale(0), scale(1)],
+                    };
+                    let rows = (out, &mut *dh, dz, &mut *next, first, second);
+                    // φ'_ν = 0 (an inactive relu unit): δh_ν feeds nothing this step; test
+                    // points and a frozen readout do not feed δz.
+                    match (
+                        a != 0.0 || slope != 0.0,
+                        slope != 0.0,
+                        !self.curved.is_empty(),
+                    ) {
+                        (false, _, false) => tangent_row::<false, false, false>(rows, &coefs),
+                        (false, _, true) => tangent_row::<false, false, true>(rows, &coefs),
+                        (true, false, false) => tangent_row::<true, false, false>(rows, &coefs),
+                        (true, false, true) => tangent_row::<true, false, true>(rows, &coefs),
+                        (true, true, false) => tangent_row::<true, true, false>(rows, &coefs),
+                        (true, true, true) => tangent_row::<true, true, true>(rows, &coefs),
                     }
-                    for (slot, &(beta, coef)) in self.curved.iter().enumerate() {
+                    for (j, &(beta, coef)) in self.curved.iter().enumerate().skip(2) {
                         let scale = self.kx[nu * n + beta] * coef;
-                        let old = &self.curvature_rows[slot * width..][..active];
+                        let old = &extra_rows[(j - 2) * width..][..active];
                         for (x, &o) in dh.iter_mut().zip(old) {
                             *x += scale * o;
                         }
@@ -760,10 +976,67 @@ impl<'a> SiteMarch<'a> {
     }
 }
 
+/// Scalars of one point's row in the fused tangent pass.
+struct RowCoefficients {
+    /// w z φ'_ν / γ₀ and w φ_ν / γ₀: the sensitivity of ψ_ν to δh_ν and δz.
+    a: f64,
+    b: f64,
+    /// c Δ_ν φ'_ν: how δh_ν feeds δz (train points of a trained readout).
+    slope: f64,
+    /// v_ν: how δz feeds δh_ν.
+    vn: f64,
+    /// K_νβ c Δ_β φ''_β z of the first two curved training points (0 if absent).
+    curved: [f64; 2],
+}
+
+/// One row's streams over the active directions: its accumulator row, δh_ν, δz, δz', and
+/// the first two curvature rows.
+type RowStreams<'s> = (
+    &'s mut [f64],
+    &'s mut [f64],
+    &'s [f64],
+    &'s mut [f64],
+    &'s [f64],
+    &'s [f64],
+);
+
+/// One point ν of the fused tangent pass over the directions (see `tangents_portable`),
+/// compiled per case so that the common rows skip the terms that vanish: `FEEDS_H` (δh_ν
+/// reaches ψ or δz), `FEEDS_Z` (slope ≠ 0), `CURVED` (some φ'' term is non-zero).
+#[inline(always)]
+fn tangent_row<const FEEDS_H: bool, const FEEDS_Z: bool, const CURVED: bool>(
+    (out, dh, dz, next, first, second): RowStreams,
+    c: &RowCoefficients,
+) {
+    let [s0, s1] = c.curved;
+    for (((((out, x), &y), zn), &o0), &o1) in out
+        .iter_mut()
+        .zip(dh.iter_mut())
+        .zip(dz)
+        .zip(next.iter_mut())
+        .zip(first)
+        .zip(second)
+    {
+        let old = *x;
+        let mut new = old + c.vn * y;
+        if CURVED {
+            new += s0 * o0 + s1 * o1;
+        }
+        if FEEDS_H {
+            *out += c.a * old + c.b * y;
+        } else {
+            *out += c.b * y;
+        }
+        if FEEDS_Z {
+            *zn += c.slope * old;
+        }
+        *x = new;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Activation;
     use crate::sampling::{normal_matrix, replica_rng};
 
     fn small_problem(p: usize, q: usize, dim: usize) -> Problem {
@@ -848,7 +1121,13 @@ mod tests {
             &schedule,
             &sites,
             delta.view(),
-            width,
+            (
+                &ReferenceSites {
+                    activation: act,
+                    readout,
+                },
+                width,
+            ),
             &|_| {},
         );
         let tangent = sums.sensitivity_matrix(p);

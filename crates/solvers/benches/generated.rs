@@ -4,13 +4,18 @@
 //!
 //! Problems: two-layer Monte Carlo M = 20 000 sites, P = 10, T = 50 (NTK recorded every
 //! 10 steps); lazy P = 100 train + 20 test points (Gauss–Hermite order 96 for tanh: P = 20),
-//! T = 200; deep-linear closed forms (plain and residual, β = 1) P = 8, T = 40.
+//! T = 200; deep-linear closed forms (plain and residual, β = 1) P = 8, T = 40; the
+//! two-layer propagators M = 5000 sites, P = 10, Q = 2, T = 50 (NTK recorded every 10).
+//! The group `recorder` times the propagator's base march alone (the part the generator
+//! specializes) on the same sites, along a fixed Δ path.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use dmft_runtime::propagator::{self, ReferenceSites, SiteContext, SiteOutputs, SiteRecorder};
 use dmft_runtime::sampling::{normal_matrix, replica_rng};
+use dmft_runtime::two_layer::SiteSet;
 use dmft_runtime::*;
-use dmft_solvers::generated::REGISTRY;
-use ndarray::{Array1, s};
+use dmft_solvers::generated::{self, REGISTRY};
+use ndarray::{Array1, Array2, s};
 use std::time::Duration;
 
 fn problem(p: usize, q: usize, dim: usize) -> Problem {
@@ -88,9 +93,114 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("{id}/reference"), |b| {
             b.iter(|| solve(&prob, &model, &schedule, g.solver, &options, &no_progress).unwrap())
         });
+        if let Some(generated) = g.propagator {
+            let prob = problem(10, 2, 16);
+            let options = SolverOptions {
+                sites: 5000,
+                ..options
+            };
+            let id = format!("{}-propagator", g.variant);
+            group.bench_function(format!("{id}/generated"), |b| {
+                b.iter(|| generated(&prob, &model, &schedule, &options, &no_progress).unwrap())
+            });
+            group.bench_function(format!("{id}/reference"), |b| {
+                b.iter(|| {
+                    propagator::two_layer_prediction_fluctuations(
+                        &prob,
+                        &model,
+                        &schedule,
+                        &options,
+                        &no_progress,
+                    )
+                    .unwrap()
+                })
+            });
+        }
     }
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// Marches every site of `sites` with `recorder` along a geometric Δ path.
+fn record_all<R: SiteRecorder>(recorder: &R, prob: &Problem, sites: &SiteSet, steps: usize) {
+    let (p, n) = (prob.n_train(), prob.n_all());
+    let kx: Vec<f64> = prob.kx.iter().copied().collect();
+    let delta_path =
+        Array2::from_shape_fn((steps + 1, p), |(k, b)| prob.y[b] * 0.95f64.powi(k as i32));
+    let recorded: Vec<Option<usize>> = (0..=steps)
+        .map(|k| (k % 10 == 0).then_some(k / 10))
+        .collect();
+    let pairs: Vec<(usize, usize)> = (0..p).flat_map(|m| (m..p).map(move |a| (m, a))).collect();
+    let crossing: Vec<f64> = (0..p).map(|b| 0.2 * prob.kx[[b, b]].sqrt()).collect();
+    let cx = SiteContext {
+        p,
+        n,
+        steps,
+        c: 0.5 / p as f64,
+        gamma0: 1.0,
+        centered: false,
+        kx: &kx,
+        delta_path: delta_path.view(),
+        recorded: &recorded,
+        pairs: &pairs,
+        crossing: &crossing,
+    };
+    let ntk_rows = recorded.iter().flatten().count() * pairs.len();
+    let mut trajectory = vec![0.0; (steps + 1) * propagator::record_len(n, p)];
+    let (mut psi, mut psi_sum) = (vec![0.0; (steps + 1) * n], vec![0.0; (steps + 1) * n]);
+    let (mut ntk, mut ntk_sum) = (vec![0.0; ntk_rows], vec![0.0; ntk_rows]);
+    for site in 0..sites.r.len() {
+        recorder.record(
+            &cx,
+            (sites.u.row(site), sites.r[site], sites.weight[site]),
+            SiteOutputs {
+                trajectory: &mut trajectory,
+                psi: &mut psi,
+                ntk: &mut ntk,
+                psi_sum: &mut psi_sum,
+                ntk_sum: &mut ntk_sum,
+            },
+        );
+    }
+    std::hint::black_box((psi_sum, ntk_sum, trajectory));
+}
+
+fn bench_recorders(c: &mut Criterion) {
+    let mut group = c.benchmark_group("recorder");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let prob = problem(10, 2, 16);
+    let sites = SiteSet::monte_carlo(prob.kx.view(), 5000, 0, 0).unwrap();
+    let steps = 50;
+    macro_rules! variant {
+        ($name:literal, $module:ident) => {{
+            let g = generated::$module::propagator::Sites;
+            let reference = ReferenceSites {
+                activation: g.activation(),
+                readout: g.readout(),
+            };
+            group.bench_function(concat!($name, "/generated"), |b| {
+                b.iter(|| record_all(&g, &prob, &sites, steps))
+            });
+            group.bench_function(concat!($name, "/reference"), |b| {
+                b.iter(|| record_all(&reference, &prob, &sites, steps))
+            });
+        }};
+    }
+    variant!("two-layer-linear", two_layer_linear);
+    variant!("two-layer-relu", two_layer_relu);
+    variant!("two-layer-tanh", two_layer_tanh);
+    variant!(
+        "two-layer-relu-frozen-readout",
+        two_layer_relu_frozen_readout
+    );
+    variant!(
+        "two-layer-tanh-frozen-readout",
+        two_layer_tanh_frozen_readout
+    );
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_recorders);
 criterion_main!(benches);

@@ -7,6 +7,7 @@
 
 pub mod generated;
 
+use dmft_runtime::propagator::{self, PredictionFluctuations};
 use dmft_runtime::{
     Activation, Model, Problem, Progress, Readout, Result, Schedule, SolverKind, SolverOptions,
     Trajectory,
@@ -15,6 +16,11 @@ use std::fmt;
 
 /// A generated solver's entry point; same contract as `dmft_runtime::solve` for its variant.
 pub type SolveFn = fn(&Problem, &Model, &Schedule, &SolverOptions, Progress) -> Result<Trajectory>;
+
+/// A generated prediction propagator; same contract as
+/// `dmft_runtime::propagator::two_layer_prediction_fluctuations` for its variant.
+pub type PropagatorFn =
+    fn(&Problem, &Model, &Schedule, &SolverOptions, Progress) -> Result<PredictionFluctuations>;
 
 /// A registry row: the variant (spec name and file) and the runtime variant it serves.
 pub struct Generated {
@@ -27,6 +33,8 @@ pub struct Generated {
     /// Serves models with residual branches (`Model::residual` set) and only those.
     pub residual: bool,
     pub solve: SolveFn,
+    /// The variant's prediction propagator (Σ_f), for two-layer site marches.
+    pub propagator: Option<PropagatorFn>,
 }
 
 /// Which implementation produced a trajectory.
@@ -76,6 +84,31 @@ pub fn solve(
         )),
         None => Ok((
             dmft_runtime::solve(problem, model, schedule, solver, options, progress)?,
+            Source::Reference,
+        )),
+    }
+}
+
+/// The two-layer prediction propagator Σ_f with the generated site recorder of the
+/// variant when there is one, else with the reference; says which ran.
+pub fn prediction_fluctuations(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    options: &SolverOptions,
+    progress: Progress,
+) -> Result<(PredictionFluctuations, Source)> {
+    let generated =
+        find(SolverKind::TwoLayer, model).and_then(|g| Some((g.variant, g.propagator?)));
+    match generated {
+        Some((variant, run)) => Ok((
+            run(problem, model, schedule, options, progress)?,
+            Source::Generated(variant),
+        )),
+        None => Ok((
+            propagator::two_layer_prediction_fluctuations(
+                problem, model, schedule, options, progress,
+            )?,
             Source::Reference,
         )),
     }

@@ -1,6 +1,7 @@
 //! Every generated solver against the runtime's hand-written reference on the same
 //! problem: the infinite-width outputs (f on train and test points, the loss, the NTK at
-//! every recorded step), trained and frozen readouts alike.
+//! every recorded step), trained and frozen readouts alike, and the prediction propagator
+//! (Σ_f and the NTK variances) of every variant that has a generated one.
 //!
 //! Tolerances. Deterministic paths (lazy kernels, the deep-linear closed form, two-layer
 //! Gauss–Hermite quadrature) must agree to 1e-10 relative to the largest magnitude of each
@@ -9,15 +10,20 @@
 //! dynamics), differences of a few ulps per step that stay below 1e-13 over these runs.
 //! Sampled paths (Monte Carlo sites, same seed) must agree to 1e-12: the generated march
 //! keeps the reference's chunking and order of products, so the numbers are identical in
-//! practice; the test also reports whether they are bit-identical.
+//! practice; the test also reports whether they are bit-identical. The propagator is held
+//! to 1e-12 on both kinds of sites: the generated recorder does the reference's arithmetic
+//! in the reference's order (only products by constant 1 and additions of relu's zero
+//! updates are folded, which change no value), and the tangents and Σ_f assembly are the
+//! runtime's own, so it too is bit-identical in practice.
 
 use dmft_runtime::Readout;
+use dmft_runtime::propagator::{PredictionFluctuations, two_layer_prediction_fluctuations};
 use dmft_runtime::{
     Activation, Model, Parameterization, Problem, Schedule, SolverKind, SolverOptions, Trajectory,
     no_progress,
 };
 use dmft_solvers::generated::REGISTRY;
-use dmft_solvers::{Source, find, solve};
+use dmft_solvers::{Source, find, prediction_fluctuations, solve};
 use ndarray::{Array1, Array2, ArrayView, Dimension};
 
 /// Four train and two test inputs in 3 dimensions, targets from a fixed linear teacher.
@@ -333,4 +339,117 @@ fn dispatch_names_its_source_and_falls_back_to_the_reference() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("model.readout = frozen"), "{err}");
+}
+
+/// Worst relative difference over every output of the propagator.
+fn worst_propagator(g: &PredictionFluctuations, r: &PredictionFluctuations) -> f64 {
+    assert_eq!(g.steps, r.steps);
+    [
+        rel(g.sigma.view(), r.sigma.view()),
+        rel(g.var_f_train.view(), r.var_f_train.view()),
+        rel(g.var_f_test.view(), r.var_f_test.view()),
+        rel(g.var_loss.view(), r.var_loss.view()),
+        rel(g.var_ntk.view(), r.var_ntk.view()),
+        rel(g.ntk_top.view(), r.ntk_top.view()),
+        rel(g.var_ntk_top.view(), r.var_ntk_top.view()),
+    ]
+    .into_iter()
+    .fold(0.0, f64::max)
+}
+
+/// Every generated propagator against the runtime's, on the same sites: a Gauss–Hermite
+/// grid and a Monte Carlo population of the same seed, plain and centered, at a weak and
+/// a strong coupling γ₀.
+#[test]
+fn propagators_match_the_reference_on_the_same_sites() {
+    let prob = problem();
+    let mut covered = 0;
+    for g in REGISTRY.iter().filter(|g| g.solver == SolverKind::TwoLayer) {
+        let run = g
+            .propagator
+            .unwrap_or_else(|| panic!("{}: no generated propagator", g.variant));
+        let sites = [
+            (
+                "quadrature",
+                SolverOptions {
+                    quadrature: 6,
+                    ..SolverOptions::default()
+                },
+            ),
+            (
+                "monte carlo",
+                SolverOptions {
+                    sites: 3000,
+                    quadrature: 0,
+                    seed: 11,
+                },
+            ),
+        ];
+        for (label, options) in &sites {
+            for (gamma0, centered) in [(0.3, false), (1.5, false), (1.5, true)] {
+                let m = model(1, g.activation, g.readout, gamma0, centered);
+                let s = schedule(0.5, 12, 3);
+                let generated = run(&prob, &m, &s, options, &no_progress).unwrap();
+                let reference =
+                    two_layer_prediction_fluctuations(&prob, &m, &s, options, &no_progress)
+                        .unwrap();
+                let w = worst_propagator(&generated, &reference);
+                let identical =
+                    generated.sigma == reference.sigma && generated.var_ntk == reference.var_ntk;
+                println!(
+                    "{:<30} propagator {label:<11} γ₀={gamma0} centered={centered:<5} worst relative difference {w:.2e} (bit-identical Σ_f and var_ntk: {identical})",
+                    g.variant
+                );
+                assert!(
+                    w <= 1e-12,
+                    "{} {label} γ₀={gamma0} centered={centered}: {w:e}",
+                    g.variant
+                );
+                assert!(
+                    reference.sigma.iter().any(|&v| v.abs() > 1e-6),
+                    "{}: Σ_f vanished, nothing compared",
+                    g.variant
+                );
+            }
+        }
+        covered += 1;
+    }
+    assert_eq!(
+        covered, 5,
+        "two-layer linear, relu and tanh, relu and tanh with a frozen readout"
+    );
+}
+
+/// The dispatch runs the generated propagator of the variant and names it; a variant
+/// without one (erf) gets the reference; a generated propagator refuses another variant's
+/// model instead of computing the wrong Σ_f.
+#[test]
+fn propagator_dispatch_names_its_source() {
+    let prob = problem();
+    let s = schedule(0.5, 4, 1);
+    let options = SolverOptions {
+        quadrature: 4,
+        ..SolverOptions::default()
+    };
+    let relu = model(1, Activation::Relu, Readout::Trained, 1.0, false);
+    let (_, source) = prediction_fluctuations(&prob, &relu, &s, &options, &no_progress).unwrap();
+    assert_eq!(source.to_string(), "generated:two-layer-relu");
+    let tanh_frozen = model(1, Activation::Tanh, Readout::Frozen, 1.0, false);
+    let (_, source) =
+        prediction_fluctuations(&prob, &tanh_frozen, &s, &options, &no_progress).unwrap();
+    assert_eq!(
+        source.to_string(),
+        "generated:two-layer-tanh-frozen-readout"
+    );
+    let erf = model(1, Activation::Erf, Readout::Trained, 1.0, false);
+    let (_, source) = prediction_fluctuations(&prob, &erf, &s, &options, &no_progress).unwrap();
+    assert_eq!(source, Source::Reference);
+    let relu_propagator = find(SolverKind::TwoLayer, &relu)
+        .and_then(|g| g.propagator)
+        .unwrap();
+    let err = relu_propagator(&prob, &tanh_frozen, &s, &options, &no_progress).unwrap_err();
+    assert!(err.to_string().contains("model.activation = tanh"), "{err}");
+    let deep = model(2, Activation::Relu, Readout::Trained, 1.0, false);
+    let err = prediction_fluctuations(&prob, &deep, &s, &options, &no_progress).unwrap_err();
+    assert!(err.to_string().contains("model.depth = 1"), "{err}");
 }

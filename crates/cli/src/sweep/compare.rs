@@ -7,8 +7,8 @@
 //! of their errors; the theory's is its Monte Carlo replica error, zero for deterministic
 //! solvers.
 
+use crate::fluctuations::Fluctuations;
 use dmft_runtime::Trajectory;
-use dmft_runtime::propagator::PredictionFluctuations;
 use dmft_sim::{EnsembleAverage, EnsembleStats, Moments};
 use ndarray::{Array2, Ix2, Zip};
 
@@ -130,10 +130,10 @@ pub fn deviation_summary(stats: &EnsembleStats, traj: &Trajectory) -> DeviationS
 }
 
 /// The propagator's N·Var (width-free) on one set of points (T_rec × n).
-pub fn propagator_var(fl: &PredictionFluctuations, points: Points) -> &Array2<f64> {
+pub fn propagator_var(fl: &Fluctuations, points: Points) -> &Array2<f64> {
     match points {
-        Points::Train => &fl.var_f_train,
-        Points::Test => &fl.var_f_test,
+        Points::Train => fl.var_f_train(),
+        Points::Test => fl.var_f_test(),
     }
 }
 
@@ -156,7 +156,7 @@ pub struct VarianceDeviation {
     pub collapsed: usize,
 }
 
-pub fn variance_deviation(stats: &EnsembleStats, fl: &PredictionFluctuations) -> VarianceDeviation {
+pub fn variance_deviation(stats: &EnsembleStats, fl: &Fluctuations) -> VarianceDeviation {
     let n = stats.width as f64;
     let mut z = Vec::new();
     let (mut max_relative, mut compared, mut collapsed): (Option<f64>, usize, usize) = (None, 0, 0);

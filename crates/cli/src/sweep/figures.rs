@@ -103,7 +103,7 @@ pub fn variance(sweep: &Sweep) -> Rendered {
         if let Some(fl) = &sweep.fluctuations {
             let sigma = compare::propagator_var(fl, probe.points).column(probe.index);
             fig = fig
-                .line("Σ_f (theory)", &fl.t, sigma)
+                .line("Σ_f (theory)", fl.t(), sigma)
                 .color(THEORY_COLOR)
                 .dashed(true);
         }

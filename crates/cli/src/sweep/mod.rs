@@ -22,10 +22,10 @@ mod write;
 use crate::config::{Config, DataKind, TrainingChoice};
 use crate::experiment::{self, Solved, Source};
 use crate::failure::Failure;
+use crate::fluctuations::Fluctuations;
 use crate::progress::Bar;
 use crate::results;
 use dmft_data::{Dataset, GaussianTask};
-use dmft_runtime::propagator::PredictionFluctuations;
 use dmft_sim::{
     Architecture, DataSampler, EnsembleConfig, EnsembleStats, SimError, SimRng, Training,
     memory_estimate,
@@ -54,7 +54,7 @@ pub struct Sweep<'a> {
     pub data: &'a Dataset,
     pub theory: Option<Solved>,
     /// The propagator Σ_f, with `theory.fluctuations = true`.
-    pub fluctuations: Option<PredictionFluctuations>,
+    pub fluctuations: Option<Fluctuations>,
     /// In increasing width.
     pub widths: Vec<WidthRun>,
     /// rayon threads the seeds ran on.
@@ -124,6 +124,9 @@ pub fn run(config_path: &Path, out: &Path, quiet: bool) -> Result<(), Failure> {
     let estimates = check_memory(&config, &data, &sim_data, &ensemble, &widths, threads)
         .map_err(|e| Failure::Input(format!("{name}: {e}")))?;
 
+    if config.sim.theory {
+        experiment::check_propagator_size(&config, &data, &source)?;
+    }
     let (theory, fluctuations) = if config.sim.theory {
         let solved = experiment::solve(&config, &data, &source, "theory", quiet)?;
         let fluctuations = experiment::fluctuations(&config, &data, &source, "theory", quiet)?;

@@ -184,8 +184,8 @@ pub fn markdown(sweep: &Sweep, figures: &[&str], deviations: &[DeviationSummary]
         None => {
             "The variance over seeds of the prediction on a few points, times N. If fluctuations are O(1/N), as \
              the theory of finite-width corrections predicts, the curves of all widths collapse onto one. The \
-             theory's limit curve (the propagator Σ_f) is drawn when `theory.fluctuations = true` (two-layer μP \
-             networks)."
+             theory's limit curve (the propagator Σ_f) is drawn when `theory.fluctuations = true` (two-layer \
+             networks, and deep linear μP ones)."
         }
     };
     let variance_lines = sweep.fluctuations.as_ref().map(|fl| {

@@ -203,6 +203,7 @@ fn summary(sweep: &Sweep, deviations: &[DeviationSummary], files: &[String]) -> 
             "solver": traj.solver.name(),
             "solver_requested": config.theory.solver.to_string(),
             "solver_source": th.solver_source,
+            "propagator_source": sweep.fluctuations.as_ref().map(|fl| &fl.source),
             "method": traj.method,
             "wall_time_seconds": th.wall_time,
             "final": {

@@ -31,6 +31,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: false,
         solve: deep_linear_2_lazy::lazy::solve,
+        propagator: None,
     },
     Generated {
         variant: "deep-linear-2",
@@ -41,6 +42,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: false,
         solve: deep_linear_2::closed_form::solve,
+        propagator: None,
     },
     Generated {
         variant: "deep-linear-3-lazy",
@@ -51,6 +53,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: false,
         solve: deep_linear_3_lazy::lazy::solve,
+        propagator: None,
     },
     Generated {
         variant: "deep-linear-3",
@@ -61,6 +64,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: false,
         solve: deep_linear_3::closed_form::solve,
+        propagator: None,
     },
     Generated {
         variant: "deep-relu-2-lazy",
@@ -71,6 +75,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: false,
         solve: deep_relu_2_lazy::lazy::solve,
+        propagator: None,
     },
     Generated {
         variant: "residual-linear-2",
@@ -81,6 +86,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: true,
         solve: residual_linear_2::closed_form::solve,
+        propagator: None,
     },
     Generated {
         variant: "residual-linear-3",
@@ -91,6 +97,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: true,
         solve: residual_linear_3::closed_form::solve,
+        propagator: None,
     },
     Generated {
         variant: "two-layer-linear-lazy",
@@ -101,6 +108,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: false,
         solve: two_layer_linear_lazy::lazy::solve,
+        propagator: None,
     },
     Generated {
         variant: "two-layer-linear",
@@ -111,6 +119,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: false,
         solve: two_layer_linear::sites::solve,
+        propagator: Some(two_layer_linear::propagator::prediction_fluctuations),
     },
     Generated {
         variant: "two-layer-linear",
@@ -121,6 +130,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: false,
         solve: two_layer_linear::closed_form::solve,
+        propagator: None,
     },
     Generated {
         variant: "two-layer-relu-frozen-readout",
@@ -131,6 +141,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Frozen,
         residual: false,
         solve: two_layer_relu_frozen_readout::sites::solve,
+        propagator: Some(two_layer_relu_frozen_readout::propagator::prediction_fluctuations),
     },
     Generated {
         variant: "two-layer-relu-lazy",
@@ -141,6 +152,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: false,
         solve: two_layer_relu_lazy::lazy::solve,
+        propagator: None,
     },
     Generated {
         variant: "two-layer-relu",
@@ -151,6 +163,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: false,
         solve: two_layer_relu::sites::solve,
+        propagator: Some(two_layer_relu::propagator::prediction_fluctuations),
     },
     Generated {
         variant: "two-layer-tanh-frozen-readout",
@@ -161,6 +174,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Frozen,
         residual: false,
         solve: two_layer_tanh_frozen_readout::sites::solve,
+        propagator: Some(two_layer_tanh_frozen_readout::propagator::prediction_fluctuations),
     },
     Generated {
         variant: "two-layer-tanh-lazy",
@@ -171,6 +185,7 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: false,
         solve: two_layer_tanh_lazy::lazy::solve,
+        propagator: None,
     },
     Generated {
         variant: "two-layer-tanh",
@@ -181,5 +196,6 @@ pub const REGISTRY: &[Generated] = &[
         readout: Readout::Trained,
         residual: false,
         solve: two_layer_tanh::sites::solve,
+        propagator: Some(two_layer_tanh::propagator::prediction_fluctuations),
     },
 ];

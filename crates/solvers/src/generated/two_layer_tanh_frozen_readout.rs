@@ -175,3 +175,105 @@ pub mod sites {
         )
     }
 }
+
+pub mod propagator {
+    use dmft_runtime::propagator::{
+        PredictionFluctuations, SiteContext, SiteOutputs, SiteRecorder, StepRecord,
+        two_layer_prediction_fluctuations_with,
+    };
+    use dmft_runtime::{
+        Activation, Model, Problem, Progress, Readout, Result, Schedule, SolverOptions,
+    };
+    use ndarray::ArrayView1;
+
+    /// The open-loop base march of one site, specialized to the variant; the runtime
+    /// propagates the tangents from its record and assembles Σ_f.
+    pub struct Sites;
+
+    impl SiteRecorder for Sites {
+        const CURVATURE: bool = true;
+
+        fn activation(&self) -> Activation {
+            Activation::Tanh
+        }
+
+        fn readout(&self) -> Readout {
+            Readout::Frozen
+        }
+
+        fn record(
+            &self,
+            cx: &SiteContext,
+            (u, r, weight): (ArrayView1<f64>, f64, f64),
+            out: SiteOutputs,
+        ) {
+            let (p, n) = (cx.p, cx.n);
+            let entries = cx.pairs.len();
+            let (gamma0, c, root_w) = (cx.gamma0, cx.c, weight.sqrt());
+            let mut h: Vec<f64> = u.to_vec();
+            let z = r;
+            let mut psi0 = vec![0.0; n];
+            for k in 0..=cx.steps {
+                let StepRecord {
+                    z: z_slot,
+                    phi,
+                    d1,
+                    v,
+                    curvature,
+                } = cx.step(out.trajectory, k);
+                *z_slot = z;
+                for nu in 0..n {
+                    phi[nu] = h[nu].tanh();
+                    d1[nu] = 1.0 - phi[nu] * phi[nu];
+                    let mut psi = z * phi[nu] / gamma0;
+                    if cx.centered {
+                        if k == 0 {
+                            psi0[nu] = psi;
+                        }
+                        psi -= psi0[nu];
+                    }
+                    out.psi[k * n + nu] = root_w * psi;
+                    out.psi_sum[k * n + nu] += weight * psi;
+                }
+                if let Some(rec_index) = cx.recorded[k] {
+                    for (e, &(mu, alpha)) in cx.pairs.iter().enumerate() {
+                        let g = d1[mu] * d1[alpha] * z * z;
+                        let kappa = g * cx.kx[mu * n + alpha];
+                        let row = rec_index * entries + e;
+                        out.ntk[row] = root_w * kappa;
+                        out.ntk_sum[row] += weight * kappa;
+                    }
+                }
+                for beta in 0..p {
+                    curvature[beta] = -2.0 * phi[beta] * (1.0 - phi[beta] * phi[beta]);
+                }
+                if k == cx.steps {
+                    break;
+                }
+                // Open loop: h += c K(Δ(k) ⊙ g), v = K(cΔ ⊙ φ') for the tangents.
+                let delta = cx.delta_path.row(k);
+                v.fill(0.0);
+                for beta in 0..p {
+                    let cd = c * delta[beta];
+                    let slope = cd * d1[beta];
+                    for nu in 0..n {
+                        let k_nb = cx.kx[nu * n + beta];
+                        v[nu] += k_nb * slope;
+                        h[nu] += k_nb * slope * z;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Σ_f of the variant: `dmft_runtime::propagator` with this module's site recorder.
+    pub fn prediction_fluctuations(
+        problem: &Problem,
+        model: &Model,
+        schedule: &Schedule,
+        options: &SolverOptions,
+        progress: Progress,
+    ) -> Result<PredictionFluctuations> {
+        two_layer_prediction_fluctuations_with(problem, model, schedule, options, &Sites, progress)
+    }
+}

@@ -1,0 +1,80 @@
+//! The finite-width propagator of a run: which one computed Σ_f, and which observables it
+//! has. Every propagator gives N·Var of the predictions and of the loss; only the two-layer
+//! ones (μP site propagator, lazy universal form) also give the NTK's.
+
+use dmft_runtime::deep_linear_propagator::DeepLinearFluctuations;
+use dmft_runtime::propagator::PredictionFluctuations;
+use ndarray::{Array1, Array2};
+
+/// A computed propagator and which implementation computed it.
+pub struct Fluctuations {
+    pub sigma: Sigma,
+    /// "generated:<variant>" (the variant's generated site recorder) or "reference".
+    pub source: String,
+}
+
+/// The propagator's observables, by the kind of network.
+pub enum Sigma {
+    /// Two-layer networks (model.depth = 1): predictions, loss and NTK.
+    TwoLayer(Box<PredictionFluctuations>),
+    /// Deep linear μP networks (model.depth ≥ 2), from the Hessian of the full action:
+    /// predictions and loss.
+    DeepLinear(Box<DeepLinearFluctuations>),
+}
+
+impl Fluctuations {
+    /// Computed by a hand-written reference propagator.
+    pub fn reference(sigma: Sigma) -> Self {
+        Fluctuations {
+            sigma,
+            source: dmft_solvers::Source::Reference.to_string(),
+        }
+    }
+
+    /// The name recorded in summary.json.
+    pub fn propagator(&self) -> &'static str {
+        match &self.sigma {
+            Sigma::TwoLayer(_) => "two-layer",
+            Sigma::DeepLinear(_) => "deep-linear",
+        }
+    }
+
+    pub fn t(&self) -> &Array1<f64> {
+        match &self.sigma {
+            Sigma::TwoLayer(fl) => &fl.t,
+            Sigma::DeepLinear(fl) => &fl.t,
+        }
+    }
+
+    /// N·Var[f] on the train points, T_rec × P.
+    pub fn var_f_train(&self) -> &Array2<f64> {
+        match &self.sigma {
+            Sigma::TwoLayer(fl) => &fl.var_f_train,
+            Sigma::DeepLinear(fl) => &fl.var_f_train,
+        }
+    }
+
+    /// N·Var[f] on the test points, T_rec × Q.
+    pub fn var_f_test(&self) -> &Array2<f64> {
+        match &self.sigma {
+            Sigma::TwoLayer(fl) => &fl.var_f_test,
+            Sigma::DeepLinear(fl) => &fl.var_f_test,
+        }
+    }
+
+    /// N·Var of the train loss, T_rec.
+    pub fn var_loss(&self) -> &Array1<f64> {
+        match &self.sigma {
+            Sigma::TwoLayer(fl) => &fl.var_loss,
+            Sigma::DeepLinear(fl) => &fl.var_loss,
+        }
+    }
+
+    /// The propagator that also has the NTK variances (two-layer only).
+    pub fn with_ntk(&self) -> Option<&PredictionFluctuations> {
+        match &self.sigma {
+            Sigma::TwoLayer(fl) => Some(fl.as_ref()),
+            Sigma::DeepLinear(_) => None,
+        }
+    }
+}
