@@ -174,7 +174,10 @@ fn two_layer_grid_matches_ensembles() {
 /// Known failure, left out: relu at γ₀ = 2. The train point whose variance collapses has
 /// N·Var 0.0310 ± 0.0010, 0.0339 ± 0.0011, 0.0303 ± 0.0013 at the last step for N = 512,
 /// 2048, 8192 (flat in N, so not a finite-width effect) against Σ_f = 0.0226 (0.0246 from
-/// another site seed): the relu propagator is ≈ 30 % low there.
+/// another site seed): the relu propagator is ≈ 30 % low there. The cause is the kink kernel
+/// of the tangents (docs/dmft.md, "Where the kernel fails"): on 10⁶ common sites, D_f from
+/// central differences of the exact-relu march gives Σ_f = 0.0324 with the same κ_f, the
+/// kernel's D_f is 19 % off it, and its D_K (a pure kink term with a frozen readout) 294 %.
 #[test]
 fn frozen_readout_grid_matches_ensembles() {
     let data = dataset(3, 2, 16, 5);

@@ -281,7 +281,8 @@ const TANGENT_BLOCK_BYTES: usize = 1536 * 1024;
 /// noise grows like 1/√(M·width); it must also exceed the distance h moves in one step
 /// (≈ c|Δ z| K^x), or a site lingering at the kink compounds 1/width factors over steps
 /// (measured: width 0.02 gave a crossing term as large as D_f itself, 0.1–0.2 matched
-/// central differences).
+/// central differences). It fails where units park at the kink with a per-step jump beyond
+/// the width: relu with a frozen readout at γ₀ = 2 (docs/dmft.md, "Where the kernel fails").
 pub const CROSSING_WIDTH: f64 = 0.2;
 
 /// relu's crossing kernel: the triangle of half-width `half_width` standing in for δ(h) in
