@@ -8,7 +8,7 @@ mod common;
 use common::dataset;
 use dmft_runtime::deep_linear_propagator::deep_linear_prediction_fluctuations;
 use dmft_runtime::lazy_fluctuations::two_layer_lazy_fluctuations;
-use dmft_runtime::propagator::two_layer_prediction_fluctuations;
+use dmft_runtime::propagator::{CROSSING_JUMP_LIMIT, two_layer_prediction_fluctuations};
 use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule, SolverOptions};
 use dmft_sim::{Architecture, Dataset, EnsembleConfig, EnsembleStats, run_ensemble};
 use ndarray::Array2;
@@ -184,6 +184,28 @@ fn frozen_readout_grid_matches_ensembles() {
     for (act, gamma0) in [(Activation::Relu, 0.5), (Activation::Tanh, 2.0)] {
         grid_point(&data, &SCHEDULE, &frozen(act, gamma0), false);
     }
+}
+
+/// The flag on the relu crossing kernel separates the known failure above from the frozen
+/// relu case that matches its ensembles, on the same data: γ₀ = 2 (Σ_f 30 % low) must be
+/// above `CROSSING_JUMP_LIMIT`, γ₀ = 0.5 below; smooth activations never raise it.
+#[test]
+fn crossing_jump_ratio_flags_the_known_relu_failure() {
+    let problem = dataset(3, 2, 16, 5).to_problem().unwrap();
+    let opts = SolverOptions {
+        sites: 20_000,
+        quadrature: 0,
+        seed: 8,
+    };
+    let ratio = |act, gamma0| {
+        two_layer_prediction_fluctuations(&problem, &frozen(act, gamma0), &SCHEDULE, &opts, &|_| {})
+            .unwrap()
+            .crossing_jump_ratio
+    };
+    let (failing, passing) = (ratio(Activation::Relu, 2.0), ratio(Activation::Relu, 0.5));
+    println!("crossing jump ratio: relu frozen γ₀ = 2: {failing:.3}, γ₀ = 0.5: {passing:.3}");
+    assert!(failing > CROSSING_JUMP_LIMIT && passing < CROSSING_JUMP_LIMIT);
+    assert_eq!(ratio(Activation::Tanh, 2.0), 0.0);
 }
 
 /// Inputs sharing a mean 0.8·(1, …, 1): Kˣ gains 0.64·11ᵀ, the top NTK eigenvalue of the

@@ -243,6 +243,16 @@ fn run(config_path: &Path, out: &Path, width: Option<usize>, quiet: bool) -> Res
                 fl.t()[i]
             );
         }
+        if let Some(k) = fl.with_ntk()
+            && config.model.readout == dmft_runtime::Readout::Frozen
+            && k.crossing_jump_ratio > dmft_runtime::propagator::CROSSING_JUMP_LIMIT
+        {
+            eprintln!(
+                "warning: relu with a frozen readout: a unit's preactivation moves up to {:.2} × twice the relu crossing kernel's width per step (limit {}); there the kernel's D_f and D_K are known to miss (γ₀ = 2 on the validation data: Σ_f 30 % low; docs/dmft.md, \"Where the kernel fails\"); check Σ_f against ensembles (dmft sweep)",
+                k.crossing_jump_ratio,
+                dmft_runtime::propagator::CROSSING_JUMP_LIMIT
+            );
+        }
     }
     println!("results in {}", out.display());
     Ok(())

@@ -306,6 +306,7 @@ fn fluctuation_summary(fl: &Fluctuations, width: Option<usize>) -> serde_json::V
         "final_var_loss": fl.var_loss()[last],
         "final_ntk_top": kernel.map(|k| k.ntk_top[last]),
         "final_var_ntk_top": kernel.map(|k| k.var_ntk_top[last]),
+        "crossing_jump_ratio": kernel.map(|k| k.crossing_jump_ratio),
     })
 }
 

@@ -407,6 +407,42 @@ fn frozen_readout_runs_the_generated_solver() {
     );
 }
 
+/// A frozen-readout relu propagator is flagged on stderr exactly when summary.json's
+/// `crossing_jump_ratio` exceeds the limit (0.5) past which its crossing kernel is known to
+/// miss; the ratio grows with γ₀, so γ₀ = 0.25 is quiet and γ₀ = 4 warns.
+#[test]
+fn frozen_relu_propagator_warns_where_the_kink_kernel_fails() {
+    let dir = TempDir::new();
+    for (name, gamma0) in [("quiet", 0.25), ("loud", 4.0)] {
+        let config = SMALL.replace(
+            "[theory]",
+            &format!(
+                "[model]\nreadout = \"frozen\"\ngamma0 = {gamma0}\n[theory]\nfluctuations = true"
+            ),
+        );
+        dir.write(&format!("{name}.toml"), &config);
+        let out = dmft(
+            &dir.0,
+            &["run", &format!("{name}.toml"), "--out", name, "--quiet"],
+        );
+        assert!(out.status.success(), "stderr: {}", stderr(&out));
+        let summary: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(dir.path(name).join("summary.json")).unwrap())
+                .unwrap();
+        let ratio = summary["fluctuations"]["crossing_jump_ratio"]
+            .as_f64()
+            .unwrap();
+        let warned = stderr(&out).contains("relu with a frozen readout");
+        assert_eq!(
+            warned,
+            ratio > 0.5,
+            "{name}: ratio {ratio}, stderr: {}",
+            stderr(&out)
+        );
+        assert_eq!(warned, name == "loud", "{name}: ratio {ratio}");
+    }
+}
+
 /// Needs the runtime's propagator and python3 with numpy (skipped with a notice when numpy
 /// is not importable): `[theory] fluctuations = true` with `--width` writes N·Var and the
 /// variances at that width, consistently, with the shapes of the contract.

@@ -191,6 +191,8 @@ pub fn universal_prediction_fluctuations(
             },
         ),
         sigma,
+        // The lazy form has no tangents, hence no crossing kernel.
+        crossing_jump_ratio: 0.0,
     })
 }
 

@@ -57,6 +57,41 @@ pub struct PredictionFluctuations {
     pub ntk_gap: Array1<f64>,
     /// Σ_f over all steps 0..=T and all points, time-major (index k·(P+Q) + ν).
     pub sigma: Array2<f64>,
+    /// relu only (0 otherwise): the largest one-step move of a unit's preactivation on a
+    /// train point, 3 c K^x_ββ |Δ_β(k)| (|z| ≤ 3 for 99.7 % of readout weights at
+    /// initialization), over twice the crossing kernel's half-width. The kernel linearizes
+    /// that move, so it is only trusted well below 1; with a frozen readout it is known to
+    /// miss above [`CROSSING_JUMP_LIMIT`] (docs/dmft.md, "Where the kernel fails").
+    pub crossing_jump_ratio: f64,
+}
+
+/// Above this [`PredictionFluctuations::crossing_jump_ratio`] a frozen-readout relu Σ_f is
+/// flagged: the known failure (γ₀ = 2 on the validation data, Σ_f 30 % low) sits above it
+/// and every frozen relu case that matches its ensembles (γ₀ = 0.5) below it.
+pub const CROSSING_JUMP_LIMIT: f64 = 0.5;
+
+/// See [`PredictionFluctuations::crossing_jump_ratio`].
+fn crossing_jump_ratio(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    delta_path: ArrayView2<f64>,
+) -> f64 {
+    if !model.activation.has_kink() {
+        return 0.0;
+    }
+    let p = problem.n_train();
+    let c = schedule.eta * model.gamma0 / p as f64;
+    (0..p)
+        .map(|b| {
+            let k = problem.kx[[b, b]];
+            let largest = delta_path
+                .column(b)
+                .iter()
+                .fold(0.0f64, |m, d| m.max(d.abs()));
+            3.0 * c * k * largest / (2.0 * CROSSING_WIDTH * k.sqrt())
+        })
+        .fold(0.0, f64::max)
 }
 
 /// Σ_f of a two-layer μP network, with averages over the sites of `options`
@@ -239,6 +274,7 @@ pub fn two_layer_prediction_fluctuations_with<R: SiteRecorder>(
         var_ntk_top,
         ntk_gap,
         sigma,
+        crossing_jump_ratio: crossing_jump_ratio(problem, model, schedule, delta_path.view()),
     })
 }
 
