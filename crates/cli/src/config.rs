@@ -560,9 +560,6 @@ impl Config {
             return self.check_proportional();
         }
         if m.residual_beta.is_some() {
-            if self.theory.fluctuations {
-                return Err("theory.fluctuations = true is not implemented for residual networks (model.residual_beta); the residual propagator is not written yet".into());
-            }
             if m.activation != Activation::Linear
                 || !matches!(solver, SolverChoice::Auto | SolverChoice::DeepLinear)
             {
@@ -597,8 +594,8 @@ impl Config {
         }
     }
 
-    /// `theory.fluctuations` at depth ≥ 2: only the deep linear μP propagator exists. Residual
-    /// branches and a frozen readout are refused with their own keys below.
+    /// `theory.fluctuations` at depth ≥ 2: only the deep linear μP propagator exists (plain or
+    /// with residual branches). A frozen readout is refused with its own key below.
     fn check_deep_fluctuations(&self) -> Result<(), String> {
         let m = &self.model;
         if m.activation != Activation::Linear {

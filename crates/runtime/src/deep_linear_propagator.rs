@@ -63,6 +63,8 @@ pub struct DeepLinearFluctuations {
     pub var_loss: Array1<f64>,
     /// Σ_f over all steps and points, time-major (index k·(P+Q) + ν).
     pub sigma: Array2<f64>,
+    /// β of the residual branches (`Model::residual`); None for the plain chain.
+    pub residual: Option<f64>,
 }
 
 /// Which average an order parameter is.
@@ -635,6 +637,7 @@ fn propagate(
         var_f_test,
         var_loss,
         sigma,
+        residual: model.residual,
     })
 }
 
