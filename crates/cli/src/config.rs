@@ -216,6 +216,8 @@ pub struct TheoryConfig {
     pub seed: u64,
     /// Also compute the finite-width propagator Σ_f (N·Var of predictions and loss).
     pub fluctuations: bool,
+    /// Also compute the O(1/N) mean shift N(E f_N − f∞) (two-layer μP, smooth φ).
+    pub mean_shift: bool,
 }
 
 impl Default for TheoryConfig {
@@ -226,6 +228,7 @@ impl Default for TheoryConfig {
             quadrature: 0,
             seed: 0,
             fluctuations: false,
+            mean_shift: false,
         }
     }
 }
@@ -383,6 +386,7 @@ const SCHEMA: &[Section] = &[
             ("quadrature", Type::Int { min: 0 }),
             ("seed", Type::Int { min: 0 }),
             ("fluctuations", Type::Bool),
+            ("mean_shift", Type::Bool),
         ],
     ),
     (
@@ -528,6 +532,9 @@ impl Config {
         if self.theory.fluctuations && m.depth > 1 {
             self.check_deep_fluctuations()?;
         }
+        if self.theory.mean_shift {
+            self.check_mean_shift()?;
+        }
         if self.theory.fluctuations && m.parameterization == Parameterization::Ntk && !m.centered {
             return Err("theory.fluctuations = true with model.parameterization = \"ntk\" needs model.centered = true: there f(0) is an O(1) Gaussian process, not a finite-width effect".into());
         }
@@ -592,6 +599,27 @@ impl Config {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// `theory.mean_shift`: the next order of the two-layer μP propagator, which needs φ'''.
+    fn check_mean_shift(&self) -> Result<(), String> {
+        let m = &self.model;
+        if !self.theory.fluctuations {
+            return Err("theory.mean_shift = true needs theory.fluctuations = true: the shift is the next order of the same propagator".into());
+        }
+        if m.depth != 1 || m.parameterization != Parameterization::Mup {
+            return Err(format!(
+                "theory.mean_shift = true is implemented for two-layer μP networks (model.depth = 1, model.parameterization = \"mup\"), got depth {} and \"{}\"",
+                m.depth, m.parameterization
+            ));
+        }
+        if m.activation.has_kink() {
+            return Err(format!(
+                "theory.mean_shift = true needs a smooth model.activation (φ''' enters the shift), got \"{}\"; use tanh, erf, gelu, softplus or linear",
+                m.activation
+            ));
+        }
+        Ok(())
     }
 
     /// `theory.fluctuations` at depth ≥ 2: only the deep linear μP propagator exists (plain or

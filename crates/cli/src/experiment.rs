@@ -9,7 +9,7 @@ use crate::results::{self, Metrics};
 use dmft_data::{Dataset, GaussianTask};
 use dmft_runtime::propagator;
 use dmft_runtime::{Parameterization, Trajectory};
-use dmft_runtime::{deep_linear_propagator, lazy_fluctuations};
+use dmft_runtime::{deep_linear_propagator, lazy_fluctuations, mean_shift};
 use dmft_sim::digits::{self, ClassSplit};
 use std::path::Path;
 use std::time::Instant;
@@ -234,21 +234,27 @@ pub fn fluctuations(
     };
     let bar = Bar::new(total as u64, "sites", &format!("{label} Σ_f"), quiet);
     let progress = |done: usize| bar.advance(done as u64);
-    let computed = if config.theory.solver == SolverChoice::Auto {
+    let reference = || dmft_solvers::Source::Reference.to_string();
+    let computed = if config.theory.mean_shift {
+        // The second pass needs φ''' at every site: the reference march computes both orders.
+        mean_shift::two_layer_mean_shift(&problem, &model, &schedule, &options, &progress)
+            .map(|(fl, shift)| (fl, reference(), Some(shift)))
+    } else if config.theory.solver == SolverChoice::Auto {
         dmft_solvers::prediction_fluctuations(&problem, &model, &schedule, &options, &progress)
-            .map(|(fl, from)| (fl, from.to_string()))
+            .map(|(fl, from)| (fl, from.to_string(), None))
     } else {
         propagator::two_layer_prediction_fluctuations(
             &problem, &model, &schedule, &options, &progress,
         )
-        .map(|fl| (fl, dmft_solvers::Source::Reference.to_string()))
+        .map(|fl| (fl, reference(), None))
     };
     bar.finish();
     computed
-        .map(|(fl, source)| {
+        .map(|(fl, source, mean_shift)| {
             Some(Fluctuations {
                 sigma: Sigma::TwoLayer(Box::new(fl)),
                 source,
+                mean_shift,
             })
         })
         .map_err(solver_failure)

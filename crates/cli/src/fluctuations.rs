@@ -3,6 +3,7 @@
 //! ones (μP site propagator, lazy universal form) also give the NTK's.
 
 use dmft_runtime::deep_linear_propagator::DeepLinearFluctuations;
+use dmft_runtime::mean_shift::MeanShift;
 use dmft_runtime::propagator::PredictionFluctuations;
 use ndarray::{Array1, Array2};
 
@@ -11,6 +12,8 @@ pub struct Fluctuations {
     pub sigma: Sigma,
     /// "generated:<variant>" (the variant's generated site recorder) or "reference".
     pub source: String,
+    /// The next order, N(E f_N − f∞), when `theory.mean_shift = true`.
+    pub mean_shift: Option<MeanShift>,
 }
 
 /// The propagator's observables, by the kind of network.
@@ -28,6 +31,7 @@ impl Fluctuations {
         Fluctuations {
             sigma,
             source: dmft_solvers::Source::Reference.to_string(),
+            mean_shift: None,
         }
     }
 

@@ -5,6 +5,7 @@ use crate::fluctuations::Fluctuations;
 use dmft_data::Dataset;
 use dmft_report::{Figure, Grid};
 use dmft_runtime::Trajectory;
+use dmft_runtime::mean_shift::MeanShift;
 use ndarray::{Array1, Array2, Axis};
 
 /// At most this many per-point curves per panel: beyond that the plot is unreadable anyway.
@@ -155,6 +156,30 @@ pub fn fluctuations(fl: &Fluctuations) -> Figure {
             fig = fig
                 .line(format!("{which} {}", i + 1), fl.t(), var.column(i))
                 .color(i)
+                .dashed(dashed);
+        }
+    }
+    fig
+}
+
+/// The O(1/N) mean shift: N(E ℒ_N − ℒ∞) of the train loss (first colour) and
+/// N(E f_N − f∞) per point.
+pub fn mean_shift(t: &Array1<f64>, shift: &MeanShift) -> Figure {
+    let mut fig = Figure::new(
+        "O(1/N) mean shift (first colour: train loss ℒ; solid: train f, dashed: test f)",
+    )
+    .x_label(T_LABEL)
+    .y_label("N(E ℒ_N − ℒ∞), N(E f_N − f∞)")
+    .line("train loss", t, &shift.shift_loss)
+    .color(0);
+    for (which, m, dashed) in [
+        ("train", &shift.shift_f_train, false),
+        ("test", &shift.shift_f_test, true),
+    ] {
+        for i in 0..m.ncols().min(MAX_CURVES) {
+            fig = fig
+                .line(format!("{which} {}", i + 1), t, m.column(i))
+                .color(i + 1)
                 .dashed(dashed);
         }
     }

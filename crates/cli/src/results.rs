@@ -7,8 +7,10 @@
 //! DIR/theory/{var_f_train,var_f_test,var_loss}.npy  (theory.fluctuations: N·Var)
 //! DIR/theory/{var_ntk,var_ntk_top,ntk_top}.npy  (two-layer networks only: N·Var of the NTK
 //!   and of its top eigenvalue, and the top eigenvalue of the infinite-width train NTK)
-//! DIR/theory/var_*_N{width}.npy  (--width: the same variances at that width)
-//! DIR/plots/{loss,predictions,ntk_eigenvalues}.svg  (+ fluctuations.svg)
+//! DIR/theory/{mean_shift_f_train,mean_shift_f_test,mean_shift_loss}.npy  (theory.mean_shift:
+//!   N(E f_N − f∞) and N(E ℒ_N − ℒ∞))
+//! DIR/theory/{var,mean_shift}_*_N{width}.npy  (--width: the same at that width, divided by N)
+//! DIR/plots/{loss,predictions,ntk_eigenvalues}.svg  (+ fluctuations.svg, mean_shift.svg)
 //! ```
 //!
 //! A folder that looks complete must be complete: everything is written into a hidden
@@ -124,6 +126,9 @@ pub fn write(dir: &Path, record: &Record) -> Result<Metrics, Failure> {
     if let Some(fl) = record.fluctuations {
         check_fluctuations(fl, traj)?;
         svgs.push(("fluctuations", plots::fluctuations(fl).to_svg()));
+        if let Some(m) = &fl.mean_shift {
+            svgs.push(("mean_shift", plots::mean_shift(fl.t(), m).to_svg()));
+        }
     }
     write_atomically(dir, |tmp| {
         let plot_dir = tmp.join("plots");
@@ -173,6 +178,18 @@ pub fn write_fluctuations(
             arrays.push(("var_ntk", k.var_ntk.mapv(|v| v * scale).into_dyn()));
             arrays.push(("var_ntk_top", k.var_ntk_top.mapv(|v| v * scale).into_dyn()));
         }
+        if let Some(m) = &fl.mean_shift {
+            let scaled = |a: &ndarray::ArrayD<f64>| a.mapv(|v| v * scale);
+            arrays.push((
+                "mean_shift_f_train",
+                scaled(&m.shift_f_train.clone().into_dyn()),
+            ));
+            arrays.push((
+                "mean_shift_f_test",
+                scaled(&m.shift_f_test.clone().into_dyn()),
+            ));
+            arrays.push(("mean_shift_loss", scaled(&m.shift_loss.clone().into_dyn())));
+        }
         for (name, a) in arrays {
             let name = format!("{name}{suffix}");
             save(&theory, &name, &a)?;
@@ -197,6 +214,24 @@ pub fn check_fluctuations(fl: &Fluctuations, traj: &Trajectory) -> Result<(), Fa
         check_array(origin, "var_ntk", &k.var_ntk, &[t, p, p], &traj.t)?;
         check_array(origin, "ntk_top", &k.ntk_top, &[t], &traj.t)?;
         check_array(origin, "var_ntk_top", &k.var_ntk_top, &[t], &traj.t)?;
+    }
+    if let Some(m) = &fl.mean_shift {
+        let origin = "the mean shift";
+        check_array(
+            origin,
+            "mean_shift_f_train",
+            &m.shift_f_train,
+            &[t, p],
+            &traj.t,
+        )?;
+        check_array(
+            origin,
+            "mean_shift_f_test",
+            &m.shift_f_test,
+            &[t, q],
+            &traj.t,
+        )?;
+        check_array(origin, "mean_shift_loss", &m.shift_loss, &[t], &traj.t)?;
     }
     Ok(())
 }
@@ -288,6 +323,9 @@ fn fluctuation_summary(fl: &Fluctuations, width: Option<usize>) -> serde_json::V
     if kernel.is_some() {
         observables.extend(["var_ntk", "var_ntk_top"]);
     }
+    if fl.mean_shift.is_some() {
+        observables.extend(["mean_shift_f_train", "mean_shift_f_test", "mean_shift_loss"]);
+    }
     json!({
         "propagator": fl.propagator(),
         "propagator_source": fl.source,
@@ -299,7 +337,7 @@ fn fluctuation_summary(fl: &Fluctuations, width: Option<usize>) -> serde_json::V
                 "var_ntk_top": "two-layer networks only (model.depth = 1)",
             }),
         },
-        "scale": "N·Var (width-free); the *_N{width} files hold Var at that width",
+        "scale": "N·Var and N(E·_N − ·∞), width-free; the *_N{width} files hold them divided by that width",
         "width": width,
         "final_max_var_f_train": max(fl.var_f_train()),
         "final_max_var_f_test": max(fl.var_f_test()),
@@ -307,6 +345,7 @@ fn fluctuation_summary(fl: &Fluctuations, width: Option<usize>) -> serde_json::V
         "final_ntk_top": kernel.map(|k| k.ntk_top[last]),
         "final_var_ntk_top": kernel.map(|k| k.var_ntk_top[last]),
         "crossing_jump_ratio": kernel.map(|k| k.crossing_jump_ratio),
+        "final_mean_shift_loss": fl.mean_shift.as_ref().map(|m| m.shift_loss[last]),
     })
 }
 

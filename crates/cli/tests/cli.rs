@@ -1008,3 +1008,127 @@ solver = "auto"
         "{err}"
     );
 }
+
+const MEAN_SHIFT: &str = r#"
+[data]
+p_train = 3
+p_test = 1
+dim = 8
+teacher = "linear"
+seed = 4
+[model]
+activation = "tanh"
+gamma0 = 1.5
+[train]
+eta = 0.5
+steps = 6
+record_every = 2
+[theory]
+sites = 20000
+seed = 5
+fluctuations = true
+mean_shift = true
+"#;
+
+/// Plumbing check (the shift itself is checked in the runtime's tests and against ensembles in
+/// tests/mean_shift.rs): `dmft run` with `theory.mean_shift = true` writes exactly what a
+/// direct call of `two_layer_mean_shift` on the same problem and sites returns (≤ 1e-12 of
+/// the largest entry), the `--width` files at 1/N of them, the figure, and lists them in
+/// summary.json; relu and a missing `theory.fluctuations` are refused naming the key.
+#[test]
+fn mean_shift_is_the_runtime_expansion() {
+    use dmft_runtime::mean_shift::two_layer_mean_shift;
+    use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule, SolverOptions};
+    use ndarray_npy::read_npy;
+
+    let dir = TempDir::new();
+    dir.write("config.toml", MEAN_SHIFT);
+    let args = [
+        "run",
+        "config.toml",
+        "--out",
+        "res",
+        "--width",
+        "256",
+        "--quiet",
+    ];
+    let out = dmft(&dir.0, &args);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+
+    let data = dmft_data::GaussianTask {
+        p_train: 3,
+        p_test: 1,
+        dim: 8,
+        teacher: dmft_data::Teacher::Linear,
+        seed: 4,
+    }
+    .generate();
+    let model = Model {
+        depth: 1,
+        activation: Activation::Tanh,
+        parameterization: Parameterization::Mup,
+        gamma0: 1.5,
+        centered: false,
+        residual: None,
+        readout: Readout::Trained,
+    };
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 6,
+        record_every: 2,
+    };
+    let options = SolverOptions {
+        sites: 20_000,
+        quadrature: 0,
+        seed: 5,
+    };
+    let (fl, direct) = two_layer_mean_shift(
+        &data.to_problem().unwrap(),
+        &model,
+        &schedule,
+        &options,
+        &|_| {},
+    )
+    .unwrap();
+    let theory = dir.path("res/theory");
+    for (name, want) in [
+        ("mean_shift_f_train", direct.shift_f_train.view().into_dyn()),
+        ("mean_shift_f_test", direct.shift_f_test.view().into_dyn()),
+        ("mean_shift_loss", direct.shift_loss.view().into_dyn()),
+        ("var_f_train", fl.var_f_train.view().into_dyn()),
+    ] {
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{name}: all zero");
+        for (suffix, factor) in [("", 1.0), ("_N256", 1.0 / 256.0)] {
+            let got: ndarray::ArrayD<f64> =
+                read_npy(theory.join(format!("{name}{suffix}.npy"))).unwrap();
+            assert_eq!(got.shape(), want.shape(), "{name}{suffix}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - factor * w).abs() <= 1e-12 * scale,
+                    "{name}{suffix}: {got} vs {want}"
+                );
+            }
+        }
+    }
+    assert!(dir.path("res/plots/mean_shift.svg").is_file());
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path("res/summary.json")).unwrap()).unwrap();
+    let entry = &summary["fluctuations"];
+    assert_eq!(entry["propagator_source"], "reference");
+    assert_eq!(entry["final_mean_shift_loss"], direct.shift_loss[3]);
+    let observables = entry["observables"].as_array().unwrap();
+    assert!(
+        observables.contains(&serde_json::json!("mean_shift_loss")),
+        "{entry}"
+    );
+
+    rejects(
+        &MEAN_SHIFT.replace("\"tanh\"", "\"relu\""),
+        "theory.mean_shift = true needs a smooth model.activation",
+    );
+    rejects(
+        &MEAN_SHIFT.replace("fluctuations = true\n", ""),
+        "theory.mean_shift = true needs theory.fluctuations = true",
+    );
+}

@@ -107,6 +107,37 @@ fn sweep_overlays_the_propagator() {
     );
 }
 
+/// With `theory.mean_shift = true` the sweep also writes the theory's m, draws it on figure
+/// 3 and compares every width against f∞ + m/N (plumbing; the agreement itself is measured
+/// in tests/mean_shift.rs and by examples/mean-shift-tanh.toml).
+#[test]
+fn sweep_compares_the_means_with_the_mean_shift() {
+    let config = TINY
+        .replace(
+            "sites = 4000",
+            "sites = 4000\nfluctuations = true\nmean_shift = true",
+        )
+        .replace("[train]", "[model]\nactivation = \"tanh\"\n[train]");
+    let (dir, _, _) = sweep_ok(&config);
+    let out = dir.path("out");
+    let m: Array2<f64> = read_npy(out.join("theory/mean_shift_f_train.npy")).unwrap();
+    assert_eq!(m.dim(), (6, 4));
+    assert!(
+        m.iter().all(|v| v.is_finite()) && m.iter().any(|v| *v != 0.0),
+        "{m}"
+    );
+    let figure = fs::read_to_string(out.join("figures/mean_deviation.svg")).unwrap();
+    assert!(figure.contains("m (theory)"));
+    let report = fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("against f∞ + m/N"), "{report}");
+    for w in summary(&out)["widths"].as_array().unwrap() {
+        assert!(
+            w["deviation_from_theory"]["max_z_against_mean_shift"].is_f64(),
+            "{w}"
+        );
+    }
+}
+
 /// A deep linear μP network, L = 2, γ₀ = 1.5 (P = 3, Q = 1, T = 6, every step recorded),
 /// 1000 networks of width 512.
 const DEEP_LINEAR: &str = r#"

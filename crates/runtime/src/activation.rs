@@ -1,4 +1,4 @@
-//! Pointwise activations φ with their first and second derivatives.
+//! Pointwise activations φ with their first three derivatives.
 //!
 //! relu'' is a Dirac delta at 0; `d2` returns 0 for relu and callers that need the
 //! delta's contribution (response functions, propagator sensitivities) handle it explicitly.
@@ -94,6 +94,24 @@ impl Activation {
         }
     }
 
+    /// φ'''(x), with relu's distributional parts left out (see module docs).
+    #[inline]
+    pub fn d3(self, x: f64) -> f64 {
+        match self {
+            Activation::Linear | Activation::Relu => 0.0,
+            Activation::Tanh => {
+                let t = x.tanh();
+                (6.0 * t * t - 2.0) * (1.0 - t * t)
+            }
+            Activation::Erf => (4.0 * x * x - 2.0) * FRAC_2_SQRT_PI * (-x * x).exp(),
+            Activation::Gelu => normal_pdf(x) * (x * x * x - 4.0 * x),
+            Activation::Softplus => {
+                let s = sigmoid(x);
+                s * (1.0 - s) * (1.0 - 2.0 * s)
+            }
+        }
+    }
+
     /// Whether φ'' has a Dirac part (a kink), so pathwise second derivatives miss terms.
     pub fn has_kink(self) -> bool {
         matches!(self, Activation::Relu)
@@ -174,6 +192,12 @@ mod tests {
                     (d2 - act.d2(x)).abs() < 1e-7,
                     "{act} d2 at {x}: {d2} vs {}",
                     act.d2(x)
+                );
+                let d3 = (act.d2(x + h) - act.d2(x - h)) / (2.0 * h);
+                assert!(
+                    (d3 - act.d3(x)).abs() < 1e-7,
+                    "{act} d3 at {x}: {d3} vs {}",
+                    act.d3(x)
                 );
             }
         }

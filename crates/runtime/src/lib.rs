@@ -11,6 +11,7 @@ pub mod deep_nonlinear;
 pub mod lazy;
 pub mod lazy_fluctuations;
 pub mod linalg;
+pub mod mean_shift;
 pub mod problem;
 pub mod propagator;
 pub mod proportional;

@@ -121,6 +121,28 @@ pub fn two_layer_prediction_fluctuations_with<R: SiteRecorder>(
     recorder: &R,
     progress: Progress,
 ) -> Result<PredictionFluctuations> {
+    Ok(propagate(problem, model, schedule, options, recorder, progress)?.fluctuations)
+}
+
+/// What the next order in 1/N ([`crate::mean_shift`]) reuses of a propagator run.
+pub(crate) struct Propagation {
+    pub fluctuations: PredictionFluctuations,
+    /// I + D_f over (step, point), time-major: D_f enters the columns of the train points.
+    pub response: Array2<f64>,
+    /// The infinite-width f at every step (all points) and Δ = y − f on the train points.
+    pub f_all: Array2<f64>,
+    pub delta_path: Array2<f64>,
+    pub sites: SiteSet,
+}
+
+pub(crate) fn propagate<R: SiteRecorder>(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    options: &SolverOptions,
+    recorder: &R,
+    progress: Progress,
+) -> Result<Propagation> {
     if model.depth != 1 || model.parameterization != Parameterization::Mup {
         return Err(DmftError::Unsupported(
             "prediction fluctuations are implemented for two-layer μP networks (model.depth = 1, parameterization = mup)".into(),
@@ -263,7 +285,7 @@ pub fn two_layer_prediction_fluctuations_with<R: SiteRecorder>(
         let delta = delta_path.row(k);
         var_loss[i] = delta.dot(&block.slice(s![..p, ..p]).dot(&delta)) / (p * p) as f64;
     }
-    Ok(PredictionFluctuations {
+    let fluctuations = PredictionFluctuations {
         t: recorded.iter().map(|&k| k as f64 * schedule.eta).collect(),
         steps: recorded,
         var_f_train,
@@ -275,6 +297,13 @@ pub fn two_layer_prediction_fluctuations_with<R: SiteRecorder>(
         ntk_gap,
         sigma,
         crossing_jump_ratio: crossing_jump_ratio(problem, model, schedule, delta_path.view()),
+    };
+    Ok(Propagation {
+        fluctuations,
+        response,
+        f_all: base.f_all,
+        delta_path,
+        sites,
     })
 }
 

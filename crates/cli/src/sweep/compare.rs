@@ -9,6 +9,7 @@
 
 use crate::fluctuations::Fluctuations;
 use dmft_runtime::Trajectory;
+use dmft_runtime::mean_shift::MeanShift;
 use dmft_sim::{EnsembleAverage, EnsembleStats, Moments};
 use ndarray::{Array2, Ix2, Zip};
 
@@ -97,19 +98,39 @@ pub struct DeviationSummary {
     pub max_z: Option<f64>,
     /// Fraction of entries with |E f_N − f∞| ≤ 2 SE (entries with SE = 0 count when equal).
     pub within_2se: f64,
+    /// With `theory.mean_shift`: the largest |N·(E f_N − f∞) − m| / (N·SE), the deviation
+    /// left once the O(1/N) shift m is accounted for.
+    pub max_z_shifted: Option<f64>,
 }
 
-pub fn deviation_summary(stats: &EnsembleStats, traj: &Trajectory) -> DeviationSummary {
+pub fn deviation_summary(
+    stats: &EnsembleStats,
+    traj: &Trajectory,
+    shift: Option<&MeanShift>,
+) -> DeviationSummary {
     let mut summary = DeviationSummary {
         width: stats.width,
         max_abs: 0.0,
         se_at_max: 0.0,
         max_z: None,
         within_2se: 0.0,
+        max_z_shifted: None,
     };
     let (mut within, mut total) = (0usize, 0usize);
     for points in [Points::Train, Points::Test] {
         let scaled = scaled_deviation(stats, traj, points);
+        if let Some(m) = shift {
+            let m = match points {
+                Points::Train => &m.shift_f_train,
+                Points::Test => &m.shift_f_test,
+            };
+            for ((&v, &se), &m) in scaled.value.iter().zip(&scaled.se).zip(m) {
+                if se > 0.0 {
+                    let z = (v - m).abs() / se;
+                    summary.max_z_shifted = Some(summary.max_z_shifted.map_or(z, |w| w.max(z)));
+                }
+            }
+        }
         for (&v, &se) in scaled.value.iter().zip(&scaled.se) {
             total += 1;
             if v.abs() > summary.max_abs {

@@ -126,6 +126,20 @@ pub fn mean_deviation(sweep: &Sweep) -> Option<Rendered> {
             .y_label("N · (E f_N − f∞)")
             .hline("", 0.0)
             .color(THEORY_COLOR);
+        if let Some(m) = sweep
+            .fluctuations
+            .as_ref()
+            .and_then(|f| f.mean_shift.as_ref())
+        {
+            let m = match probe.points {
+                Points::Train => &m.shift_f_train,
+                Points::Test => &m.shift_f_test,
+            };
+            fig = fig
+                .line("m (theory)", &theory.t, m.column(probe.index))
+                .color(THEORY_COLOR)
+                .dashed(true);
+        }
         for (i, run) in sweep.widths.iter().enumerate() {
             let s = &run.stats;
             let scaled = compare::scaled_deviation(s, theory, probe.points);

@@ -236,8 +236,9 @@ pub fn markdown(sweep: &Sweep, figures: &[&str], deviations: &[DeviationSummary]
         "3. Mean correction: N · (E f_N − f∞)",
         "The deviation of the seed-mean prediction from the infinite-width prediction, times N, on the same points. \
          An O(1/N) bias makes these curves agree across widths; a deviation that grows with N would be an error of \
-         the theory (or of its sampling, whose error bars grow as N·SE∞). Over every recorded step and every \
-         train and test point:",
+         the theory (or of its sampling, whose error bars grow as N·SE∞). With `theory.mean_shift = true` the \
+         theory's shift m = N(E f_N − f∞) is drawn dashed and the deviations are also compared with it. Over \
+         every recorded step and every train and test point:",
         deviation_text.as_deref(),
     );
     let widest_width = widest.width;
@@ -314,8 +315,11 @@ fn section(
 /// (t, x) within 2 SE".
 pub fn deviation_sentence(d: &DeviationSummary) -> String {
     let z = d.max_z.map_or("–".to_string(), |z| format!("{z:.2}"));
+    let shifted = d.max_z_shifted.map_or(String::new(), |z| {
+        format!("; against f∞ + m/N (the theory's O(1/N) mean shift): max z = {z:.2}")
+    });
     format!(
-        "N = {}: max |N·(E f_N − f∞)| = {:.3} (SE {:.3}); max |E f_N − f∞|/SE = {z}; {:.0} % of (t, x) within 2 SE",
+        "N = {}: max |N·(E f_N − f∞)| = {:.3} (SE {:.3}); max |E f_N − f∞|/SE = {z}; {:.0} % of (t, x) within 2 SE{shifted}",
         d.width,
         d.max_abs,
         d.se_at_max,
@@ -330,7 +334,11 @@ pub fn deviation_line(sweep: &Sweep) -> Option<String> {
         .widths
         .iter()
         .map(|run| {
-            let d = compare::deviation_summary(&run.stats, theory);
+            let shift = sweep
+                .fluctuations
+                .as_ref()
+                .and_then(|f| f.mean_shift.as_ref());
+            let d = compare::deviation_summary(&run.stats, theory, shift);
             let z = d.max_z.map_or("–".to_string(), |z| format!("{z:.1}"));
             format!(
                 "N = {}: max {:.3} ± {:.3} (max z {z})",

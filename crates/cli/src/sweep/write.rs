@@ -150,7 +150,13 @@ pub fn write(out: &Path, sweep: &Sweep) -> Result<(), Failure> {
         Some(theory) => sweep
             .widths
             .iter()
-            .map(|run| compare::deviation_summary(&run.stats, &theory.trajectory))
+            .map(|run| {
+                let shift = sweep
+                    .fluctuations
+                    .as_ref()
+                    .and_then(|f| f.mean_shift.as_ref());
+                compare::deviation_summary(&run.stats, &theory.trajectory, shift)
+            })
             .collect(),
         None => Vec::new(),
     };
@@ -225,6 +231,7 @@ fn summary(sweep: &Sweep, deviations: &[DeviationSummary], files: &[String]) -> 
                     "se_at_max": d.se_at_max,
                     "max_z": d.max_z,
                     "fraction_within_2_se": d.within_2se,
+                    "max_z_against_mean_shift": d.max_z_shifted,
                 })
             });
             json!({

@@ -1,0 +1,711 @@
+//! The O(1/N) shift of the mean predictions of a two-layer μP network, N(E f_N − f∞): the
+//! next order of the expansion behind [`crate::propagator`] (docs/dmft.md, "Mean shift").
+//!
+//! A two-layer network of width N is exactly N independent sites driven by one shared error
+//! signal: f_N = F̄_N(Δ_N), where F̄_N(Δ) averages ψ = zφ(h)/γ₀ over the N sites marched
+//! open loop along Δ, and Δ_N = y − f_N on the train points. Write F̄_N = F + ε/√N (F the site
+//! average, ε the sampling noise, of mean zero) and a = √N(f_N − f∞); then Δ_N − Δ∞ = −Pa/√N
+//! with P the train components at steps < T. To second order, with J = ∂F/∂Δ, H = ∂²F/∂Δ²,
+//!
+//!   (I + JP) a = ε + [½ H[Pa, Pa] − (∂ε/∂Δ)[Pa]] / √N + O(1/N).
+//!
+//! The leading order is the propagator, a₀ = (I + JP)⁻¹ε with covariance Σ_f. The mean of the
+//! next order is
+//!
+//!   m = N(E f_N − f∞) = (I + JP)⁻¹ (½ ⟨∂²ψ[Σ_Δ]⟩ − ⟨∂ψ_s[v_s]⟩),
+//!
+//! with ∂²ψ[Σ_Δ] = Σ_c ∂²ψ[l_c, l_c] over the columns of a factor L Lᵀ = Σ_Δ = PΣ_fPᵀ (the
+//! curvature of the site average, felt through the spread of Δ), and v_s = P(I + JP)⁻¹(ψ_s − F)
+//! the error that site s itself creates (only the diagonal terms of E[(∂ε/∂Δ)[Pa₀]] survive:
+//! a site is correlated with its own contribution to Δ). Both are forward-mode tangents of each
+//! site's march, second order along each l_c and first order along v_s, so φ''' enters and relu
+//! (whose kink adds distributional terms) is refused. The train loss ℒ = |Δ|²/(2P) follows:
+//! N(E ℒ_N − ℒ∞) = −Δ∞·m_train/P + tr Σ_f,train/(2P) at each step.
+//!
+//! Cost beyond the propagator: O(M·(r + 1)·T·(P+Q)·P) for rank r ≤ PT of Σ_Δ, plus one
+//! triangular solve per site, done in batches.
+
+use crate::propagator::{self, PredictionFluctuations, ReferenceSites};
+use crate::two_layer::SiteSet;
+use crate::{DmftError, Model, Problem, Progress, Readout, Result, Schedule, SolverOptions};
+use ndarray::{Array1, Array2, ArrayView2, Axis, s};
+use ndarray_linalg::{Diag, SolveTriangular, UPLO};
+use rayon::prelude::*;
+
+/// N(E f_N − f∞) and N(E ℒ_N − ℒ∞) to leading order: width-free, divide by N for a width.
+#[derive(Clone, Debug)]
+pub struct MeanShift {
+    pub steps: Vec<usize>,
+    pub t: Array1<f64>,
+    /// At the recorded steps, T_rec × P and T_rec × Q.
+    pub shift_f_train: Array2<f64>,
+    pub shift_f_test: Array2<f64>,
+    /// Of the train loss ℒ = |Δ|²/(2P), T_rec: the variance term tr Σ_f/(2P) and the shift of
+    /// the mean −Δ·m/P together.
+    pub shift_loss: Array1<f64>,
+    /// Over all steps and points, time-major (index k·(P+Q) + ν).
+    pub shift: Array1<f64>,
+}
+
+/// Σ_f (as [`propagator::two_layer_prediction_fluctuations`]) and the O(1/N) mean shift of a
+/// two-layer μP network with a smooth activation, both from the sites of `options`.
+pub fn two_layer_mean_shift(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    options: &SolverOptions,
+    progress: Progress,
+) -> Result<(PredictionFluctuations, MeanShift)> {
+    if model.activation.has_kink() {
+        return Err(DmftError::Unsupported(format!(
+            "the O(1/N) mean shift needs φ''' and is not implemented for model.activation = {} (its kink adds distributional terms); use a smooth activation",
+            model.activation
+        )));
+    }
+    let recorder = ReferenceSites {
+        activation: model.activation,
+        readout: model.readout,
+    };
+    let prop = propagator::propagate(problem, model, schedule, options, &recorder, progress)?;
+    let (p, n, steps) = (problem.n_train(), problem.n_all(), schedule.steps);
+    let sigma = &prop.fluctuations.sigma;
+    let directions = spread_factor(sigma.view(), p, n, steps)?;
+    let march = Marcher {
+        problem,
+        model,
+        c: schedule.eta * model.gamma0 / p as f64,
+        steps,
+        delta_path: prop.delta_path.view(),
+        kx: problem.kx.iter().copied().collect(),
+    };
+    let (curvature, self_response) = site_terms(
+        &march,
+        &prop.sites,
+        &prop.response,
+        &prop.f_all,
+        &directions,
+    )?;
+    let source = 0.5 * curvature - self_response;
+    let shift = prop
+        .response
+        .solve_triangular(UPLO::Lower, Diag::Unit, &source.insert_axis(Axis(1)))
+        .map_err(|e| DmftError::Numerical(format!("mean-shift solve failed: {e}")))?
+        .column(0)
+        .to_owned();
+    if shift.iter().any(|v| !v.is_finite()) {
+        return Err(DmftError::Numerical(
+            "the O(1/N) mean shift is not finite (the infinite-width run is unstable at this η)"
+                .into(),
+        ));
+    }
+    let recorded = schedule.recorded_steps();
+    let mut shift_f_train = Array2::zeros((recorded.len(), p));
+    let mut shift_f_test = Array2::zeros((recorded.len(), n - p));
+    let mut shift_loss = Array1::zeros(recorded.len());
+    for (i, &k) in recorded.iter().enumerate() {
+        let m = shift.slice(s![k * n..(k + 1) * n]);
+        shift_f_train.row_mut(i).assign(&m.slice(s![..p]));
+        shift_f_test.row_mut(i).assign(&m.slice(s![p..]));
+        let delta = prop.delta_path.row(k);
+        let spread: f64 = (0..p).map(|a| sigma[[k * n + a, k * n + a]]).sum();
+        shift_loss[i] = (-delta.dot(&m.slice(s![..p])) + 0.5 * spread) / p as f64;
+    }
+    let result = MeanShift {
+        t: recorded.iter().map(|&k| k as f64 * schedule.eta).collect(),
+        steps: recorded,
+        shift_f_train,
+        shift_f_test,
+        shift_loss,
+        shift,
+    };
+    Ok((prop.fluctuations, result))
+}
+
+/// Columns l_c of L with L Lᵀ = Σ_Δ, the covariance of √N(Δ_N − Δ∞) over the directions
+/// (j, α), j < T (index j·P + α), from its eigenvectors; modes below 1e-13 of the largest
+/// carry nothing at double precision and are dropped.
+fn spread_factor(sigma: ArrayView2<f64>, p: usize, n: usize, steps: usize) -> Result<Array2<f64>> {
+    let dirs = p * steps;
+    let index = |d: usize| (d / p) * n + d % p;
+    let spread = Array2::from_shape_fn((dirs, dirs), |(a, b)| sigma[[index(a), index(b)]]);
+    let (values, vectors) = crate::linalg::eigh(spread.view())?;
+    let largest = values.iter().fold(0.0f64, |m, &v| m.max(v));
+    let kept: Vec<usize> = (0..dirs).filter(|&c| values[c] > 1e-13 * largest).collect();
+    let mut factor = Array2::zeros((dirs, kept.len()));
+    for (i, &c) in kept.iter().enumerate() {
+        let scale = values[c].sqrt();
+        factor
+            .column_mut(i)
+            .assign(&vectors.column(c).mapv(|v| v * scale));
+    }
+    Ok(factor)
+}
+
+/// Sites per batch of the triangular solve for v_s.
+const BATCH: usize = 256;
+
+/// Fixed number of site blocks summed in order, so results do not depend on the thread count.
+const SITE_BLOCKS: usize = 4;
+
+/// ⟨∂²ψ[Σ_Δ]⟩ and ⟨∂ψ_s[v_s]⟩ over the sites, both over (step, point).
+fn site_terms(
+    march: &Marcher,
+    sites: &SiteSet,
+    response: &Array2<f64>,
+    f_all: &Array2<f64>,
+    directions: &Array2<f64>,
+) -> Result<(Array1<f64>, Array1<f64>)> {
+    let (p, n, steps) = (march.problem.n_train(), march.problem.n_all(), march.steps);
+    let rows = (steps + 1) * n;
+    let mean: Vec<f64> = f_all.iter().copied().collect();
+    let columns: Vec<Vec<f64>> = directions
+        .columns()
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect();
+    let m = sites.r.len();
+    let block = m.div_ceil(SITE_BLOCKS);
+    let partial: Vec<Result<(Array1<f64>, Array1<f64>)>> = (0..SITE_BLOCKS)
+        .into_par_iter()
+        .map(|b| {
+            let _serial = crate::linalg::SerialBlas::new();
+            let range = (b * block).min(m)..((b + 1) * block).min(m);
+            let mut curvature = Array1::<f64>::zeros(rows);
+            let mut self_response = Array1::<f64>::zeros(rows);
+            let mut scratch = Scratch::new(n, p, steps);
+            let mut traces: Vec<Trace> = Vec::with_capacity(BATCH);
+            for start in range.clone().step_by(BATCH) {
+                let batch = start..(start + BATCH).min(range.end);
+                traces.clear();
+                let mut noise = Array2::<f64>::zeros((rows, batch.len()));
+                for (i, site) in batch.clone().enumerate() {
+                    let trace = march.base(&sites.u.row(site).to_vec(), sites.r[site]);
+                    for (row, (&psi, &f)) in trace.psi.iter().zip(&mean).enumerate() {
+                        noise[[row, i]] = psi - f;
+                    }
+                    traces.push(trace);
+                }
+                let pushed = response
+                    .solve_triangular(UPLO::Lower, Diag::Unit, &noise)
+                    .map_err(|e| DmftError::Numerical(format!("mean-shift solve failed: {e}")))?;
+                for (i, site) in batch.enumerate() {
+                    let weight = sites.weight[site];
+                    let trace = &traces[i];
+                    let own: Vec<f64> = (0..p * steps)
+                        .map(|d| pushed[[(d / p) * n + d % p, i]])
+                        .collect();
+                    march.first_order(trace, &own, &mut scratch.psi1, None);
+                    for (acc, &x) in self_response.iter_mut().zip(&scratch.psi1) {
+                        *acc += weight * x;
+                    }
+                    scratch.sources.clear();
+                    for column in &columns {
+                        march.first_order(
+                            trace,
+                            column,
+                            &mut scratch.psi1,
+                            Some(&mut scratch.sources),
+                        );
+                    }
+                    march.second_order(trace, &scratch.sources, &mut scratch.psi2);
+                    for (acc, &x) in curvature.iter_mut().zip(&scratch.psi2) {
+                        *acc += weight * x;
+                    }
+                }
+            }
+            Ok((curvature, self_response))
+        })
+        .collect();
+    let mut curvature = Array1::<f64>::zeros(rows);
+    let mut self_response = Array1::<f64>::zeros(rows);
+    for part in partial {
+        let (c, r) = part?;
+        curvature += &c;
+        self_response += &r;
+    }
+    Ok((curvature, self_response))
+}
+
+/// One site's base march: per step z and φ, φ', φ'', φ''' at every point; ψ over all steps.
+struct Trace {
+    /// [k][4n + 1]: z, then φ, φ', φ'', φ''' (n each).
+    record: Vec<f64>,
+    /// ψ(k, ν) at index k·n + ν (minus ψ(0) for a centered model).
+    psi: Vec<f64>,
+}
+
+/// Quadratic sources of the second-order tangent, summed over the directions l_c.
+struct Sources {
+    /// Of h: Σ_c (2 d_β g1_β + Δ_β (φ'''_β h1_β² z + 2 φ''_β h1_β z1)), index k·P + β.
+    h: Vec<f64>,
+    /// Of z: Σ_c Σ_β (2 d_β φ'_β h1_β + Δ_β φ''_β h1_β²), per step.
+    z: Vec<f64>,
+    /// Of γ₀ψ: Σ_c (2 z1 φ'_ν h1_ν + z φ''_ν h1_ν²), index k·n + ν.
+    psi: Vec<f64>,
+}
+
+impl Sources {
+    fn clear(&mut self) {
+        self.h.fill(0.0);
+        self.z.fill(0.0);
+        self.psi.fill(0.0);
+    }
+}
+
+struct Scratch {
+    psi1: Vec<f64>,
+    psi2: Vec<f64>,
+    sources: Sources,
+}
+
+impl Scratch {
+    fn new(n: usize, p: usize, steps: usize) -> Self {
+        let rows = (steps + 1) * n;
+        Scratch {
+            psi1: vec![0.0; rows],
+            psi2: vec![0.0; rows],
+            sources: Sources {
+                h: vec![0.0; steps * p],
+                z: vec![0.0; steps],
+                psi: vec![0.0; rows],
+            },
+        }
+    }
+}
+
+/// The open-loop march of one site along the infinite-width Δ path, with its tangents.
+struct Marcher<'a> {
+    problem: &'a Problem,
+    model: &'a Model,
+    /// c = η γ₀ / P.
+    c: f64,
+    steps: usize,
+    delta_path: ArrayView2<'a, f64>,
+    /// K^x row-major, n × n.
+    kx: Vec<f64>,
+}
+
+impl Marcher<'_> {
+    fn trained(&self) -> bool {
+        self.model.readout == Readout::Trained
+    }
+
+    /// h += c K^x(Δ ⊙ φ'(h) z), z += c Δ·φ(h) (trained readout), recording every step.
+    fn base(&self, u: &[f64], r: f64) -> Trace {
+        let (p, n) = (self.problem.n_train(), self.problem.n_all());
+        let act = self.model.activation;
+        let width = 4 * n + 1;
+        let mut record = vec![0.0; (self.steps + 1) * width];
+        let mut psi = vec![0.0; (self.steps + 1) * n];
+        let (mut h, mut z) = (u.to_vec(), r);
+        let mut psi0 = vec![0.0; n];
+        for k in 0..=self.steps {
+            let rec = &mut record[k * width..(k + 1) * width];
+            rec[0] = z;
+            for nu in 0..n {
+                rec[1 + nu] = act.phi(h[nu]);
+                rec[1 + n + nu] = act.d1(h[nu]);
+                rec[1 + 2 * n + nu] = act.d2(h[nu]);
+                rec[1 + 3 * n + nu] = act.d3(h[nu]);
+                psi[k * n + nu] = z * rec[1 + nu] / self.model.gamma0;
+                if self.model.centered {
+                    if k == 0 {
+                        psi0[nu] = psi[nu];
+                    }
+                    psi[k * n + nu] -= psi0[nu];
+                }
+            }
+            if k == self.steps {
+                break;
+            }
+            let delta = self.delta_path.row(k);
+            let mut dz = 0.0;
+            for beta in 0..p {
+                let drive = self.c * delta[beta] * rec[1 + n + beta] * z;
+                dz += self.c * delta[beta] * rec[1 + beta];
+                for (nu, h_nu) in h.iter_mut().enumerate() {
+                    *h_nu += self.kx[nu * n + beta] * drive;
+                }
+            }
+            if self.trained() {
+                z += dz;
+            }
+        }
+        Trace { record, psi }
+    }
+
+    /// First-order tangent along the Δ direction `d` (index j·P + α, j < T) into `psi1`
+    /// (γ₀-scaled back to ψ), adding the quadratic sources of the second order when asked.
+    fn first_order(
+        &self,
+        trace: &Trace,
+        d: &[f64],
+        psi1: &mut [f64],
+        mut sources: Option<&mut Sources>,
+    ) {
+        let (p, n) = (self.problem.n_train(), self.problem.n_all());
+        let width = 4 * n + 1;
+        let trained = self.trained();
+        let mut h1 = vec![0.0; n];
+        let mut coef = vec![0.0; p];
+        let mut z1 = 0.0;
+        for k in 0..=self.steps {
+            let rec = &trace.record[k * width..(k + 1) * width];
+            let z = rec[0];
+            let (phi, rest) = rec[1..].split_at(n);
+            let (d1, rest) = rest.split_at(n);
+            let (d2, d3) = rest.split_at(n);
+            for nu in 0..n {
+                psi1[k * n + nu] = (z1 * phi[nu] + z * d1[nu] * h1[nu]) / self.model.gamma0;
+            }
+            if let Some(src) = sources.as_deref_mut() {
+                for nu in 0..n {
+                    src.psi[k * n + nu] +=
+                        2.0 * z1 * d1[nu] * h1[nu] + z * d2[nu] * h1[nu] * h1[nu];
+                }
+            }
+            if k == self.steps {
+                break;
+            }
+            let delta = self.delta_path.row(k);
+            let dk = &d[k * p..(k + 1) * p];
+            let mut dz1 = 0.0;
+            for beta in 0..p {
+                let g = d1[beta] * z;
+                let g1 = d2[beta] * h1[beta] * z + d1[beta] * z1;
+                coef[beta] = dk[beta] * g + delta[beta] * g1;
+                dz1 += dk[beta] * phi[beta] + delta[beta] * d1[beta] * h1[beta];
+                if let Some(src) = sources.as_deref_mut() {
+                    let quadratic =
+                        d3[beta] * h1[beta] * h1[beta] * z + 2.0 * d2[beta] * h1[beta] * z1;
+                    src.h[k * p + beta] += 2.0 * dk[beta] * g1 + delta[beta] * quadratic;
+                    src.z[k] += 2.0 * dk[beta] * d1[beta] * h1[beta]
+                        + delta[beta] * d2[beta] * h1[beta] * h1[beta];
+                }
+            }
+            for (nu, h) in h1.iter_mut().enumerate() {
+                let row = &self.kx[nu * n..nu * n + p];
+                *h += self.c * row.iter().zip(&coef).map(|(k, c)| k * c).sum::<f64>();
+            }
+            if trained {
+                z1 += self.c * dz1;
+            }
+        }
+    }
+
+    /// Second-order tangent summed over the directions whose sources are in `sources`.
+    fn second_order(&self, trace: &Trace, sources: &Sources, psi2: &mut [f64]) {
+        let (p, n) = (self.problem.n_train(), self.problem.n_all());
+        let width = 4 * n + 1;
+        let trained = self.trained();
+        let mut h2 = vec![0.0; n];
+        let mut coef = vec![0.0; p];
+        let mut z2 = 0.0;
+        for k in 0..=self.steps {
+            let rec = &trace.record[k * width..(k + 1) * width];
+            let z = rec[0];
+            let (phi, rest) = rec[1..].split_at(n);
+            let (d1, rest) = rest.split_at(n);
+            let d2 = &rest[..n];
+            for nu in 0..n {
+                psi2[k * n + nu] = (z2 * phi[nu] + z * d1[nu] * h2[nu] + sources.psi[k * n + nu])
+                    / self.model.gamma0;
+            }
+            if k == self.steps {
+                break;
+            }
+            let delta = self.delta_path.row(k);
+            let mut dz2 = sources.z[k];
+            for beta in 0..p {
+                coef[beta] = sources.h[k * p + beta]
+                    + delta[beta] * (d2[beta] * h2[beta] * z + d1[beta] * z2);
+                dz2 += delta[beta] * d1[beta] * h2[beta];
+            }
+            for (nu, h) in h2.iter_mut().enumerate() {
+                let row = &self.kx[nu * n..nu * n + p];
+                *h += self.c * row.iter().zip(&coef).map(|(k, c)| k * c).sum::<f64>();
+            }
+            if trained {
+                z2 += self.c * dz2;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Activation;
+    use crate::problem::Parameterization;
+    use crate::sampling::{normal_matrix, replica_rng};
+    use crate::two_layer::{Probe, march};
+    use ndarray::ArrayView1;
+
+    fn small_problem(p: usize, q: usize, dim: usize) -> Problem {
+        let mut rng = replica_rng(11, 0);
+        let x = normal_matrix(&mut rng, p + q, dim);
+        let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
+        let y = x.slice(s![..p, ..]).dot(&beta) / (dim as f64).sqrt();
+        Problem::from_inputs(x.slice(s![..p, ..]), y, x.slice(s![p.., ..]), None).unwrap()
+    }
+
+    fn model(activation: Activation, readout: Readout, gamma0: f64, centered: bool) -> Model {
+        Model {
+            depth: 1,
+            activation,
+            parameterization: Parameterization::Mup,
+            gamma0,
+            centered,
+            residual: None,
+            readout,
+        }
+    }
+
+    /// The site tangents against differences of the runtime's own march (`two_layer::march`,
+    /// open loop along a shifted Δ path) on the same deterministic sites: the first order
+    /// against central differences, the second against second differences, along random
+    /// directions. Truncation O(ε²) ≈ 1e-6 relative at ε = 1e-3 and round-off ≈ 1e-10: the
+    /// tolerance 1e-5 of the largest entry holds both.
+    #[test]
+    fn site_tangents_match_differences_of_the_march() {
+        let problem = small_problem(3, 2, 6);
+        let schedule = Schedule {
+            eta: 0.5,
+            steps: 6,
+            record_every: 1,
+        };
+        let (p, n, steps) = (problem.n_train(), problem.n_all(), schedule.steps);
+        let sites = SiteSet::quadrature(problem.kx.view(), 3).unwrap();
+        for (act, readout) in [
+            (Activation::Tanh, Readout::Trained),
+            (Activation::Tanh, Readout::Frozen),
+            (Activation::Erf, Readout::Trained),
+            (Activation::Softplus, Readout::Trained),
+        ] {
+            let model = model(act, readout, 1.3, false);
+            let base = march(
+                &problem,
+                &model,
+                &schedule,
+                &sites,
+                &Probe::default(),
+                &|_| {},
+            )
+            .unwrap();
+            let delta_path =
+                &problem.y.view().insert_axis(Axis(0)) - &base.f_all.slice(s![.., ..p]);
+            let mut rng = replica_rng(5, 1);
+            let direction = normal_matrix(&mut rng, steps * p, 1);
+            let shifted = |eps: f64| {
+                let mut path = delta_path.clone();
+                for d in 0..steps * p {
+                    path[[d / p, d % p]] += eps * direction[[d, 0]];
+                }
+                let probe = Probe {
+                    open_loop: Some(path),
+                    shift: None,
+                };
+                march(&problem, &model, &schedule, &sites, &probe, &|_| {})
+                    .unwrap()
+                    .f_all
+                    .iter()
+                    .copied()
+                    .collect::<Array1<f64>>()
+            };
+            let eps = 1e-3;
+            let (plus, minus, centre) = (shifted(eps), shifted(-eps), shifted(0.0));
+            let first_fd = (&plus - &minus) / (2.0 * eps);
+            let second_fd = (&plus - 2.0 * &centre + &minus) / (eps * eps);
+
+            let marcher = Marcher {
+                problem: &problem,
+                model: &model,
+                c: schedule.eta * model.gamma0 / p as f64,
+                steps,
+                delta_path: delta_path.view(),
+                kx: problem.kx.iter().copied().collect(),
+            };
+            let rows = (steps + 1) * n;
+            let mut first = Array1::<f64>::zeros(rows);
+            let mut second = Array1::<f64>::zeros(rows);
+            let mut scratch = Scratch::new(n, p, steps);
+            let d = direction.column(0).to_vec();
+            for site in 0..sites.r.len() {
+                let trace = marcher.base(&sites.u.row(site).to_vec(), sites.r[site]);
+                scratch.sources.clear();
+                marcher.first_order(&trace, &d, &mut scratch.psi1, Some(&mut scratch.sources));
+                marcher.second_order(&trace, &scratch.sources, &mut scratch.psi2);
+                first.scaled_add(sites.weight[site], &ArrayView1::from(&scratch.psi1));
+                second.scaled_add(sites.weight[site], &ArrayView1::from(&scratch.psi2));
+            }
+            for (name, got, want) in [
+                ("first", &first, &first_fd),
+                ("second", &second, &second_fd),
+            ] {
+                let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let err = (got - want).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                assert!(scale > 1e-3, "{act} {readout}: {name} derivative vanished");
+                assert!(
+                    err < 1e-5 * scale,
+                    "{act} {readout}: {name} order off by {err:e} of {scale:e}"
+                );
+            }
+        }
+    }
+
+    /// An independent route for linear networks: at width N the two-layer linear network is
+    /// exactly a map of the initial empirical moments θ = (A = ⟨uuᵀ⟩_N, b = ⟨ur⟩_N, s = ⟨r²⟩_N)
+    /// (the moments march in closed form), and θ has mean (K^x, 0, 1) and covariance C/N with
+    /// C the Wishart moments: Cov(A_ab, A_cd) = K_acK_bd + K_adK_bc, Cov(b_a, b_c) = K_ac,
+    /// Var s = 2, the rest zero. So N(E f_N − f∞) = ½ Σ_e λ_e ∂²f[q_e, q_e] over the
+    /// eigenpairs of C, by second differences, with no sites, no response and no tangents.
+    /// Gauss–Hermite of order 4 is exact for the propagator's site averages here (polynomials
+    /// of degree ≤ 4 in the sources); the five-point differences leave ≈ 1e-9 relative.
+    #[test]
+    fn linear_network_matches_the_moment_expansion() {
+        let problem = small_problem(3, 2, 2);
+        let schedule = Schedule {
+            eta: 0.4,
+            steps: 8,
+            record_every: 2,
+        };
+        let options = SolverOptions {
+            sites: 0,
+            quadrature: 4,
+            seed: 0,
+        };
+        for (readout, gamma0, centered) in [
+            (Readout::Trained, 1.5, false),
+            (Readout::Trained, 0.7, true),
+            (Readout::Frozen, 1.2, false),
+        ] {
+            let model = model(Activation::Linear, readout, gamma0, centered);
+            let (fl, shift) =
+                two_layer_mean_shift(&problem, &model, &schedule, &options, &|_| {}).unwrap();
+            let (want_f, want_loss) = moment_expansion(&problem, &model, &schedule);
+            let scale = want_f.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let err = (&shift.shift - &want_f)
+                .iter()
+                .fold(0.0f64, |m, v| m.max(v.abs()));
+            println!("{readout} γ₀ = {gamma0}: |m| {scale:.4e}, error {err:.2e}");
+            assert!(scale > 1e-2, "the mean shift vanished");
+            assert!(
+                err < 1e-7 * scale.max(1.0),
+                "mean shift off by {err:e} (|m| = {scale:e})"
+            );
+            for (i, &k) in shift.steps.iter().enumerate() {
+                let want = want_loss[k];
+                assert!(
+                    (shift.shift_loss[i] - want).abs() < 1e-7 * want.abs().max(1.0),
+                    "loss shift at step {k}: {} vs {want}",
+                    shift.shift_loss[i]
+                );
+            }
+            assert_eq!(fl.sigma.nrows(), (schedule.steps + 1) * problem.n_all());
+        }
+    }
+
+    /// f (all steps, time-major) and the train loss of the width-N linear network as a map of
+    /// its initial empirical moments; see `linear_network_matches_the_moment_expansion`.
+    fn moment_march(
+        problem: &Problem,
+        model: &Model,
+        schedule: &Schedule,
+        (a0, b0, s0): (&Array2<f64>, &Array1<f64>, f64),
+    ) -> (Array1<f64>, Array1<f64>) {
+        let (p, n) = (problem.n_train(), problem.n_all());
+        let c = schedule.eta * model.gamma0 / p as f64;
+        let (mut a, mut b, mut s) = (a0.clone(), b0.clone(), s0);
+        let mut f_all = Array1::zeros((schedule.steps + 1) * n);
+        let mut loss = Array1::zeros(schedule.steps + 1);
+        let f0 = &b / model.gamma0;
+        for k in 0..=schedule.steps {
+            let mut f = &b / model.gamma0;
+            if model.centered {
+                f -= &f0;
+            }
+            f_all.slice_mut(s![k * n..(k + 1) * n]).assign(&f);
+            let delta = &problem.y - &f.slice(s![..p]);
+            loss[k] = delta.dot(&delta) / (2.0 * p as f64);
+            // h ← h + v z, z ← z + w·h with v = cK^x_{·,train}Δ, w = cΔ on the train points.
+            let v = c * problem.kx.slice(s![.., ..p]).dot(&delta);
+            let mut w = Array1::<f64>::zeros(n);
+            if model.readout == Readout::Trained {
+                w.slice_mut(s![..p]).assign(&(c * &delta));
+            }
+            let vb = v
+                .view()
+                .insert_axis(Axis(1))
+                .dot(&b.view().insert_axis(Axis(0)));
+            let vv = v
+                .view()
+                .insert_axis(Axis(1))
+                .dot(&v.view().insert_axis(Axis(0)));
+            let a_next = &a + &vb + vb.t() + s * &vv;
+            let b_next = &b + s * &v + a.dot(&w) + w.dot(&b) * &v;
+            let s_next = s + 2.0 * w.dot(&b) + w.dot(&a.dot(&w));
+            a = a_next;
+            b = b_next;
+            s = s_next;
+        }
+        (f_all, loss)
+    }
+
+    fn moment_expansion(
+        problem: &Problem,
+        model: &Model,
+        schedule: &Schedule,
+    ) -> (Array1<f64>, Array1<f64>) {
+        let n = problem.n_all();
+        let k = &problem.kx;
+        // Coordinates: A_ab (a ≤ b, moved symmetrically), b_a, s.
+        let pairs: Vec<(usize, usize)> = (0..n).flat_map(|a| (a..n).map(move |b| (a, b))).collect();
+        let dim = pairs.len() + n + 1;
+        let mut cov = Array2::<f64>::zeros((dim, dim));
+        for (i, &(a, b)) in pairs.iter().enumerate() {
+            for (j, &(c, d)) in pairs.iter().enumerate() {
+                cov[[i, j]] = k[[a, c]] * k[[b, d]] + k[[a, d]] * k[[b, c]];
+            }
+        }
+        for a in 0..n {
+            for c in 0..n {
+                cov[[pairs.len() + a, pairs.len() + c]] = k[[a, c]];
+            }
+        }
+        cov[[dim - 1, dim - 1]] = 2.0;
+        let (values, vectors) = crate::linalg::eigh(cov.view()).unwrap();
+        let run = |shift: &Array1<f64>| {
+            let mut a = k.clone();
+            for (i, &(x, y)) in pairs.iter().enumerate() {
+                a[[x, y]] += shift[i];
+                if x != y {
+                    a[[y, x]] += shift[i];
+                }
+            }
+            let b = shift.slice(s![pairs.len()..pairs.len() + n]).to_owned();
+            let s = 1.0 + shift[dim - 1];
+            moment_march(problem, model, schedule, (&a, &b, s))
+        };
+        let (f_mid, loss_mid) = run(&Array1::zeros(dim));
+        let mut f_shift = Array1::<f64>::zeros(f_mid.len());
+        let mut loss_shift = Array1::<f64>::zeros(loss_mid.len());
+        // Five-point second differences: truncation O(ε⁴), round-off ≈ 1e-16/ε².
+        let eps = 1e-3;
+        for e in 0..dim {
+            if values[e] <= 0.0 {
+                continue;
+            }
+            let q = vectors.column(e).to_owned();
+            let at = |x: f64| run(&(x * eps * &q));
+            let ((f1, l1), (f2, l2)) = (at(1.0), at(2.0));
+            let ((fm1, lm1), (fm2, lm2)) = (at(-1.0), at(-2.0));
+            let weight = 0.5 * values[e] / (12.0 * eps * eps);
+            f_shift.scaled_add(weight, &(16.0 * (&f1 + &fm1) - 30.0 * &f_mid - &f2 - &fm2));
+            loss_shift.scaled_add(
+                weight,
+                &(16.0 * (&l1 + &lm1) - 30.0 * &loss_mid - &l2 - &lm2),
+            );
+        }
+        (f_shift, loss_shift)
+    }
+}
