@@ -457,11 +457,9 @@ fn residual_propagator_matches_ensembles() {
 #[test]
 #[ignore = "slow validation (≈ 30 min); run with --ignored (README, slow validations)"]
 fn slow_residual_propagator_matches_ensembles() {
-    for (depth, gamma0, beta, width) in [
-        (3, 0.25, 1.0, 2048),
-        (3, 1.0, 1.0, 512),
-        (2, 1.0, 2.0, 512),
-    ] {
+    for (depth, gamma0, beta, width) in
+        [(3, 0.25, 1.0, 2048), (3, 1.0, 1.0, 512), (2, 1.0, 2.0, 512)]
+    {
         deep_linear_ensemble(depth, gamma0, Some(beta), width, 1000);
     }
 }
