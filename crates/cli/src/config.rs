@@ -566,15 +566,14 @@ impl Config {
             }
             return self.check_proportional();
         }
-        if m.residual_beta.is_some() {
-            if m.activation != Activation::Linear
-                || !matches!(solver, SolverChoice::Auto | SolverChoice::DeepLinear)
-            {
-                return Err(format!(
-                    "model.residual_beta is solved for linear networks only (model.activation = \"linear\", theory.solver = \"auto\" or \"deep-linear\"), got activation \"{}\" and solver \"{solver}\"",
-                    m.activation
-                ));
-            }
+        if m.residual_beta.is_some()
+            && (m.activation != Activation::Linear
+                || !matches!(solver, SolverChoice::Auto | SolverChoice::DeepLinear))
+        {
+            return Err(format!(
+                "model.residual_beta is solved for linear networks only (model.activation = \"linear\", theory.solver = \"auto\" or \"deep-linear\"), got activation \"{}\" and solver \"{solver}\"",
+                m.activation
+            ));
         }
         if solver != SolverChoice::Lazy
             && solver != SolverChoice::Auto
