@@ -336,17 +336,15 @@ impl Context {
                 }
             }
             Kind::F => {
-                let (k, mu) = (
-                    pair.0 - l.g(depth),
-                    pair.1 - l.h(depth) - (pair.0 - l.g(depth)) * n,
-                );
+                let k = pair.0 - l.g(depth);
+                let mu = pair.1 - l.h(depth) - k * n;
                 if mu >= p {
                     return out;
                 }
-                // ∂Δ(j, μ)/∂f(k, μ) = −[j = k] + [centered, k = 0].
+                // ∂Δ(j, μ)/∂f(k, μ) = −[j = k] + [centered, k = 0]: f(0) = 0 drops out of Δ(0).
+                let centering = if self.centered && k == 0 { 1.0 } else { 0.0 };
                 for j in 0..nt {
-                    let v =
-                        -f64::from(u8::from(j == k)) + f64::from(u8::from(self.centered && k == 0));
+                    let v = centering - if j == k { 1.0 } else { 0.0 };
                     if v == 0.0 {
                         continue;
                     }
