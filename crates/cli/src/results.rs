@@ -8,7 +8,7 @@
 //! DIR/theory/{var_ntk,var_ntk_top,ntk_top}.npy  (two-layer networks only: N·Var of the NTK
 //!   and of its top eigenvalue, and the top eigenvalue of the infinite-width train NTK)
 //! DIR/theory/{mean_shift_f_train,mean_shift_f_test,mean_shift_loss}.npy  (theory.mean_shift:
-//!   N(E f_N − f∞) and N(E ℒ_N − ℒ∞))
+//!   N(E f_N − f∞) and N(E ℒ_N − ℒ∞); + mean_shift_test_loss with test targets)
 //! DIR/theory/{var,mean_shift}_*_N{width}.npy  (--width: the same at that width, divided by N)
 //! DIR/plots/{loss,predictions,ntk_eigenvalues}.svg  (+ fluctuations.svg, mean_shift.svg)
 //! ```
@@ -189,6 +189,9 @@ pub fn write_fluctuations(
                 scaled(&m.shift_f_test.clone().into_dyn()),
             ));
             arrays.push(("mean_shift_loss", scaled(&m.shift_loss.clone().into_dyn())));
+            if let Some(test) = &m.shift_test_loss {
+                arrays.push(("mean_shift_test_loss", scaled(&test.clone().into_dyn())));
+            }
         }
         for (name, a) in arrays {
             let name = format!("{name}{suffix}");
@@ -232,6 +235,9 @@ pub fn check_fluctuations(fl: &Fluctuations, traj: &Trajectory) -> Result<(), Fa
             &traj.t,
         )?;
         check_array(origin, "mean_shift_loss", &m.shift_loss, &[t], &traj.t)?;
+        if let Some(test) = &m.shift_test_loss {
+            check_array(origin, "mean_shift_test_loss", test, &[t], &traj.t)?;
+        }
     }
     Ok(())
 }
@@ -323,8 +329,11 @@ fn fluctuation_summary(fl: &Fluctuations, width: Option<usize>) -> serde_json::V
     if kernel.is_some() {
         observables.extend(["var_ntk", "var_ntk_top"]);
     }
-    if fl.mean_shift.is_some() {
+    if let Some(m) = &fl.mean_shift {
         observables.extend(["mean_shift_f_train", "mean_shift_f_test", "mean_shift_loss"]);
+        if m.shift_test_loss.is_some() {
+            observables.push("mean_shift_test_loss");
+        }
     }
     json!({
         "propagator": fl.propagator(),

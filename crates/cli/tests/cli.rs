@@ -1095,6 +1095,10 @@ fn mean_shift_is_the_runtime_expansion() {
         ("mean_shift_f_train", direct.shift_f_train.view().into_dyn()),
         ("mean_shift_f_test", direct.shift_f_test.view().into_dyn()),
         ("mean_shift_loss", direct.shift_loss.view().into_dyn()),
+        (
+            "mean_shift_test_loss",
+            direct.shift_test_loss.as_ref().unwrap().view().into_dyn(),
+        ),
         ("var_f_train", fl.var_f_train.view().into_dyn()),
     ] {
         let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));

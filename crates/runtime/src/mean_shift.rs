@@ -28,7 +28,7 @@
 use crate::propagator::{self, PredictionFluctuations, ReferenceSites};
 use crate::two_layer::SiteSet;
 use crate::{DmftError, Model, Problem, Progress, Readout, Result, Schedule, SolverOptions};
-use ndarray::{Array1, Array2, ArrayView2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
 use ndarray_linalg::{Diag, SolveTriangular, UPLO};
 use rayon::prelude::*;
 
@@ -43,6 +43,8 @@ pub struct MeanShift {
     /// Of the train loss ℒ = |Δ|²/(2P), T_rec: the variance term tr Σ_f/(2P) and the shift of
     /// the mean −Δ·m/P together.
     pub shift_loss: Array1<f64>,
+    /// The same for the test loss |y_test − f_test|²/(2Q), when the test targets are known.
+    pub shift_test_loss: Option<Array1<f64>>,
     /// Over all steps and points, time-major (index k·(P+Q) + ν).
     pub shift: Array1<f64>,
 }
@@ -102,13 +104,26 @@ pub fn two_layer_mean_shift(
     let mut shift_f_train = Array2::zeros((recorded.len(), p));
     let mut shift_f_test = Array2::zeros((recorded.len(), n - p));
     let mut shift_loss = Array1::zeros(recorded.len());
+    let mut shift_test_loss = problem
+        .y_test
+        .as_ref()
+        .filter(|_| n > p)
+        .map(|_| Array1::zeros(recorded.len()));
+    // −Δ·m/P' + tr Σ/(2P') over a set of P' points with errors Δ.
+    let loss_shift = |k: usize, points: std::ops::Range<usize>, delta: ArrayView1<f64>| {
+        let m = shift.slice(s![k * n + points.start..k * n + points.end]);
+        let spread: f64 = points.clone().map(|a| sigma[[k * n + a, k * n + a]]).sum();
+        (-delta.dot(&m) + 0.5 * spread) / points.len() as f64
+    };
     for (i, &k) in recorded.iter().enumerate() {
         let m = shift.slice(s![k * n..(k + 1) * n]);
         shift_f_train.row_mut(i).assign(&m.slice(s![..p]));
         shift_f_test.row_mut(i).assign(&m.slice(s![p..]));
-        let delta = prop.delta_path.row(k);
-        let spread: f64 = (0..p).map(|a| sigma[[k * n + a, k * n + a]]).sum();
-        shift_loss[i] = (-delta.dot(&m.slice(s![..p])) + 0.5 * spread) / p as f64;
+        shift_loss[i] = loss_shift(k, 0..p, prop.delta_path.row(k));
+        if let (Some(out), Some(y_test)) = (shift_test_loss.as_mut(), problem.y_test.as_ref()) {
+            let delta = y_test - &prop.f_all.slice(s![k, p..]);
+            out[i] = loss_shift(k, p..n, delta.view());
+        }
     }
     let result = MeanShift {
         t: recorded.iter().map(|&k| k as f64 * schedule.eta).collect(),
@@ -116,6 +131,7 @@ pub fn two_layer_mean_shift(
         shift_f_train,
         shift_f_test,
         shift_loss,
+        shift_test_loss,
         shift,
     };
     Ok((prop.fluctuations, result))
@@ -445,8 +461,12 @@ mod tests {
         let mut rng = replica_rng(11, 0);
         let x = normal_matrix(&mut rng, p + q, dim);
         let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
-        let y = x.slice(s![..p, ..]).dot(&beta) / (dim as f64).sqrt();
-        Problem::from_inputs(x.slice(s![..p, ..]), y, x.slice(s![p.., ..]), None).unwrap()
+        let y_all = x.dot(&beta) / (dim as f64).sqrt();
+        let (y, y_test) = (
+            y_all.slice(s![..p]).to_owned(),
+            y_all.slice(s![p..]).to_owned(),
+        );
+        Problem::from_inputs(x.slice(s![..p, ..]), y, x.slice(s![p.., ..]), Some(y_test)).unwrap()
     }
 
     fn model(activation: Activation, readout: Readout, gamma0: f64, centered: bool) -> Model {
@@ -582,7 +602,7 @@ mod tests {
             let model = model(Activation::Linear, readout, gamma0, centered);
             let (fl, shift) =
                 two_layer_mean_shift(&problem, &model, &schedule, &options, &|_| {}).unwrap();
-            let (want_f, want_loss) = moment_expansion(&problem, &model, &schedule);
+            let (want_f, want_loss, want_test_loss) = moment_expansion(&problem, &model, &schedule);
             let scale = want_f.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             let err = (&shift.shift - &want_f)
                 .iter()
@@ -593,13 +613,20 @@ mod tests {
                 err < 1e-7 * scale.max(1.0),
                 "mean shift off by {err:e} (|m| = {scale:e})"
             );
+            let test_loss = shift
+                .shift_test_loss
+                .as_ref()
+                .expect("test targets are known");
             for (i, &k) in shift.steps.iter().enumerate() {
-                let want = want_loss[k];
-                assert!(
-                    (shift.shift_loss[i] - want).abs() < 1e-7 * want.abs().max(1.0),
-                    "loss shift at step {k}: {} vs {want}",
-                    shift.shift_loss[i]
-                );
+                for (name, got, want) in [
+                    ("train", shift.shift_loss[i], want_loss[k]),
+                    ("test", test_loss[i], want_test_loss[k]),
+                ] {
+                    assert!(
+                        (got - want).abs() < 1e-7 * want.abs().max(1.0),
+                        "{name} loss shift at step {k}: {got} vs {want}"
+                    );
+                }
             }
             assert_eq!(fl.sigma.nrows(), (schedule.steps + 1) * problem.n_all());
         }
@@ -612,12 +639,17 @@ mod tests {
         model: &Model,
         schedule: &Schedule,
         (a0, b0, s0): (&Array2<f64>, &Array1<f64>, f64),
-    ) -> (Array1<f64>, Array1<f64>) {
+    ) -> (Array1<f64>, Array1<f64>, Array1<f64>) {
         let (p, n) = (problem.n_train(), problem.n_all());
         let c = schedule.eta * model.gamma0 / p as f64;
         let (mut a, mut b, mut s) = (a0.clone(), b0.clone(), s0);
         let mut f_all = Array1::zeros((schedule.steps + 1) * n);
         let mut loss = Array1::zeros(schedule.steps + 1);
+        let mut test_loss = Array1::zeros(schedule.steps + 1);
+        let y_test = problem
+            .y_test
+            .as_ref()
+            .expect("the oracle's problem has test targets");
         let f0 = &b / model.gamma0;
         for k in 0..=schedule.steps {
             let mut f = &b / model.gamma0;
@@ -627,6 +659,8 @@ mod tests {
             f_all.slice_mut(s![k * n..(k + 1) * n]).assign(&f);
             let delta = &problem.y - &f.slice(s![..p]);
             loss[k] = delta.dot(&delta) / (2.0 * p as f64);
+            let test_error = y_test - &f.slice(s![p..]);
+            test_loss[k] = test_error.dot(&test_error) / (2.0 * (n - p) as f64);
             // h ← h + v z, z ← z + w·h with v = cK^x_{·,train}Δ, w = cΔ on the train points.
             let v = c * problem.kx.slice(s![.., ..p]).dot(&delta);
             let mut w = Array1::<f64>::zeros(n);
@@ -648,14 +682,14 @@ mod tests {
             b = b_next;
             s = s_next;
         }
-        (f_all, loss)
+        (f_all, loss, test_loss)
     }
 
     fn moment_expansion(
         problem: &Problem,
         model: &Model,
         schedule: &Schedule,
-    ) -> (Array1<f64>, Array1<f64>) {
+    ) -> (Array1<f64>, Array1<f64>, Array1<f64>) {
         let n = problem.n_all();
         let k = &problem.kx;
         // Coordinates: A_ab (a ≤ b, moved symmetrically), b_a, s.
@@ -686,9 +720,10 @@ mod tests {
             let s = 1.0 + shift[dim - 1];
             moment_march(problem, model, schedule, (&a, &b, s))
         };
-        let (f_mid, loss_mid) = run(&Array1::zeros(dim));
+        let (f_mid, loss_mid, test_mid) = run(&Array1::zeros(dim));
         let mut f_shift = Array1::<f64>::zeros(f_mid.len());
         let mut loss_shift = Array1::<f64>::zeros(loss_mid.len());
+        let mut test_shift = Array1::<f64>::zeros(test_mid.len());
         // Five-point second differences: truncation O(ε⁴), round-off ≈ 1e-16/ε².
         let eps = 1e-3;
         for e in 0..dim {
@@ -697,15 +732,19 @@ mod tests {
             }
             let q = vectors.column(e).to_owned();
             let at = |x: f64| run(&(x * eps * &q));
-            let ((f1, l1), (f2, l2)) = (at(1.0), at(2.0));
-            let ((fm1, lm1), (fm2, lm2)) = (at(-1.0), at(-2.0));
+            let ((f1, l1, t1), (f2, l2, t2)) = (at(1.0), at(2.0));
+            let ((fm1, lm1, tm1), (fm2, lm2, tm2)) = (at(-1.0), at(-2.0));
             let weight = 0.5 * values[e] / (12.0 * eps * eps);
             f_shift.scaled_add(weight, &(16.0 * (&f1 + &fm1) - 30.0 * &f_mid - &f2 - &fm2));
             loss_shift.scaled_add(
                 weight,
                 &(16.0 * (&l1 + &lm1) - 30.0 * &loss_mid - &l2 - &lm2),
             );
+            test_shift.scaled_add(
+                weight,
+                &(16.0 * (&t1 + &tm1) - 30.0 * &test_mid - &t2 - &tm2),
+            );
         }
-        (f_shift, loss_shift)
+        (f_shift, loss_shift, test_shift)
     }
 }
