@@ -453,13 +453,17 @@ fn residual_propagator_matches_ensembles() {
 
 /// The residual propagator's slow cases (README, slow validations), β/√L branches, 1000
 /// seeds each: L = 3 at γ₀ = 0.25 (N = 2048; at N = 512 its late fitted train point shows the
-/// O(1/N) excess of docs/fluctuations.md) and γ₀ = 1 (N = 512), L = 2 at β = 2 (N = 512).
+/// O(1/N) excess of docs/fluctuations.md) and γ₀ = 1 (N = 512 and 2048), L = 2 at β = 2
+/// (N = 512).
 #[test]
-#[ignore = "slow validation (≈ 30 min); run with --ignored (README, slow validations)"]
+#[ignore = "slow validation (≈ 55 min); run with --ignored (README, slow validations)"]
 fn slow_residual_propagator_matches_ensembles() {
-    for (depth, gamma0, beta, width) in
-        [(3, 0.25, 1.0, 2048), (3, 1.0, 1.0, 512), (2, 1.0, 2.0, 512)]
-    {
+    for (depth, gamma0, beta, width) in [
+        (3, 0.25, 1.0, 2048),
+        (3, 1.0, 1.0, 512),
+        (2, 1.0, 2.0, 512),
+        (3, 1.0, 1.0, 2048),
+    ] {
         deep_linear_ensemble(depth, gamma0, Some(beta), width, 1000);
     }
 }
