@@ -209,7 +209,7 @@ fn site_terms(
                     let own: Vec<f64> = (0..p * steps)
                         .map(|d| pushed[[(d / p) * n + d % p, i]])
                         .collect();
-                    march.first_order(trace, &own, &mut scratch.psi1);
+                    march.first_order(trace, &own, &mut scratch.sources, &mut scratch.psi1);
                     for (acc, &x) in self_response.iter_mut().zip(&scratch.psi1) {
                         *acc += weight * x;
                     }
@@ -220,7 +220,7 @@ fn site_terms(
                         &mut scratch.columns,
                         &mut scratch.sources,
                     );
-                    march.second_order(trace, &scratch.sources, &mut scratch.psi2);
+                    march.tangent(trace, &scratch.sources, &mut scratch.psi2);
                     for (acc, &x) in curvature.iter_mut().zip(&scratch.psi2) {
                         *acc += weight * x;
                     }
@@ -360,42 +360,23 @@ impl Marcher<'_> {
         Trace { record, psi }
     }
 
-    /// First-order tangent along the Δ direction `d` (index j·P + α, j < T) into `psi1`.
-    fn first_order(&self, trace: &Trace, d: &[f64], psi1: &mut [f64]) {
+    /// First-order tangent along the Δ direction `d` (index j·P + α, j < T) into `psi1`: the
+    /// tangent recurrence driven by d ⊙ g into h and d·φ into z, with `sources` as workspace.
+    fn first_order(&self, trace: &Trace, d: &[f64], sources: &mut Sources, psi1: &mut [f64]) {
         let (p, n) = (self.problem.n_train(), self.problem.n_all());
         let width = 4 * n + 1;
-        let trained = self.trained();
-        let mut h1 = vec![0.0; n];
-        let mut coef = vec![0.0; p];
-        let mut z1 = 0.0;
-        for k in 0..=self.steps {
+        sources.clear();
+        for k in 0..self.steps {
             let rec = &trace.record[k * width..(k + 1) * width];
             let z = rec[0];
-            let (phi, rest) = rec[1..].split_at(n);
-            let (d1, rest) = rest.split_at(n);
-            let d2 = &rest[..n];
-            for nu in 0..n {
-                psi1[k * n + nu] = (z1 * phi[nu] + z * d1[nu] * h1[nu]) / self.model.gamma0;
-            }
-            if k == self.steps {
-                break;
-            }
-            let delta = self.delta_path.row(k);
-            let dk = &d[k * p..(k + 1) * p];
-            let mut dz1 = 0.0;
+            let (phi, d1) = (&rec[1..1 + n], &rec[1 + n..1 + 2 * n]);
             for beta in 0..p {
-                let g1 = d2[beta] * h1[beta] * z + d1[beta] * z1;
-                coef[beta] = dk[beta] * d1[beta] * z + delta[beta] * g1;
-                dz1 += dk[beta] * phi[beta] + delta[beta] * d1[beta] * h1[beta];
-            }
-            for (nu, h) in h1.iter_mut().enumerate() {
-                let row = &self.kx[nu * n..nu * n + p];
-                *h += self.c * row.iter().zip(&coef).map(|(k, c)| k * c).sum::<f64>();
-            }
-            if trained {
-                z1 += self.c * dz1;
+                let d = d[k * p + beta];
+                sources.h[k * p + beta] = d * d1[beta] * z;
+                sources.z[k] += d * phi[beta];
             }
         }
+        self.tangent(trace, sources, psi1);
     }
 
     /// The quadratic sources of the second-order tangent, summed over the columns of
@@ -474,14 +455,16 @@ impl Marcher<'_> {
         }
     }
 
-    /// Second-order tangent summed over the directions whose sources are in `sources`.
-    fn second_order(&self, trace: &Trace, sources: &Sources, psi2: &mut [f64]) {
+    /// The tangent recurrence shared by both orders, driven by `sources`: h' = h + cK(S_h +
+    /// Δ ⊙ (φ''h z + φ'z_t)), z' = z + c(S_z + Δ·φ'h) (trained readout), γ₀ψ = z_tφ + zφ'h + S_ψ.
+    /// The first order has S_ψ = 0; the second order's sources are quadratic in the first.
+    fn tangent(&self, trace: &Trace, sources: &Sources, psi_t: &mut [f64]) {
         let (p, n) = (self.problem.n_train(), self.problem.n_all());
         let width = 4 * n + 1;
         let trained = self.trained();
-        let mut h2 = vec![0.0; n];
+        let mut h_t = vec![0.0; n];
         let mut coef = vec![0.0; p];
-        let mut z2 = 0.0;
+        let mut z_t = 0.0;
         for k in 0..=self.steps {
             let rec = &trace.record[k * width..(k + 1) * width];
             let z = rec[0];
@@ -489,25 +472,26 @@ impl Marcher<'_> {
             let (d1, rest) = rest.split_at(n);
             let d2 = &rest[..n];
             for nu in 0..n {
-                psi2[k * n + nu] = (z2 * phi[nu] + z * d1[nu] * h2[nu] + sources.psi[k * n + nu])
-                    / self.model.gamma0;
+                psi_t[k * n + nu] =
+                    (z_t * phi[nu] + z * d1[nu] * h_t[nu] + sources.psi[k * n + nu])
+                        / self.model.gamma0;
             }
             if k == self.steps {
                 break;
             }
             let delta = self.delta_path.row(k);
-            let mut dz2 = sources.z[k];
+            let mut dz_t = sources.z[k];
             for beta in 0..p {
                 coef[beta] = sources.h[k * p + beta]
-                    + delta[beta] * (d2[beta] * h2[beta] * z + d1[beta] * z2);
-                dz2 += delta[beta] * d1[beta] * h2[beta];
+                    + delta[beta] * (d2[beta] * h_t[beta] * z + d1[beta] * z_t);
+                dz_t += delta[beta] * d1[beta] * h_t[beta];
             }
-            for (nu, h) in h2.iter_mut().enumerate() {
+            for (nu, h) in h_t.iter_mut().enumerate() {
                 let row = &self.kx[nu * n..nu * n + p];
                 *h += self.c * row.iter().zip(&coef).map(|(k, c)| k * c).sum::<f64>();
             }
             if trained {
-                z2 += self.c * dz2;
+                z_t += self.c * dz_t;
             }
         }
     }
@@ -617,15 +601,15 @@ mod tests {
             let d = direction.column(0).to_vec();
             for site in 0..sites.r.len() {
                 let trace = marcher.base(&sites.u.row(site).to_vec(), sites.r[site]);
+                marcher.first_order(&trace, &d, &mut scratch.sources, &mut scratch.psi1);
                 scratch.sources.clear();
-                marcher.first_order(&trace, &d, &mut scratch.psi1);
                 marcher.sources_along(
                     &trace,
                     direction.view(),
                     &mut scratch.columns,
                     &mut scratch.sources,
                 );
-                marcher.second_order(&trace, &scratch.sources, &mut scratch.psi2);
+                marcher.tangent(&trace, &scratch.sources, &mut scratch.psi2);
                 first.scaled_add(sites.weight[site], &ArrayView1::from(&scratch.psi1));
                 second.scaled_add(sites.weight[site], &ArrayView1::from(&scratch.psi2));
             }
