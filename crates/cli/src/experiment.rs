@@ -232,7 +232,14 @@ pub fn fluctuations(
     } else {
         options.sites
     };
-    let bar = Bar::new(total as u64, "sites", &format!("{label} Σ_f"), quiet);
+    // The mean shift passes over the sites a second time.
+    let passes = if config.theory.mean_shift { 2 } else { 1 };
+    let bar = Bar::new(
+        (passes * total) as u64,
+        "sites",
+        &format!("{label} Σ_f"),
+        quiet,
+    );
     let progress = |done: usize| bar.advance(done as u64);
     let reference = || dmft_solvers::Source::Reference.to_string();
     let computed = if config.theory.mean_shift {

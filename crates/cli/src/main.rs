@@ -219,6 +219,16 @@ fn run(config_path: &Path, out: &Path, width: Option<usize>, quiet: bool) -> Res
             max(fl.var_f_test().row(last)),
             fl.var_loss()[last]
         );
+        if let Some(shift) = &fl.mean_shift {
+            let variance: f64 = fl.var_f_train().row(last).sum() / (2 * data.n_train()) as f64;
+            println!(
+                "mean shift N(E ℒ_N − ℒ∞) of the train loss at t = {}: {:.3e} = variance term {:.3e} (removed by ensembling) + bias term {:.3e} (not)",
+                fl.t()[last],
+                shift.shift_loss[last],
+                variance,
+                shift.shift_loss[last] - variance
+            );
+        }
         // Gradient descent is linearly unstable once η λ_max / P > 2 (the edge of stability).
         // The two-layer propagator has the top eigenvalue from its own sites; otherwise it
         // is read off the trajectory's NTK.

@@ -1054,6 +1054,11 @@ fn mean_shift_is_the_runtime_expansion() {
     ];
     let out = dmft(&dir.0, &args);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("mean shift N(E ℒ_N − ℒ∞) of the train loss at t = 3"),
+        "{stdout}"
+    );
 
     let data = dmft_data::GaussianTask {
         p_train: 3,

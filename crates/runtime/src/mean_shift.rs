@@ -31,6 +31,7 @@ use crate::{DmftError, Model, Problem, Progress, Readout, Result, Schedule, Solv
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
 use ndarray_linalg::{Diag, SolveTriangular, UPLO};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// N(E f_N − f∞) and N(E ℒ_N − ℒ∞) to leading order: width-free, divide by N for a width.
 #[derive(Clone, Debug)]
@@ -51,6 +52,7 @@ pub struct MeanShift {
 
 /// Σ_f (as [`propagator::two_layer_prediction_fluctuations`]) and the O(1/N) mean shift of a
 /// two-layer μP network with a smooth activation, both from the sites of `options`.
+/// `progress` counts the M sites twice: the propagator's pass, then the shift's.
 pub fn two_layer_mean_shift(
     problem: &Problem,
     model: &Model,
@@ -80,12 +82,13 @@ pub fn two_layer_mean_shift(
         delta_path: prop.delta_path.view(),
         kx: problem.kx.iter().copied().collect(),
     };
+    let done = prop.sites.r.len();
+    let second_pass = |sites: usize| progress(done + sites);
     let (curvature, self_response) = site_terms(
         &march,
         &prop.sites,
-        &prop.response,
-        &prop.f_all,
-        &directions,
+        (&prop.response, &prop.f_all, &directions),
+        &second_pass,
     )?;
     let source = 0.5 * curvature - self_response;
     let shift = prop
@@ -167,18 +170,13 @@ const SITE_BLOCKS: usize = 4;
 fn site_terms(
     march: &Marcher,
     sites: &SiteSet,
-    response: &Array2<f64>,
-    f_all: &Array2<f64>,
-    directions: &Array2<f64>,
+    (response, f_all, directions): (&Array2<f64>, &Array2<f64>, &Array2<f64>),
+    progress: Progress,
 ) -> Result<(Array1<f64>, Array1<f64>)> {
+    let done = AtomicUsize::new(0);
     let (p, n, steps) = (march.problem.n_train(), march.problem.n_all(), march.steps);
     let rows = (steps + 1) * n;
     let mean: Vec<f64> = f_all.iter().copied().collect();
-    let columns: Vec<Vec<f64>> = directions
-        .columns()
-        .into_iter()
-        .map(|c| c.to_vec())
-        .collect();
     let m = sites.r.len();
     let block = m.div_ceil(SITE_BLOCKS);
     let partial: Vec<Result<(Array1<f64>, Array1<f64>)>> = (0..SITE_BLOCKS)
@@ -192,6 +190,7 @@ fn site_terms(
             let mut traces: Vec<Trace> = Vec::with_capacity(BATCH);
             for start in range.clone().step_by(BATCH) {
                 let batch = start..(start + BATCH).min(range.end);
+                let batch_len = batch.len();
                 traces.clear();
                 let mut noise = Array2::<f64>::zeros((rows, batch.len()));
                 for (i, site) in batch.clone().enumerate() {
@@ -210,24 +209,23 @@ fn site_terms(
                     let own: Vec<f64> = (0..p * steps)
                         .map(|d| pushed[[(d / p) * n + d % p, i]])
                         .collect();
-                    march.first_order(trace, &own, &mut scratch.psi1, None);
+                    march.first_order(trace, &own, &mut scratch.sources, &mut scratch.psi1);
                     for (acc, &x) in self_response.iter_mut().zip(&scratch.psi1) {
                         *acc += weight * x;
                     }
                     scratch.sources.clear();
-                    for column in &columns {
-                        march.first_order(
-                            trace,
-                            column,
-                            &mut scratch.psi1,
-                            Some(&mut scratch.sources),
-                        );
-                    }
-                    march.second_order(trace, &scratch.sources, &mut scratch.psi2);
+                    march.sources_along(
+                        trace,
+                        directions.view(),
+                        &mut scratch.columns,
+                        &mut scratch.sources,
+                    );
+                    march.tangent(trace, &scratch.sources, &mut scratch.psi2);
                     for (acc, &x) in curvature.iter_mut().zip(&scratch.psi2) {
                         *acc += weight * x;
                     }
                 }
+                progress(done.fetch_add(batch_len, Ordering::Relaxed) + batch_len);
             }
             Ok((curvature, self_response))
         })
@@ -268,10 +266,21 @@ impl Sources {
     }
 }
 
+/// The first-order tangents of r directions side by side: h1 [ν][c], z1, the drive of h
+/// [β][c] and of z.
+#[derive(Default)]
+struct Columns {
+    h1: Vec<f64>,
+    z1: Vec<f64>,
+    coef: Vec<f64>,
+    dz1: Vec<f64>,
+}
+
 struct Scratch {
     psi1: Vec<f64>,
     psi2: Vec<f64>,
     sources: Sources,
+    columns: Columns,
 }
 
 impl Scratch {
@@ -285,6 +294,7 @@ impl Scratch {
                 z: vec![0.0; steps],
                 psi: vec![0.0; rows],
             },
+            columns: Columns::default(),
         }
     }
 }
@@ -350,21 +360,45 @@ impl Marcher<'_> {
         Trace { record, psi }
     }
 
-    /// First-order tangent along the Δ direction `d` (index j·P + α, j < T) into `psi1`
-    /// (γ₀-scaled back to ψ), adding the quadratic sources of the second order when asked.
-    fn first_order(
+    /// First-order tangent along the Δ direction `d` (index j·P + α, j < T) into `psi1`: the
+    /// tangent recurrence driven by d ⊙ g into h and d·φ into z, with `sources` as workspace.
+    fn first_order(&self, trace: &Trace, d: &[f64], sources: &mut Sources, psi1: &mut [f64]) {
+        let (p, n) = (self.problem.n_train(), self.problem.n_all());
+        let width = 4 * n + 1;
+        sources.clear();
+        for k in 0..self.steps {
+            let rec = &trace.record[k * width..(k + 1) * width];
+            let z = rec[0];
+            let (phi, d1) = (&rec[1..1 + n], &rec[1 + n..1 + 2 * n]);
+            for beta in 0..p {
+                let d = d[k * p + beta];
+                sources.h[k * p + beta] = d * d1[beta] * z;
+                sources.z[k] += d * phi[beta];
+            }
+        }
+        self.tangent(trace, sources, psi1);
+    }
+
+    /// The quadratic sources of the second-order tangent, summed over the columns of
+    /// `directions` ((T·P) × r, rows j·P + α): their first-order tangents (h1, z1) are
+    /// marched side by side, so the loops over the r columns vectorize.
+    fn sources_along(
         &self,
         trace: &Trace,
-        d: &[f64],
-        psi1: &mut [f64],
-        mut sources: Option<&mut Sources>,
+        directions: ArrayView2<f64>,
+        work: &mut Columns,
+        sources: &mut Sources,
     ) {
         let (p, n) = (self.problem.n_train(), self.problem.n_all());
         let width = 4 * n + 1;
-        let trained = self.trained();
-        let mut h1 = vec![0.0; n];
-        let mut coef = vec![0.0; p];
-        let mut z1 = 0.0;
+        let r = directions.ncols();
+        let Columns { h1, z1, coef, dz1 } = work;
+        h1.clear();
+        h1.resize(n * r, 0.0);
+        z1.clear();
+        z1.resize(r, 0.0);
+        coef.resize(p * r, 0.0);
+        dz1.resize(r, 0.0);
         for k in 0..=self.steps {
             let rec = &trace.record[k * width..(k + 1) * width];
             let z = rec[0];
@@ -372,51 +406,65 @@ impl Marcher<'_> {
             let (d1, rest) = rest.split_at(n);
             let (d2, d3) = rest.split_at(n);
             for nu in 0..n {
-                psi1[k * n + nu] = (z1 * phi[nu] + z * d1[nu] * h1[nu]) / self.model.gamma0;
-            }
-            if let Some(src) = sources.as_deref_mut() {
-                for nu in 0..n {
-                    src.psi[k * n + nu] +=
-                        2.0 * z1 * d1[nu] * h1[nu] + z * d2[nu] * h1[nu] * h1[nu];
-                }
+                let (a, b) = (2.0 * d1[nu], z * d2[nu]);
+                let h = &h1[nu * r..(nu + 1) * r];
+                sources.psi[k * n + nu] += h
+                    .iter()
+                    .zip(z1.iter())
+                    .map(|(&h, &z1)| (a * z1 + b * h) * h)
+                    .sum::<f64>();
             }
             if k == self.steps {
                 break;
             }
             let delta = self.delta_path.row(k);
-            let dk = &d[k * p..(k + 1) * p];
-            let mut dz1 = 0.0;
+            dz1.fill(0.0);
             for beta in 0..p {
-                let g = d1[beta] * z;
-                let g1 = d2[beta] * h1[beta] * z + d1[beta] * z1;
-                coef[beta] = dk[beta] * g + delta[beta] * g1;
-                dz1 += dk[beta] * phi[beta] + delta[beta] * d1[beta] * h1[beta];
-                if let Some(src) = sources.as_deref_mut() {
-                    let quadratic =
-                        d3[beta] * h1[beta] * h1[beta] * z + 2.0 * d2[beta] * h1[beta] * z1;
-                    src.h[k * p + beta] += 2.0 * dk[beta] * g1 + delta[beta] * quadratic;
-                    src.z[k] += 2.0 * dk[beta] * d1[beta] * h1[beta]
-                        + delta[beta] * d2[beta] * h1[beta] * h1[beta];
+                let d = directions.row(k * p + beta);
+                let d = d.as_slice().expect("directions are row-major");
+                let h = &h1[beta * r..(beta + 1) * r];
+                let out = &mut coef[beta * r..(beta + 1) * r];
+                let (g, slope, dl) = (d1[beta] * z, d2[beta] * z, delta[beta]);
+                let (phi_b, d1_b, d2_b, d3_b) = (phi[beta], d1[beta], d2[beta], d3[beta]);
+                let (mut source_h, mut source_z) = (0.0, 0.0);
+                for c in 0..r {
+                    let g1 = slope * h[c] + d1_b * z1[c];
+                    out[c] = d[c] * g + dl * g1;
+                    dz1[c] += d[c] * phi_b + dl * d1_b * h[c];
+                    source_h +=
+                        2.0 * d[c] * g1 + dl * (d3_b * z * h[c] + 2.0 * d2_b * z1[c]) * h[c];
+                    source_z += (2.0 * d[c] * d1_b + dl * d2_b * h[c]) * h[c];
+                }
+                sources.h[k * p + beta] += source_h;
+                sources.z[k] += source_z;
+            }
+            for nu in 0..n {
+                let h = &mut h1[nu * r..(nu + 1) * r];
+                for beta in 0..p {
+                    let scale = self.c * self.kx[nu * n + beta];
+                    for (x, &y) in h.iter_mut().zip(&coef[beta * r..(beta + 1) * r]) {
+                        *x += scale * y;
+                    }
                 }
             }
-            for (nu, h) in h1.iter_mut().enumerate() {
-                let row = &self.kx[nu * n..nu * n + p];
-                *h += self.c * row.iter().zip(&coef).map(|(k, c)| k * c).sum::<f64>();
-            }
-            if trained {
-                z1 += self.c * dz1;
+            if self.trained() {
+                for (x, &y) in z1.iter_mut().zip(dz1.iter()) {
+                    *x += self.c * y;
+                }
             }
         }
     }
 
-    /// Second-order tangent summed over the directions whose sources are in `sources`.
-    fn second_order(&self, trace: &Trace, sources: &Sources, psi2: &mut [f64]) {
+    /// The tangent recurrence shared by both orders, driven by `sources`: h' = h + cK(S_h +
+    /// Δ ⊙ (φ''h z + φ'z_t)), z' = z + c(S_z + Δ·φ'h) (trained readout), γ₀ψ = z_tφ + zφ'h + S_ψ.
+    /// The first order has S_ψ = 0; the second order's sources are quadratic in the first.
+    fn tangent(&self, trace: &Trace, sources: &Sources, psi_t: &mut [f64]) {
         let (p, n) = (self.problem.n_train(), self.problem.n_all());
         let width = 4 * n + 1;
         let trained = self.trained();
-        let mut h2 = vec![0.0; n];
+        let mut h_t = vec![0.0; n];
         let mut coef = vec![0.0; p];
-        let mut z2 = 0.0;
+        let mut z_t = 0.0;
         for k in 0..=self.steps {
             let rec = &trace.record[k * width..(k + 1) * width];
             let z = rec[0];
@@ -424,25 +472,26 @@ impl Marcher<'_> {
             let (d1, rest) = rest.split_at(n);
             let d2 = &rest[..n];
             for nu in 0..n {
-                psi2[k * n + nu] = (z2 * phi[nu] + z * d1[nu] * h2[nu] + sources.psi[k * n + nu])
-                    / self.model.gamma0;
+                psi_t[k * n + nu] =
+                    (z_t * phi[nu] + z * d1[nu] * h_t[nu] + sources.psi[k * n + nu])
+                        / self.model.gamma0;
             }
             if k == self.steps {
                 break;
             }
             let delta = self.delta_path.row(k);
-            let mut dz2 = sources.z[k];
+            let mut dz_t = sources.z[k];
             for beta in 0..p {
                 coef[beta] = sources.h[k * p + beta]
-                    + delta[beta] * (d2[beta] * h2[beta] * z + d1[beta] * z2);
-                dz2 += delta[beta] * d1[beta] * h2[beta];
+                    + delta[beta] * (d2[beta] * h_t[beta] * z + d1[beta] * z_t);
+                dz_t += delta[beta] * d1[beta] * h_t[beta];
             }
-            for (nu, h) in h2.iter_mut().enumerate() {
+            for (nu, h) in h_t.iter_mut().enumerate() {
                 let row = &self.kx[nu * n..nu * n + p];
                 *h += self.c * row.iter().zip(&coef).map(|(k, c)| k * c).sum::<f64>();
             }
             if trained {
-                z2 += self.c * dz2;
+                z_t += self.c * dz_t;
             }
         }
     }
@@ -552,9 +601,15 @@ mod tests {
             let d = direction.column(0).to_vec();
             for site in 0..sites.r.len() {
                 let trace = marcher.base(&sites.u.row(site).to_vec(), sites.r[site]);
+                marcher.first_order(&trace, &d, &mut scratch.sources, &mut scratch.psi1);
                 scratch.sources.clear();
-                marcher.first_order(&trace, &d, &mut scratch.psi1, Some(&mut scratch.sources));
-                marcher.second_order(&trace, &scratch.sources, &mut scratch.psi2);
+                marcher.sources_along(
+                    &trace,
+                    direction.view(),
+                    &mut scratch.columns,
+                    &mut scratch.sources,
+                );
+                marcher.tangent(&trace, &scratch.sources, &mut scratch.psi2);
                 first.scaled_add(sites.weight[site], &ArrayView1::from(&scratch.psi1));
                 second.scaled_add(sites.weight[site], &ArrayView1::from(&scratch.psi2));
             }
@@ -630,6 +685,31 @@ mod tests {
             }
             assert_eq!(fl.sigma.nrows(), (schedule.steps + 1) * problem.n_all());
         }
+    }
+
+    /// The progress callback counts every site twice (the propagator's pass, then the
+    /// shift's) and ends exactly there, as the CLI's bar expects.
+    #[test]
+    fn progress_counts_both_passes() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let problem = small_problem(3, 2, 2);
+        let schedule = Schedule {
+            eta: 0.4,
+            steps: 3,
+            record_every: 1,
+        };
+        let options = SolverOptions {
+            sites: 1000,
+            quadrature: 0,
+            seed: 0,
+        };
+        let model = model(Activation::Tanh, Readout::Trained, 1.0, false);
+        let largest = AtomicUsize::new(0);
+        two_layer_mean_shift(&problem, &model, &schedule, &options, &|done| {
+            largest.fetch_max(done, Ordering::Relaxed);
+        })
+        .unwrap();
+        assert_eq!(largest.load(Ordering::Relaxed), 2 * options.sites);
     }
 
     /// f (all steps, time-major) and the train loss of the width-N linear network as a map of
