@@ -566,18 +566,14 @@ impl Config {
             }
             return self.check_proportional();
         }
-        if m.residual_beta.is_some() {
-            if self.theory.fluctuations {
-                return Err("theory.fluctuations = true is not implemented for residual networks (model.residual_beta); the residual propagator is not written yet".into());
-            }
-            if m.activation != Activation::Linear
-                || !matches!(solver, SolverChoice::Auto | SolverChoice::DeepLinear)
-            {
-                return Err(format!(
-                    "model.residual_beta is solved for linear networks only (model.activation = \"linear\", theory.solver = \"auto\" or \"deep-linear\"), got activation \"{}\" and solver \"{solver}\"",
-                    m.activation
-                ));
-            }
+        if m.residual_beta.is_some()
+            && (m.activation != Activation::Linear
+                || !matches!(solver, SolverChoice::Auto | SolverChoice::DeepLinear))
+        {
+            return Err(format!(
+                "model.residual_beta is solved for linear networks only (model.activation = \"linear\", theory.solver = \"auto\" or \"deep-linear\"), got activation \"{}\" and solver \"{solver}\"",
+                m.activation
+            ));
         }
         if solver != SolverChoice::Lazy
             && solver != SolverChoice::Auto
@@ -625,8 +621,8 @@ impl Config {
         Ok(())
     }
 
-    /// `theory.fluctuations` at depth ≥ 2: only the deep linear μP propagator exists. Residual
-    /// branches and a frozen readout are refused with their own keys below.
+    /// `theory.fluctuations` at depth ≥ 2: only the deep linear μP propagator exists (plain or
+    /// with residual branches). A frozen readout is refused with its own key below.
     fn check_deep_fluctuations(&self) -> Result<(), String> {
         let m = &self.model;
         if m.activation != Activation::Linear {

@@ -39,6 +39,7 @@ impl Fluctuations {
     pub fn propagator(&self) -> &'static str {
         match &self.sigma {
             Sigma::TwoLayer(_) => "two-layer",
+            Sigma::DeepLinear(fl) if fl.residual.is_some() => "residual-deep-linear",
             Sigma::DeepLinear(_) => "deep-linear",
         }
     }

@@ -547,19 +547,43 @@ fluctuations = true
 /// NTK variance files, and a summary.json that says which observables were written.
 #[test]
 fn deep_linear_fluctuations_are_the_runtime_propagator() {
+    deep_linear_plumbing(None);
+}
+
+/// The same plumbing for a residual network (model.residual_beta = 0.8, β/√L branches): the
+/// joint-site propagator, recorded as "residual-deep-linear".
+#[test]
+fn residual_fluctuations_are_the_runtime_propagator() {
+    deep_linear_plumbing(Some(0.8));
+}
+
+fn deep_linear_plumbing(residual: Option<f64>) {
     use dmft_runtime::deep_linear_propagator::deep_linear_prediction_fluctuations;
     use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule};
     use ndarray_npy::read_npy;
 
     let dir = TempDir::new();
-    dir.write("config.toml", DEEP_LINEAR);
+    let config = match residual {
+        Some(beta) => {
+            DEEP_LINEAR.replace("[model]\n", &format!("[model]\nresidual_beta = {beta}\n"))
+        }
+        None => DEEP_LINEAR.to_string(),
+    };
+    let name = if residual.is_some() {
+        "residual-deep-linear"
+    } else {
+        "deep-linear"
+    };
+    dir.write("config.toml", &config);
     let args = ["run", "config.toml", "--out", "res", "--width", "256"];
     let out = dmft(&dir.0, &[&args[..], &["--quiet"]].concat());
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     assert!(stderr(&out).is_empty(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("finite width (N·Var, width-free, deep-linear propagator)"),
+        stdout.contains(&format!(
+            "finite width (N·Var, width-free, {name} propagator)"
+        )),
         "{stdout}"
     );
 
@@ -577,7 +601,7 @@ fn deep_linear_fluctuations_are_the_runtime_propagator() {
         parameterization: Parameterization::Mup,
         gamma0: 1.5,
         centered: false,
-        residual: None,
+        residual,
         readout: Readout::Trained,
     };
     let schedule = Schedule {
@@ -619,7 +643,8 @@ fn deep_linear_fluctuations_are_the_runtime_propagator() {
     let summary: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.path("res/summary.json")).unwrap()).unwrap();
     let fl = &summary["fluctuations"];
-    assert_eq!(fl["propagator"], "deep-linear");
+    assert_eq!(fl["propagator"], name);
+    assert_eq!(fl["propagator_source"], "reference");
     assert_eq!(
         fl["observables"],
         serde_json::json!(["var_f_train", "var_f_test", "var_loss"])
@@ -688,10 +713,6 @@ fn deep_fluctuations_are_refused_outside_the_deep_linear_propagator() {
         (
             DEEP_LINEAR.replace("[theory]\n", "[theory]\nsolver = \"deep-nonlinear\"\n"),
             "theory.solver must be \"auto\" or \"deep-linear\"",
-        ),
-        (
-            DEEP_LINEAR.replace("[model]\n", "[model]\nresidual_beta = 1.0\n"),
-            "model.residual_beta",
         ),
         (
             DEEP_LINEAR.replace("[model]\n", "[model]\nreadout = \"frozen\"\n"),

@@ -2,7 +2,8 @@
 //! deep linear L = 3, P = 10, T = 100 (< 2 s); two-layer Monte Carlo M = 10⁵, P = 10,
 //! T = 100 (< 5 s); deep nonlinear relu L = 2, P = 5, T = 50, M = 10⁴ (< 60 s); two-layer
 //! relu propagator M = 10⁵, P = 10, T = 100 (< 20 s); proportional-regime deep linear L = 4,
-//! T = 200, isotropic, full-batch GD (< 10 s).
+//! T = 200, isotropic, full-batch GD (< 10 s); the dense deep linear propagator, plain and
+//! residual, on a small problem (no target).
 //! Run with `cargo bench -p dmft-runtime --bench solvers`; results in docs/performance.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -122,6 +123,25 @@ fn bench(c: &mut Criterion) {
             .unwrap()
         })
     });
+    // The dense deep linear propagator (plain chain and residual β/√L branches) on a small
+    // problem: L = 2, P + Q = 5, T = 6, q = 1183 order parameters.
+    let p3q2 = problem_with_test(3, 2, 16);
+    let short = Schedule {
+        steps: 6,
+        ..schedule
+    };
+    for (name, residual) in [("deep_linear", None), ("residual", Some(1.0))] {
+        let m = Model {
+            residual,
+            ..model(2, Activation::Linear)
+        };
+        group.bench_function(format!("{name}_propagator_L2_PQ5_T6"), |b| {
+            b.iter(|| {
+                deep_linear_propagator::deep_linear_prediction_fluctuations(&p3q2, &m, &short)
+                    .unwrap()
+            })
+        });
+    }
     let proportional = proportional::Setting {
         depth: 4,
         nu: 1.0,

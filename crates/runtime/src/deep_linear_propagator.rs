@@ -1,32 +1,37 @@
 //! Finite-width prediction fluctuations of deep linear μP networks (φ = id, any depth L and
-//! γ₀), with no sampling, from the Hessian of the full DMFT action (docs/fluctuations.md).
+//! γ₀), plain or with residual β/√L branches, with no sampling, from the Hessian of the full
+//! DMFT action (docs/fluctuations.md).
 //!
-//! Order parameters q = (q_c, q_r). Causal ones q_c: Φ^ℓ, G^ℓ and the outputs f; each layer's
-//! site process takes them as source covariances and drives. Response ones q_r: for the
+//! The single site is one joint Gaussian process over all layers: neuron i of every layer
+//! (tied by the skip in a residual network; in the plain chain, (s, a) = (0, 1), the layers
+//! simply decouple). Its fields x = (h¹..h^L, g¹..g^L) solve x = S ξ + 𝓜 x, linear in the
+//! sources ξ = (u¹..u^L, r¹..r^L) (deep_linear/residual.rs).
+//!
+//! Order parameters q = (q_c, q_r). Causal ones q_c: Φ^ℓ (ℓ < L), G^ℓ (ℓ > 1) and the outputs
+//! f; the site reads them as source covariances and drives. Response ones q_r: for the
 //! weights W^ℓ between layers ℓ and ℓ+1, A^ℓ(a, j) = ⟨h^ℓ_a ρ̂^ℓ_j⟩ and
-//! B^{ℓ+1}(a, j) = ⟨μ̂^{ℓ+1}_a z^{ℓ+1}_j⟩ for every index pair, causal or not (ρ̂, μ̂: the
-//! response fields of the sources r, u). Averaging W^ℓ(0) couples them as N Σ A^ℓ·B^{ℓ+1},
-//! the matrix J below. With K the site covariance of all averages (block diagonal by layer,
-//! Isserlis over the Gaussian site vector v = (h, z, ρ̂, μ̂)) and M = I − D_c (D_c the
-//! open-loop sensitivity of each layer's averages to the q_c it reads), the Gaussian integral
-//! over (q̂, q) gives Σ_q = (MᵀK⁻¹M − J)⁻¹ = (M − K M⁻ᵀ J)⁻¹ K M⁻ᵀ.
+//! B^{ℓ+1}(a, j) = ⟨μ̂^{ℓ+1}_a g^{ℓ+1}_j⟩ for every index pair, causal or not (ρ̂, μ̂: the
+//! response fields of the sources r^ℓ, u^{ℓ+1}, which W^ℓ(0) produces unscaled by the branch
+//! multiplier). Averaging W^ℓ(0) couples them as N Σ A^ℓ·B^{ℓ+1}, the matrix J below. With K
+//! the site covariance of all averages (Isserlis over the joint site vector
+//! v = (h, g, ρ̂', μ̂)) and M = I − D_c (D_c the open-loop sensitivity of all averages to the
+//! q_c the site reads), the Gaussian integral over (q̂, q) gives
+//! Σ_q = (MᵀK⁻¹M − J)⁻¹ = (M − K M⁻ᵀ J)⁻¹ K M⁻ᵀ.
 //!
-//! z does not depend on the sample in a linear network, so G^ℓ(k, j), B^ℓ(a, j) are kept
-//! once per step j, and A^ℓ enters J only summed over the train point of j: ρ̂'_j = Σ_α ρ̂_{jα}.
-//! This is dense: O(((T+1)(P+Q))²) order parameters, a tool for small problems and the
-//! reference for a structured solver.
+//! g does not depend on the sample in a linear network, so G^ℓ(k, j), B^ℓ(a, j) and the
+//! backward sources r^ℓ are kept once per step j, and A^ℓ enters J only summed over the
+//! train point of j: ρ̂'_j = Σ_α ρ̂_{jα}. D_c is exact: every causal q_c moves 𝓜 by a few
+//! rank-one terms and the source covariance by one entry, and d(I − 𝓜)⁻¹ =
+//! (I − 𝓜)⁻¹ d𝓜 (I − 𝓜)⁻¹. This is dense: O(L((T+1)(P+Q))²) order parameters, a tool for
+//! small problems and the reference for a structured solver.
 
-use crate::deep_linear::{self, LayerFields};
+use crate::deep_linear::residual::{self, ResidualSolution};
 use crate::linalg::SerialBlas;
 use crate::{DmftError, Model, Parameterization, Problem, Progress, Readout, Result, Schedule};
-use ndarray::{Array1, Array2, ArrayView2, Axis, s};
+use ndarray::{Array1, Array2, Axis, s};
 use ndarray_linalg::{FactorizeInto, Inverse, Solve};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// Step of the central differences for D_c. The site averages are rational functions of
-/// their inputs with O(1) coefficients: truncation ≈ 1e-12, round-off ≈ 1e-10 relative.
-const STEP: f64 = 1e-6;
 
 /// Largest number of order parameters the dense solve accepts (memory ≈ 5 · 8 · n² bytes).
 pub const MAX_ORDER_PARAMETERS: usize = 12_000;
@@ -37,9 +42,9 @@ pub const PROGRESS_TOTAL: usize = 1000;
 
 /// Number of order parameters q of the dense solve for a network of `depth` layers on
 /// `points` = P + Q inputs over `steps` + 1 steps (the blocks of docs/fluctuations.md,
-/// "Coordinates"): per hidden-layer boundary the upper triangle of Φ^ℓ, A^ℓ, B^{ℓ+1} and the
-/// upper triangle of G^{ℓ+1}, plus the outputs. In u128 so that any config can be sized
-/// before anything is allocated.
+/// "Coordinates"): per hidden weight matrix the upper triangle of Φ^ℓ, A^ℓ, B^{ℓ+1} and the
+/// upper triangle of G^{ℓ+1}, plus the outputs; the same for plain and residual networks. In
+/// u128 so that any config can be sized before anything is allocated.
 pub fn order_parameters(depth: usize, points: usize, steps: usize) -> u128 {
     let nt = steps as u128 + 1;
     let nh = nt * points as u128;
@@ -58,9 +63,11 @@ pub struct DeepLinearFluctuations {
     pub var_loss: Array1<f64>,
     /// Σ_f over all steps and points, time-major (index k·(P+Q) + ν).
     pub sigma: Array2<f64>,
+    /// β of the residual branches (`Model::residual`); None for the plain chain.
+    pub residual: Option<f64>,
 }
 
-/// Which average an order parameter is, within one layer's block of q.
+/// Which average an order parameter is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Phi,
@@ -70,7 +77,7 @@ enum Kind {
     F,
 }
 
-/// One layer's averages as products v_a v_b of its site vector (scaled by 1/γ₀ for f).
+/// A block of q: the averages ⟨v_a v_b⟩ (scaled by 1/γ₀ for f) of one kind and layer.
 struct Block {
     kind: Kind,
     layer: usize,
@@ -78,128 +85,336 @@ struct Block {
     pairs: Vec<(usize, usize)>,
 }
 
-/// Sizes and the offsets of h (T·n), z (T), ρ̂' (T), μ̂ (T·n) in v.
+impl Block {
+    fn weight(&self, gamma0: f64) -> f64 {
+        if self.kind == Kind::F {
+            1.0 / gamma0
+        } else {
+            1.0
+        }
+    }
+}
+
+/// Offsets in the joint site vector v = (h¹..h^L, g¹..g^L, ρ̂'¹..ρ̂'^{L−1}, μ̂²..μ̂^L): h^ℓ over
+/// (time, point), g^ℓ and ρ̂'^ℓ over time, μ̂^ℓ over (time, point). The sources ξ use the
+/// offsets of the fields they drive: u^ℓ those of h^ℓ, r^ℓ those of g^ℓ.
 #[derive(Clone, Copy)]
 struct Layout {
     n: usize,
     p: usize,
     nt: usize,
+    depth: usize,
 }
 
 impl Layout {
-    fn z(&self) -> usize {
-        self.nt * self.n
+    fn h(&self, layer: usize) -> usize {
+        (layer - 1) * self.nt * self.n
     }
-    fn rho(&self) -> usize {
-        self.z() + self.nt
+    fn g(&self, layer: usize) -> usize {
+        self.depth * self.nt * self.n + (layer - 1) * self.nt
     }
-    fn mu(&self) -> usize {
-        self.rho() + self.nt
+    /// Number of fields (= of sources).
+    fn fields(&self) -> usize {
+        self.depth * self.nt * (self.n + 1)
+    }
+    /// ρ̂'^ℓ, ℓ = 1..L−1.
+    fn rho(&self, layer: usize) -> usize {
+        self.fields() + (layer - 1) * self.nt
+    }
+    /// μ̂^ℓ, ℓ = 2..L.
+    fn mu(&self, layer: usize) -> usize {
+        self.fields() + (self.depth - 1) * self.nt + (layer - 2) * self.nt * self.n
     }
     fn dim(&self) -> usize {
-        self.mu() + self.nt * self.n
+        self.fields() + (self.depth - 1) * self.nt * (self.n + 1)
     }
 }
 
-/// Inputs of one layer's site process. The response drifts stay at their saddle values;
-/// Φ^{ℓ−1}, G^{ℓ+1} (full (time, train) blocks) and f are what D_c perturbs.
+/// What the joint site reads. Index m = 0..L−1 throughout. D_c perturbs `phi` (m ≥ 1),
+/// `grad` (m < L−1) and `delta`; the J identity test perturbs the responses.
 #[derive(Clone)]
 struct SiteInputs {
-    phi_prev: Array2<f64>,
-    grad_next: Array2<f64>,
-    f: Array2<f64>,
-    response_phi_prev: Array2<f64>,
-    response_grad_next: Array2<f64>,
+    /// Φ^m (Φ⁰ = Kˣ tiled): the covariance of u^{m+1}, over (time, point).
+    phi: Vec<Array2<f64>>,
+    /// G^{m+2} per step (G^{L+1} = 1, the readout): the covariance of r^{m+1}.
+    grad: Vec<Array2<f64>>,
+    /// R_φ^m summed over train columns, (time, point) × time (R_φ⁰ = 0): read by C^{m+1}.
+    response_phi: Vec<Array2<f64>>,
+    /// R_g^{m+2} on one train row per step, time × (time, point) (R_g^{L+1} = 0): read by E^{m+1}.
+    response_grad: Vec<Array2<f64>>,
+    /// Δ(j, α) on train points.
+    delta: Array2<f64>,
 }
 
-struct Context<'a> {
+/// A sparse vector over the fields: (index, value).
+type Sparse = Vec<(usize, f64)>;
+
+/// A first-order change of the site's inputs: rank-one changes col ⊗ row of 𝓜 (sparse,
+/// field indices) and unit entries (i, k) added symmetrically to the source covariance.
+#[derive(Default)]
+struct Change {
+    operator: Vec<(Sparse, Sparse)>,
+    covariance: Vec<(usize, usize)>,
+}
+
+/// The joint site solved at given inputs.
+struct Site {
+    /// (I − 𝓜)⁻¹.
+    resolvent: Array2<f64>,
+    /// ∂x/∂ξ = (I − 𝓜)⁻¹ S.
+    fields: Array2<f64>,
+    /// Second moments Ω of v.
+    omega: Array2<f64>,
+}
+
+struct Context {
     layout: Layout,
     c: f64,
     gamma0: f64,
-    y: ArrayView2<'a, f64>,
+    skip: f64,
+    branch: f64,
     centered: bool,
 }
 
-impl Context<'_> {
-    fn delta(&self, f: &Array2<f64>) -> Array2<f64> {
-        let p = self.layout.p;
-        let mut d = &self.y - &f.slice(s![.., ..p]);
-        if self.centered {
-            d += &f.slice(s![0..1, ..p]);
+impl Context {
+    /// (s, a) of the forward equation of layer ℓ: layer 1 reads the input, no skip.
+    fn forward(&self, layer: usize) -> (f64, f64) {
+        if layer == 1 {
+            (0.0, 1.0)
+        } else {
+            (self.skip, self.branch)
         }
-        d
     }
 
-    /// Second moments Ω of v = (h, z, ρ̂', μ̂) for one layer, from the closed form
-    /// h = u + C z, z = r + E h (theory.md 2b) with any (not necessarily causal) C and E.
-    fn moments(&self, inp: &SiteInputs) -> Result<Array2<f64>> {
-        let Layout { n, p, nt } = self.layout;
-        let delta = self.delta(&inp.f);
-        let mut c_op = inp.response_phi_prev.clone();
-        let mut e_op = inp.response_grad_next.clone();
-        for k in 0..nt {
-            for j in 0..k {
-                for a in 0..n {
-                    for al in 0..p {
-                        c_op[[k * n + a, j * p + al]] +=
-                            self.c * inp.phi_prev[[k * n + a, j * n + al]] * delta[[j, al]];
-                    }
+    /// (s, a) of the backward equation of layer ℓ: g^L = z^L, no skip.
+    fn backward(&self, layer: usize) -> (f64, f64) {
+        if layer == self.layout.depth {
+            (0.0, 1.0)
+        } else {
+            (self.skip, self.branch)
+        }
+    }
+
+    /// 𝓜 of x = S ξ + 𝓜 x from the site equations (deep_linear/residual.rs), with any (not
+    /// necessarily causal) response inputs:
+    ///   h^ℓ = s h^{ℓ−1} + a (u^ℓ + C^ℓ g^ℓ),  C^ℓ = R_φ^{ℓ−1} + a c [Φ^{ℓ−1} Δ]_<
+    ///   g^ℓ = s g^{ℓ+1} + a (r^ℓ + E^ℓ h^ℓ),  E^ℓ = R_g^{ℓ+1} + a c [G^{ℓ+1} Δ]_<
+    fn operator(&self, inp: &SiteInputs) -> Array2<f64> {
+        let l = self.layout;
+        let Layout { n, p, nt, depth } = l;
+        let mut op = Array2::<f64>::zeros((l.fields(), l.fields()));
+        for layer in 1..=depth {
+            let m = layer - 1;
+            let (sf, af) = self.forward(layer);
+            let (sb, ab) = self.backward(layer);
+            let (h, g) = (l.h(layer), l.g(layer));
+            for i in 0..nt * n {
+                if layer > 1 {
+                    op[[h + i, l.h(layer - 1) + i]] = sf;
                 }
-                for a in 0..p {
-                    for al in 0..p {
-                        e_op[[k * p + a, j * n + al]] +=
-                            self.c * inp.grad_next[[k * p + a, j * p + al]] * delta[[j, al]];
+                for j in 0..nt {
+                    let mut c = inp.response_phi[m][[i, j]];
+                    if j < i / n {
+                        let phi = &inp.phi[m];
+                        c += af
+                            * self.c
+                            * (0..p)
+                                .map(|al| phi[[i, j * n + al]] * inp.delta[[j, al]])
+                                .sum::<f64>();
                     }
+                    op[[h + i, g + j]] = af * c;
+                }
+            }
+            for k in 0..nt {
+                if layer < depth {
+                    op[[g + k, l.g(layer + 1) + k]] = sb;
+                }
+                for i in 0..nt * n {
+                    let (j, al) = (i / n, i % n);
+                    let mut e = inp.response_grad[m][[k, i]];
+                    if j < k && al < p {
+                        e += ab * self.c * inp.grad[m][[k, j]] * inp.delta[[j, al]];
+                    }
+                    op[[g + k, h + i]] = ab * e;
                 }
             }
         }
-        let ec = Array2::<f64>::eye(nt * p) - e_op.dot(&c_op);
-        let z_r = ec
-            .inv()
-            .map_err(|e| DmftError::Invalid(format!("I − EC: {e}")))?;
-        let z_u = z_r.dot(&e_op);
-        let h_r = c_op.dot(&z_r);
-        let h_u = Array2::<f64>::eye(nt * n) + c_op.dot(&z_u);
-        // z is the same for every train point: keep row α = 0 of each step.
-        let rows: Vec<usize> = (0..nt).map(|k| k * p).collect();
-        let z_u0 = z_u.select(Axis(0), &rows);
-        let z_r0 = z_r.select(Axis(0), &rows);
-        let hh = h_u.dot(&inp.phi_prev).dot(&h_u.t()) + h_r.dot(&inp.grad_next).dot(&h_r.t());
-        let zz = z_u0.dot(&inp.phi_prev).dot(&z_u0.t()) + z_r0.dot(&inp.grad_next).dot(&z_r0.t());
-        let hz = h_u.dot(&inp.phi_prev).dot(&z_u0.t()) + h_r.dot(&inp.grad_next).dot(&z_r0.t());
-        let sum_train = |m: &Array2<f64>| {
-            let mut out = Array2::<f64>::zeros((m.nrows(), nt));
-            for j in 0..nt {
-                out.column_mut(j)
-                    .assign(&m.slice(s![.., j * p..(j + 1) * p]).sum_axis(Axis(1)));
-            }
-            out
-        };
-        let h_rho = sum_train(&h_r);
-        let z_rho = sum_train(&z_r0);
+        op
+    }
+
+    /// The diagonal of S: the branch multiplier a on the sources of the hidden weights.
+    fn source_scale(&self) -> Array1<f64> {
         let l = self.layout;
-        let mut om = Array2::<f64>::zeros((l.dim(), l.dim()));
-        let (ih, iz, ir, im) = (0, l.z(), l.rho(), l.mu());
-        let mut put = |r0: usize, c0: usize, b: &Array2<f64>| {
-            om.slice_mut(s![r0..r0 + b.nrows(), c0..c0 + b.ncols()])
-                .assign(b);
-            om.slice_mut(s![c0..c0 + b.ncols(), r0..r0 + b.nrows()])
-                .assign(&b.t());
-        };
-        put(ih, ih, &hh);
-        put(iz, iz, &zz);
-        put(ih, iz, &hz);
-        put(ih, ir, &h_rho);
-        put(ih, im, &h_u);
-        put(iz, ir, &z_rho);
-        put(iz, im, &z_u0);
-        Ok(om)
+        let mut sc = Array1::<f64>::ones(l.fields());
+        for layer in 1..=l.depth {
+            let (h, g) = (l.h(layer), l.g(layer));
+            sc.slice_mut(s![h..h + l.nt * l.n])
+                .fill(self.forward(layer).1);
+            sc.slice_mut(s![g..g + l.nt]).fill(self.backward(layer).1);
+        }
+        sc
+    }
+
+    /// Solves the joint site: x = (I − 𝓜)⁻¹ S ξ, ⟨xxᵀ⟩ = X Cov(ξ) Xᵀ, ⟨x ρ̂'ᵀ⟩ = ∂x/∂r,
+    /// ⟨x μ̂ᵀ⟩ = ∂x/∂u and zero among response fields.
+    fn site(&self, inp: &SiteInputs) -> Result<Site> {
+        let l = self.layout;
+        let (nf, nh) = (l.fields(), l.nt * l.n);
+        let resolvent = (Array2::<f64>::eye(nf) - self.operator(inp))
+            .inv()
+            .map_err(|e| DmftError::Invalid(format!("joint site I − 𝓜: {e}")))?;
+        let fields = &resolvent * &self.source_scale().insert_axis(Axis(0));
+        let mut cov = Array2::<f64>::zeros((nf, nf));
+        for layer in 1..=l.depth {
+            let (h, g) = (l.h(layer), l.g(layer));
+            cov.slice_mut(s![h..h + nh, h..h + nh])
+                .assign(&inp.phi[layer - 1]);
+            cov.slice_mut(s![g..g + l.nt, g..g + l.nt])
+                .assign(&inp.grad[layer - 1]);
+        }
+        let mut omega = Array2::<f64>::zeros((l.dim(), l.dim()));
+        omega
+            .slice_mut(s![..nf, ..nf])
+            .assign(&fields.dot(&cov).dot(&fields.t()));
+        for layer in 1..l.depth {
+            let (g, rho) = (l.g(layer), l.rho(layer));
+            let dx = fields.slice(s![.., g..g + l.nt]);
+            omega.slice_mut(s![..nf, rho..rho + l.nt]).assign(&dx);
+            omega.slice_mut(s![rho..rho + l.nt, ..nf]).assign(&dx.t());
+        }
+        for layer in 2..=l.depth {
+            let (h, mu) = (l.h(layer), l.mu(layer));
+            let dx = fields.slice(s![.., h..h + nh]);
+            omega.slice_mut(s![..nf, mu..mu + nh]).assign(&dx);
+            omega.slice_mut(s![mu..mu + nh, ..nf]).assign(&dx.t());
+        }
+        Ok(Site {
+            resolvent,
+            fields,
+            omega,
+        })
+    }
+
+    /// The change of the inputs per unit change of the causal order parameter `pair` of `block`
+    /// (Φ^ℓ and G^ℓ entries count both symmetric positions, as q keeps one of them).
+    fn change(&self, inp: &SiteInputs, block: &Block, pair: (usize, usize)) -> Change {
+        let l = self.layout;
+        let Layout { n, p, nt, depth } = l;
+        let mut out = Change::default();
+        match block.kind {
+            Kind::Phi => {
+                // Read by layer ℓ+1 as Cov(u^{ℓ+1}) and inside C^{ℓ+1}.
+                let reader = block.layer + 1;
+                let (h, g) = (l.h(block.layer), l.g(reader));
+                let (a, b) = (pair.0 - h, pair.1 - h);
+                let (hr, af) = (l.h(reader), self.forward(reader).1);
+                out.covariance.push((hr + a, hr + b));
+                let positions: &[(usize, usize)] =
+                    if a == b { &[(a, b)] } else { &[(a, b), (b, a)] };
+                for &(x, y) in positions {
+                    let (kx, ky, muy) = (x / n, y / n, y % n);
+                    if muy < p && ky < kx {
+                        let v = af * af * self.c * inp.delta[[ky, muy]];
+                        out.operator.push((vec![(hr + x, v)], vec![(g + ky, 1.0)]));
+                    }
+                }
+            }
+            Kind::Grad => {
+                // Read by layer ℓ−1 as Cov(r^{ℓ−1}) and inside E^{ℓ−1}.
+                let reader = block.layer - 1;
+                let g0 = l.g(block.layer);
+                let (k, j) = (pair.0 - g0, pair.1 - g0);
+                let (gr, hr, ab) = (l.g(reader), l.h(reader), self.backward(reader).1);
+                out.covariance.push((gr + k, gr + j));
+                for (x, y) in [(k, j), (j, k)] {
+                    if y < x {
+                        let row = (0..p)
+                            .map(|al| (hr + y * n + al, inp.delta[[y, al]]))
+                            .collect();
+                        out.operator.push((vec![(gr + x, ab * ab * self.c)], row));
+                    }
+                }
+            }
+            Kind::F => {
+                let k = pair.0 - l.g(depth);
+                let mu = pair.1 - l.h(depth) - k * n;
+                if mu >= p {
+                    return out;
+                }
+                // ∂Δ(j, μ)/∂f(k, μ) = −[j = k] + [centered, k = 0]: f(0) = 0 drops out of Δ(0).
+                let centering = if self.centered && k == 0 { 1.0 } else { 0.0 };
+                for j in 0..nt {
+                    let v = centering - if j == k { 1.0 } else { 0.0 };
+                    if v == 0.0 {
+                        continue;
+                    }
+                    for layer in 1..=depth {
+                        let (h, g) = (l.h(layer), l.g(layer));
+                        let af = self.forward(layer).1;
+                        let phi = &inp.phi[layer - 1];
+                        let col = ((j + 1) * n..nt * n)
+                            .map(|i| (h + i, af * af * self.c * phi[[i, j * n + mu]]))
+                            .collect();
+                        out.operator.push((col, vec![(g + j, v)]));
+                        let ab = self.backward(layer).1;
+                        let grad = &inp.grad[layer - 1];
+                        let col = (j + 1..nt)
+                            .map(|kk| (g + kk, ab * ab * self.c * grad[[kk, j]]))
+                            .collect();
+                        out.operator.push((col, vec![(h + j * n + mu, v)]));
+                    }
+                }
+            }
+            Kind::A | Kind::B => unreachable!("response averages are not read as drives"),
+        }
+        out
+    }
+
+    /// d⟨v_a v_b⟩ for every (a, b, weight) under `change`, exact to first order:
+    /// dΩ = w zᵀ + z wᵀ per rank-one term (w = (I − 𝓜)⁻¹ col on the fields, z = rowᵀ Ω), plus
+    /// X dCov Xᵀ.
+    fn sensitivity(&self, site: &Site, change: &Change, pairs: &[(usize, usize, f64)]) -> Vec<f64> {
+        let (nf, dim) = (self.layout.fields(), self.layout.dim());
+        let terms: Vec<(Array1<f64>, Array1<f64>)> = change
+            .operator
+            .iter()
+            .map(|(col, row)| {
+                let mut w = Array1::<f64>::zeros(dim);
+                for &(i, v) in col {
+                    w.slice_mut(s![..nf])
+                        .scaled_add(v, &site.resolvent.column(i));
+                }
+                let mut z = Array1::<f64>::zeros(dim);
+                for &(j, v) in row {
+                    z.scaled_add(v, &site.omega.row(j));
+                }
+                (w, z)
+            })
+            .collect();
+        let x = |a: usize, i: usize| if a < nf { site.fields[[a, i]] } else { 0.0 };
+        pairs
+            .iter()
+            .map(|&(a, b, wt)| {
+                let mut d = 0.0;
+                for (w, z) in &terms {
+                    d += w[a] * z[b] + w[b] * z[a];
+                }
+                for &(i, k) in &change.covariance {
+                    d += x(a, i) * x(b, k);
+                    if i != k {
+                        d += x(a, k) * x(b, i);
+                    }
+                }
+                wt * d
+            })
+            .collect()
     }
 }
 
-/// The averages each layer produces, in the order of q.
-fn blocks(layout: Layout, depth: usize) -> Vec<Block> {
-    let Layout { n, nt, .. } = layout;
+/// The averages of q, in the order of [`order_parameters`]: per layer ℓ its Φ^ℓ (ℓ < L),
+/// G^ℓ (ℓ > 1), A^ℓ (ℓ < L), B^ℓ (ℓ > 1), and f after layer L.
+fn blocks(layout: Layout) -> Vec<Block> {
+    let Layout { n, nt, depth, .. } = layout;
     let (nh, mut offset) = (nt * n, 0);
     let mut out = Vec::new();
     for layer in 1..=depth {
@@ -213,33 +428,48 @@ fn blocks(layout: Layout, depth: usize) -> Vec<Block> {
             });
             offset += len;
         };
+        let (h, g) = (layout.h(layer), layout.g(layer));
         if layer < depth {
-            let upper = (0..nh).flat_map(|a| (a..nh).map(move |b| (a, b))).collect();
-            add(Kind::Phi, upper);
+            add(
+                Kind::Phi,
+                (0..nh)
+                    .flat_map(|a| (a..nh).map(move |b| (h + a, h + b)))
+                    .collect(),
+            );
         }
         if layer > 1 {
-            let upper = (0..nt)
-                .flat_map(|k| (k..nt).map(move |j| (layout.z() + k, layout.z() + j)))
-                .collect();
-            add(Kind::Grad, upper);
+            add(
+                Kind::Grad,
+                (0..nt)
+                    .flat_map(|k| (k..nt).map(move |j| (g + k, g + j)))
+                    .collect(),
+            );
         }
         if layer < depth {
-            let all = (0..nh)
-                .flat_map(|a| (0..nt).map(move |j| (a, layout.rho() + j)))
-                .collect();
-            add(Kind::A, all);
+            let rho = layout.rho(layer);
+            add(
+                Kind::A,
+                (0..nh)
+                    .flat_map(|a| (0..nt).map(move |j| (h + a, rho + j)))
+                    .collect(),
+            );
         }
         if layer > 1 {
-            let all = (0..nh)
-                .flat_map(|a| (0..nt).map(move |j| (layout.mu() + a, layout.z() + j)))
-                .collect();
-            add(Kind::B, all);
+            let mu = layout.mu(layer);
+            add(
+                Kind::B,
+                (0..nh)
+                    .flat_map(|a| (0..nt).map(move |j| (mu + a, g + j)))
+                    .collect(),
+            );
         }
         if layer == depth {
-            let all = (0..nt)
-                .flat_map(|k| (0..n).map(move |mu| (layout.z() + k, k * n + mu)))
-                .collect();
-            add(Kind::F, all);
+            add(
+                Kind::F,
+                (0..nt)
+                    .flat_map(|k| (0..n).map(move |mu| (g + k, h + k * n + mu)))
+                    .collect(),
+            );
         }
     }
     out
@@ -252,71 +482,34 @@ fn find(blocks: &[Block], kind: Kind, layer: usize) -> &Block {
         .expect("every consumed average is produced by some layer")
 }
 
-/// The averages of one layer (the rows of q it owns), from its moments.
-fn layer_means(om: &Array2<f64>, own: &[&Block], gamma0: f64) -> Vec<f64> {
-    own.iter()
+/// Every order parameter as (a, b, weight): q = weight · Ω_ab.
+fn weighted_pairs(blocks: &[Block], gamma0: f64) -> Vec<(usize, usize, f64)> {
+    blocks
+        .iter()
         .flat_map(|b| {
-            let scale = if b.kind == Kind::F { 1.0 / gamma0 } else { 1.0 };
-            b.pairs.iter().map(move |&(i, j)| scale * om[[i, j]])
+            let w = b.weight(gamma0);
+            b.pairs.iter().map(move |&(i, j)| (i, j, w))
         })
         .collect()
 }
 
-/// Cov_site of a layer's averages by Isserlis: Cov(v_a v_b, v_c v_d) = Ω_ac Ω_bd + Ω_ad Ω_bc,
-/// valid for the response fields too (⟨ρ̂ρ̂⟩ = ⟨μ̂μ̂⟩ = ⟨ρ̂μ̂⟩ = 0 sit in Ω).
-fn site_covariance(om: &Array2<f64>, own: &[&Block], gamma0: f64) -> Array2<f64> {
-    let pairs: Vec<(usize, usize, f64)> = own
-        .iter()
-        .flat_map(|b| {
-            let w = if b.kind == Kind::F { 1.0 / gamma0 } else { 1.0 };
-            b.pairs.iter().map(move |&(i, j)| (i, j, w))
-        })
-        .collect();
+/// Cov_site of the averages by Isserlis: Cov(v_a v_b, v_c v_d) = Ω_ac Ω_bd + Ω_ad Ω_bc,
+/// valid for the response fields too (⟨ρ̂ρ̂⟩ = ⟨μ̂μ̂⟩ = ⟨ρ̂μ̂⟩ = 0 sit in Ω). Dense over all
+/// layers: the joint site correlates them.
+fn site_covariance(om: &Array2<f64>, pairs: &[(usize, usize, f64)]) -> Array2<f64> {
     let mut out = Array2::<f64>::zeros((pairs.len(), pairs.len()));
     out.axis_iter_mut(Axis(0))
         .into_par_iter()
         .zip(pairs.par_iter())
         .for_each(|(mut row, &(a, b, wa))| {
-            for (x, &(c, d, wc)) in row.iter_mut().zip(&pairs) {
+            for (x, &(c, d, wc)) in row.iter_mut().zip(pairs) {
                 *x = wa * wc * (om[[a, c]] * om[[b, d]] + om[[a, d]] * om[[b, c]]);
             }
         });
     out
 }
 
-/// Adds `eps` to the inputs of a layer where they read one causal order parameter.
-fn perturb(inp: &mut SiteInputs, layout: Layout, kind: Kind, pair: (usize, usize), eps: f64) {
-    let Layout { n, p, .. } = layout;
-    match kind {
-        Kind::Phi => {
-            let (a, b) = pair;
-            inp.phi_prev[[a, b]] += eps;
-            if a != b {
-                inp.phi_prev[[b, a]] += eps;
-            }
-        }
-        Kind::Grad => {
-            let (k, j) = (pair.0 - layout.z(), pair.1 - layout.z());
-            let mut blk = inp
-                .grad_next
-                .slice_mut(s![k * p..(k + 1) * p, j * p..(j + 1) * p]);
-            blk += eps;
-            if k != j {
-                let mut blk = inp
-                    .grad_next
-                    .slice_mut(s![j * p..(j + 1) * p, k * p..(k + 1) * p]);
-                blk += eps;
-            }
-        }
-        Kind::F => {
-            let (k, idx) = (pair.0 - layout.z(), pair.1);
-            inp.f[[k, idx - k * n]] += eps;
-        }
-        Kind::A | Kind::B => unreachable!("response averages are not read as drives"),
-    }
-}
-
-/// Σ_f of a deep linear μP network (dense Hessian; small problems only).
+/// Σ_f of a deep linear μP network, plain or residual (dense Hessian; small problems only).
 pub fn deep_linear_prediction_fluctuations(
     problem: &Problem,
     model: &Model,
@@ -345,81 +538,60 @@ pub fn deep_linear_prediction_fluctuations_with_progress(
             "the deep linear propagator trains the readout (model.readout = frozen is two-layer only)".into(),
         ));
     }
-    if model.residual.is_some() {
-        return Err(DmftError::Invalid(
-            "the deep linear propagator is written for the plain chain; model.residual (β/√L branches) has no propagator yet".into(),
-        ));
-    }
-    let saddle = Saddle::new(problem, model, schedule)?;
+    propagate(problem, model, schedule, model.branch(), progress)
+}
+
+/// The propagator for any (s, a) (the plain chain is (0, 1), a residual network (1, β/√L)).
+fn propagate(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    (skip, branch): (f64, f64),
+    progress: Progress,
+) -> Result<DeepLinearFluctuations> {
+    let saddle = Saddle::new(problem, model, schedule, skip, branch)?;
     let Saddle {
         ctx,
         inputs,
         blocks: all,
         solution: sol,
     } = &saddle;
-    let (depth, layout) = (model.depth, ctx.layout);
-    let Layout { n, p, nt } = layout;
-    let total: usize = all.iter().map(|b| b.pairs.len()).sum();
-    let meter = Meter::new(progress, layout, depth, total);
-    let mut k_mat = Array2::<f64>::zeros((total, total));
+    let Layout { n, p, nt, depth } = ctx.layout;
+    let pairs = weighted_pairs(all, ctx.gamma0);
+    let total = pairs.len();
+    let causal: Vec<(usize, &Block, (usize, usize))> = all
+        .iter()
+        .filter(|b| matches!(b.kind, Kind::Phi | Kind::Grad | Kind::F))
+        .flat_map(|b| {
+            b.pairs
+                .iter()
+                .enumerate()
+                .map(move |(i, &pr)| (b.offset + i, b, pr))
+        })
+        .collect();
+    let meter = Meter::new(progress, causal.len(), total);
     // LAPACK on one thread: small calls come from rayon workers, and OpenBLAS's threaded
     // LU keeps per-CPU job tables on the caller's stack, which overflows the 2 MiB stacks
     // of rayon and test threads (measured: SIGSEGV in a test thread).
     let _serial = SerialBlas::new();
-    let mut d_c = Array2::<f64>::zeros((total, total));
-    for layer in 1..=depth {
-        let inp = &inputs[layer - 1];
-        let own: Vec<&Block> = all.iter().filter(|b| b.layer == layer).collect();
-        let r0 = own[0].offset;
-        let rows: usize = own.iter().map(|b| b.pairs.len()).sum();
-        let om = ctx.moments(inp)?;
-        k_mat
-            .slice_mut(s![r0..r0 + rows, r0..r0 + rows])
-            .assign(&site_covariance(&om, &own, ctx.gamma0));
-        // Open-loop D_c: the causal averages this layer reads.
-        let mut read = vec![find(all, Kind::F, depth)];
-        if layer > 1 {
-            read.push(find(all, Kind::Phi, layer - 1));
-        }
-        if layer < depth {
-            read.push(find(all, Kind::Grad, layer + 1));
-        }
-        let columns: Vec<(usize, Kind, (usize, usize))> = read
-            .iter()
-            .flat_map(|b| {
-                b.pairs
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, &pr)| (b.offset + i, b.kind, pr))
-            })
-            .collect();
-        let derivs: Vec<Result<(usize, Vec<f64>)>> = columns
-            .par_iter()
-            .map(|&(col, kind, pair)| {
-                let mut plus = inp.clone();
-                perturb(&mut plus, layout, kind, pair, STEP);
-                let mut minus = inp.clone();
-                perturb(&mut minus, layout, kind, pair, -STEP);
-                let hi = layer_means(&ctx.moments(&plus)?, &own, ctx.gamma0);
-                let lo = layer_means(&ctx.moments(&minus)?, &own, ctx.gamma0);
-                meter.column_done();
-                Ok((
-                    col,
-                    hi.iter()
-                        .zip(&lo)
-                        .map(|(a, b)| (a - b) / (2.0 * STEP))
-                        .collect(),
-                ))
-            })
-            .collect();
-        for d in derivs {
-            let (col, v) = d?;
-            d_c.slice_mut(s![r0..r0 + rows, col])
-                .assign(&Array1::from(v));
-        }
+    let site = ctx.site(inputs)?;
+    let k_mat = site_covariance(&site.omega, &pairs);
+    // M = I − D_c, one exact column per causal order parameter.
+    let mut m = Array2::<f64>::eye(total);
+    let columns: Vec<(usize, Vec<f64>)> = causal
+        .par_iter()
+        .map(|&(col, block, pair)| {
+            let d = ctx.sensitivity(&site, &ctx.change(inputs, block, pair), &pairs);
+            meter.column_done();
+            (col, d)
+        })
+        .collect();
+    for (col, d) in columns {
+        m.column_mut(col)
+            .zip_mut_with(&Array1::from(d), |x, v| *x -= v);
     }
 
-    let sigma_q_f = solve_hessian(&k_mat, &d_c, all, depth, &meter)?;
+    let sigma_q_f = solve_hessian(&k_mat, m, all, depth, &meter)?;
     let fb = find(all, Kind::F, depth);
     let nf = fb.pairs.len();
     let mut sigma = sigma_q_f
@@ -463,24 +635,33 @@ pub fn deep_linear_prediction_fluctuations_with_progress(
         var_f_test,
         var_loss,
         sigma,
+        residual: model.residual,
     })
 }
 
-/// The infinite-width solution and, per layer, the inputs of its site process there.
-struct Saddle<'a> {
-    ctx: Context<'a>,
-    inputs: Vec<SiteInputs>,
+/// The infinite-width solution (the joint residual march, which is the plain chain at
+/// (s, a) = (0, 1)) and the inputs of the joint site there.
+struct Saddle {
+    ctx: Context,
+    inputs: SiteInputs,
     blocks: Vec<Block>,
-    solution: deep_linear::DeepLinearSolution,
+    solution: ResidualSolution,
 }
 
-impl<'a> Saddle<'a> {
-    fn new(problem: &'a Problem, model: &Model, schedule: &Schedule) -> Result<Self> {
+impl Saddle {
+    fn new(
+        problem: &Problem,
+        model: &Model,
+        schedule: &Schedule,
+        skip: f64,
+        branch: f64,
+    ) -> Result<Self> {
         let depth = model.depth;
         let layout = Layout {
             n: problem.n_all(),
             p: problem.n_train(),
             nt: schedule.steps + 1,
+            depth,
         };
         let total = order_parameters(depth, layout.n, schedule.steps);
         if total > MAX_ORDER_PARAMETERS as u128 {
@@ -489,32 +670,86 @@ impl<'a> Saddle<'a> {
                 layout.n, schedule.steps
             )));
         }
-        let blocks = blocks(layout, depth);
-        let solution = deep_linear::solve_full(problem, model, schedule, &|_| {})?;
+        // The memory check of `new`, then the requested branch.
+        residual::ResidualSetup::new(problem, model, schedule)?;
+        let setup = residual::ResidualSetup::with_branch(problem, model, schedule, skip, branch);
+        let solution = residual::march(problem, &setup, model.gamma0, schedule, &|_| {})?;
         let ctx = Context {
             layout,
             c: schedule.eta * model.gamma0 / layout.p as f64,
             gamma0: model.gamma0,
-            y: problem.y.view().insert_axis(Axis(0)),
+            skip,
+            branch,
             centered: model.centered,
         };
-        let f = output_all_steps(&solution.layers, &solution.delta, problem, &ctx, depth)?;
-        let inputs = (0..depth)
-            .map(|l| site_inputs(&solution.layers, l, depth, layout, problem, &f))
-            .collect();
+        let inputs = site_inputs(&solution, layout, problem);
         Ok(Saddle {
             ctx,
             inputs,
-            blocks,
+            blocks: blocks(layout),
             solution,
         })
     }
 }
 
-/// Reports the work done as thousandths of an estimate. One D_c column (two site solves,
-/// O(((T+1)n)³) each) against the final dense solve (O(q³)): measured at L = 2, n = 5,
-/// T = 12 (q = 3991), one column took as long as 15 ((T+1)n)³ of the solve's q³, and the
-/// solve 87 % of the whole.
+/// The joint site's inputs at the saddle, read off the march's kernels and coefficients.
+fn site_inputs(sol: &ResidualSolution, layout: Layout, problem: &Problem) -> SiteInputs {
+    let Layout { n, p, nt, depth } = layout;
+    let layers = &sol.layers;
+    let one_row: Vec<usize> = (0..nt).map(|k| k * p).collect();
+    let mut phi = vec![Array2::<f64>::zeros((nt * n, nt * n))];
+    for a in 0..nt {
+        for b in 0..nt {
+            phi[0]
+                .slice_mut(s![a * n..(a + 1) * n, b * n..(b + 1) * n])
+                .assign(&problem.kx);
+        }
+    }
+    let mut response_phi = vec![Array2::<f64>::zeros((nt * n, nt))];
+    for layer in &layers[..depth - 1] {
+        phi.push(layer.phi_kernel.clone());
+    }
+    for (m, layer) in layers[..depth - 1].iter().enumerate() {
+        let r = layer.response_phi(m + 1);
+        let mut summed = Array2::<f64>::zeros((nt * n, nt));
+        for j in 0..nt {
+            summed
+                .column_mut(j)
+                .assign(&r.slice(s![.., j * p..(j + 1) * p]).sum_axis(Axis(1)));
+        }
+        response_phi.push(summed);
+    }
+    let mut grad = Vec::new();
+    let mut response_grad = Vec::new();
+    for m in 0..depth {
+        match layers.get(m + 1) {
+            Some(above) => {
+                grad.push(
+                    above
+                        .grad_kernel
+                        .select(Axis(0), &one_row)
+                        .select(Axis(1), &one_row),
+                );
+                response_grad.push(above.response_grad(m + 2).select(Axis(0), &one_row));
+            }
+            None => {
+                grad.push(Array2::ones((nt, nt)));
+                response_grad.push(Array2::zeros((nt, nt * n)));
+            }
+        }
+    }
+    SiteInputs {
+        phi,
+        grad,
+        response_phi,
+        response_grad,
+        delta: sol.delta.clone(),
+    }
+}
+
+/// Reports the work done as thousandths of an estimate: one D_c column costs O(q) (a few
+/// rank-one terms at every order parameter), the dense solve O(q³) (inverse 2q³, product
+/// 2q³, LU ⅔q³).
 struct Meter<'a> {
     progress: Progress<'a>,
     /// Thousandths per D_c column, and for the whole solve.
@@ -524,14 +759,10 @@ struct Meter<'a> {
 }
 
 impl<'a> Meter<'a> {
-    fn new(progress: Progress<'a>, layout: Layout, depth: usize, total: usize) -> Self {
-        let (nt, nh) = (layout.nt as f64, (layout.nt * layout.n) as f64);
-        // Every layer reads f; layer ℓ > 1 reads Φ^{ℓ−1}, layer ℓ < L reads G^{ℓ+1}.
-        let columns = depth as f64 * nh
-            + (depth - 1) as f64 * (nh * (nh + 1.0) / 2.0 + nt * (nt + 1.0) / 2.0);
-        let column_cost = 15.0 * nh.powi(3);
-        let solve_cost = (total as f64).powi(3);
-        let all = columns * column_cost + solve_cost;
+    fn new(progress: Progress<'a>, columns: usize, total: usize) -> Self {
+        let column_cost = 8.0 * total as f64;
+        let solve_cost = 4.7 * (total as f64).powi(3);
+        let all = columns as f64 * column_cost + solve_cost;
         Meter {
             progress,
             per_column: PROGRESS_TOTAL as f64 * column_cost / all,
@@ -545,17 +776,17 @@ impl<'a> Meter<'a> {
         (self.progress)((done as f64 * self.per_column) as usize);
     }
 
-    /// `fraction` of the dense solve is done (its flops: inverse 2q³, product 2q³, LU ⅔q³).
+    /// `fraction` of the dense solve is done.
     fn solve_done(&self, fraction: f64) {
         let columns = self.columns_done.load(Ordering::Relaxed) as f64 * self.per_column;
         (self.progress)((columns + fraction * self.solve) as usize);
     }
 }
 
-/// Columns of Σ_q = (M − K M⁻ᵀ J)⁻¹ K M⁻ᵀ for the outputs f (all rows of q), M = I − D_c.
+/// Columns of Σ_q = (M − K M⁻ᵀ J)⁻¹ K M⁻ᵀ for the outputs f (all rows of q).
 fn solve_hessian(
     k_mat: &Array2<f64>,
-    d_c: &Array2<f64>,
+    m: Array2<f64>,
     all: &[Block],
     depth: usize,
     meter: &Meter,
@@ -563,7 +794,6 @@ fn solve_hessian(
     let total = k_mat.nrows();
     let lin =
         |e: ndarray_linalg::error::LinalgError| DmftError::Invalid(format!("propagator: {e}"));
-    let m = Array2::<f64>::eye(total) - d_c;
     let m_inv = m.inv().map_err(lin)?;
     meter.solve_done(0.43);
     // K M⁻ᵀ = (M⁻¹ K)ᵀ, K symmetric.
@@ -591,79 +821,6 @@ fn solve_hessian(
     }
     Ok(out)
 }
-
-/// The saddle-point inputs of layer l (0-based): Φ^{ℓ−1}, G^{ℓ+1}, f, R_φ^{ℓ−1}, R_g^{ℓ+1}.
-fn site_inputs(
-    layers: &[LayerFields],
-    l: usize,
-    depth: usize,
-    layout: Layout,
-    problem: &Problem,
-    f: &Array2<f64>,
-) -> SiteInputs {
-    let Layout { n, p, nt } = layout;
-    let phi_prev = match l.checked_sub(1) {
-        Some(b) => layers[b].phi_kernel.clone(),
-        None => {
-            let mut t = Array2::zeros((nt * n, nt * n));
-            for a in 0..nt {
-                for b in 0..nt {
-                    t.slice_mut(s![a * n..(a + 1) * n, b * n..(b + 1) * n])
-                        .assign(&problem.kx);
-                }
-            }
-            t
-        }
-    };
-    let grad_next = if l + 1 < depth {
-        layers[l + 1].grad_kernel.clone()
-    } else {
-        Array2::ones((nt * p, nt * p))
-    };
-    let response_phi_prev = match l.checked_sub(1) {
-        Some(b) => layers[b].response_phi.clone(),
-        None => Array2::zeros((nt * n, nt * p)),
-    };
-    let response_grad_next = if l + 1 < depth {
-        layers[l + 1].response_grad.clone()
-    } else {
-        Array2::zeros((nt * p, nt * n))
-    };
-    SiteInputs {
-        phi_prev,
-        grad_next,
-        f: f.clone(),
-        response_phi_prev,
-        response_grad_next,
-    }
-}
-
-/// f(k) on every point at every step, from the top layer's closed form; train columns
-/// agree with y − Δ of the march (checked by the tests).
-fn output_all_steps(
-    layers: &[LayerFields],
-    delta: &Array2<f64>,
-    problem: &Problem,
-    ctx: &Context,
-    depth: usize,
-) -> Result<Array2<f64>> {
-    let Layout { n, p, nt } = ctx.layout;
-    // Δ does not depend on f's test columns: any f with the right train part gives the
-    // saddle fields; read f on all points from the resulting moments.
-    let mut f = Array2::<f64>::zeros((nt, n));
-    // f(0) = 0 at infinite width, so f = y − Δ also for the centered model.
-    let train = &problem.y.view().insert_axis(Axis(0)) - delta;
-    f.slice_mut(s![.., ..p]).assign(&train);
-    let inp = site_inputs(layers, depth - 1, depth, ctx.layout, problem, &f);
-    let om = ctx.moments(&inp)?;
-    for k in 0..nt {
-        for mu in 0..n {
-            f[[k, mu]] = om[[ctx.layout.z() + k, k * n + mu]] / ctx.gamma0;
-        }
-    }
-    Ok(f)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -692,35 +849,24 @@ mod tests {
         }
     }
 
-    /// It computes the plain chain with a trained readout: anything else is refused, naming it.
+    /// Plain and residual networks with a trained readout: a frozen one is refused, naming it.
     #[test]
-    fn refuses_residual_and_frozen_readout() {
-        let refused = |m: Model, says: &str| {
+    fn refuses_frozen_readout() {
+        for residual in [None, Some(1.0)] {
+            let m = Model {
+                readout: Readout::Frozen,
+                residual,
+                ..model(2, 1.0)
+            };
             let Err(e) = deep_linear_prediction_fluctuations(&problem(), &m, &schedule(2)) else {
                 panic!("accepted {m:?}");
             };
             let e = e.to_string();
-            assert!(e.contains(says) && !e.contains('\n'), "{e}");
-        };
-        let residual = Model {
-            residual: Some(1.0),
-            ..model(2, 1.0)
-        };
-        refused(residual.clone(), "model.residual");
-        refused(
-            Model {
-                readout: Readout::Frozen,
-                ..model(2, 1.0)
-            },
-            "model.readout = frozen",
-        );
-        refused(
-            Model {
-                readout: Readout::Frozen,
-                ..residual
-            },
-            "model.readout = frozen",
-        );
+            assert!(
+                e.contains("model.readout = frozen") && !e.contains('\n'),
+                "{e}"
+            );
+        }
     }
 
     /// The closed-form size that guards the solve counts exactly the blocks it builds, and a
@@ -732,8 +878,9 @@ mod tests {
                 n,
                 p: 1,
                 nt: steps + 1,
+                depth,
             };
-            let built: usize = blocks(layout, depth).iter().map(|b| b.pairs.len()).sum();
+            let built: usize = blocks(layout).iter().map(|b| b.pairs.len()).sum();
             assert_eq!(order_parameters(depth, n, steps), built as u128);
         }
         // The documented sizes: L = 2, P + Q = 5, T = 8 and 12.
@@ -784,7 +931,8 @@ mod tests {
     /// in full coordinates:
     /// every Φ entry, G, A and B per train point, no symmetry used, the same formula
     /// Σ = (M − K M⁻ᵀ J)⁻¹ K M⁻ᵀ solved densely. Rows: N·Var f at steps 3 and 1 (3 train,
-    /// 2 test points). Agreement is limited by the two finite-difference D_c (≈ 1e-9).
+    /// 2 test points). Agreement is limited by the oracle's finite-difference D_c (≈ 1e-9;
+    /// observed 1.6e-9).
     #[test]
     fn matches_full_coordinate_implementation() {
         let cases: [(usize, f64, [f64; 5], [f64; 5]); 4] = [
@@ -884,21 +1032,30 @@ mod tests {
         }
     }
 
-    /// √N f(0) ~ 𝒩(0, Φ^L(0,0)/γ₀²) and linear layers keep Φ^ℓ(0,0) = K^x: any depth.
+    /// √N f(0) ~ 𝒩(0, Φ^L(0,0)/γ₀²), and each branch adds an independent copy of the
+    /// stream, Φ^L(0,0) = (1 + a²)^{L−1} Kˣ (plain chain: a = 0 in this formula). Any depth.
     #[test]
     fn initial_output_variance_is_the_input_kernel() {
         let problem = problem();
         for depth in 1..=3 {
-            let fl =
-                deep_linear_prediction_fluctuations(&problem, &model(depth, 0.7), &schedule(2))
-                    .unwrap();
-            let n = problem.n_all();
-            let want = &problem.kx / (0.7 * 0.7);
-            let got = fl.sigma.slice(s![..n, ..n]);
-            let err = (&got - &want)
-                .mapv(f64::abs)
-                .fold(0.0, |a: f64, &b| a.max(b));
-            assert!(err < 1e-8, "depth {depth}: Σ_f(0, 0) off K^x/γ₀² by {err}");
+            for beta in [None, Some(1.0), Some(2.5)] {
+                let m = Model {
+                    residual: beta,
+                    ..model(depth, 0.7)
+                };
+                let fl = deep_linear_prediction_fluctuations(&problem, &m, &schedule(2)).unwrap();
+                let n = problem.n_all();
+                let a2 = beta.map_or(0.0, |b| b * b / depth as f64);
+                let want = &problem.kx * (1.0 + a2).powi(depth as i32 - 1) / (0.7 * 0.7);
+                let got = fl.sigma.slice(s![..n, ..n]);
+                let err = (&got - &want)
+                    .mapv(f64::abs)
+                    .fold(0.0, |a: f64, &b| a.max(b));
+                assert!(
+                    err < 1e-8,
+                    "L = {depth}, β = {beta:?}: Σ_f(0, 0) off by {err}"
+                );
+            }
         }
     }
 
@@ -931,98 +1088,358 @@ mod tests {
         }
     }
 
-    /// The site map reproduces the march's fields at the saddle (wiring of Ω and of the inputs).
+    /// Without branches a residual network is the two-layer network: at L = 1 (no hidden
+    /// weights) and at a = 0 (every layer a copy of h¹, the hidden weights inert), so Σ_f must
+    /// be the depth-1 propagator's, itself checked against the two-layer tangent route above.
+    /// At a = 0 the response order parameters are exactly zero with zero covariance, which
+    /// also checks that J does not disturb the rest.
     #[test]
-    fn site_moments_reproduce_the_march() {
+    fn residual_without_branches_is_the_two_layer_propagator() {
         let problem = problem();
-        let saddle = Saddle::new(&problem, &model(3, 1.5), &schedule(4)).unwrap();
-        let Layout { n, p, nt } = saddle.ctx.layout;
-        let l = saddle.ctx.layout;
-        for (inp, layer) in saddle.inputs.iter().zip(&saddle.solution.layers) {
-            let om = saddle.ctx.moments(inp).unwrap();
-            let rows: Vec<usize> = (0..nt).map(|k| k * p).collect();
-            let checks = [
-                (
-                    om.slice(s![..l.z(), ..l.z()]).to_owned(),
-                    layer.phi_kernel.clone(),
-                ),
-                (
-                    om.slice(s![l.z()..l.rho(), l.z()..l.rho()]).to_owned(),
-                    layer
-                        .grad_kernel
-                        .select(Axis(0), &rows)
-                        .select(Axis(1), &rows),
-                ),
-                (
-                    om.slice(s![..l.z(), l.mu()..]).to_owned(),
-                    layer.h_u.clone(),
-                ),
-                (
-                    om.slice(s![l.z()..l.rho(), l.mu()..]).to_owned(),
-                    layer.response_grad.select(Axis(0), &rows),
-                ),
-            ];
-            for (i, (got, want)) in checks.iter().enumerate() {
-                let err = (got - want).mapv(f64::abs).fold(0.0, |a: f64, &b| a.max(b));
-                assert!(err < 1e-10, "block {i}: {err}");
+        let sched = schedule(4);
+        for gamma0 in [0.01, 1.5] {
+            let two_layer =
+                deep_linear_prediction_fluctuations(&problem, &model(1, gamma0), &sched).unwrap();
+            let scale = two_layer
+                .sigma
+                .iter()
+                .fold(0.0, |a: f64, &b| a.max(b.abs()));
+            let one = Model {
+                residual: Some(0.7),
+                ..model(1, gamma0)
+            };
+            let mut cases = vec![(
+                "L = 1".to_string(),
+                deep_linear_prediction_fluctuations(&problem, &one, &sched).unwrap(),
+            )];
+            for depth in [2, 3] {
+                let m = Model {
+                    residual: Some(1.0),
+                    ..model(depth, gamma0)
+                };
+                let fl = propagate(&problem, &m, &sched, (1.0, 0.0), &|_| {}).unwrap();
+                cases.push((format!("L = {depth}, a = 0"), fl));
             }
-            let summed = om.slice(s![..nt * n, l.rho()..l.mu()]);
-            for j in 0..nt {
-                let want = layer
-                    .response_phi
-                    .slice(s![.., j * p..(j + 1) * p])
-                    .sum_axis(Axis(1));
-                let err = (&summed.column(j) - &want)
+            for (label, fl) in cases {
+                let err = (&fl.sigma - &two_layer.sigma)
                     .mapv(f64::abs)
                     .fold(0.0, |a: f64, &b| a.max(b));
-                assert!(err < 1e-10, "R_φ summed over train column {j}: {err}");
+                assert!(
+                    err < 1e-10 * scale,
+                    "γ₀ = {gamma0}, {label}: Σ_f differs by {err} (scale {scale})"
+                );
             }
         }
     }
 
-    /// J's sign and weight: the site covariance of layer ℓ's averages with A^ℓ(a, j) must be
-    /// their open-loop response to a response drift R_g^{ℓ+1}(j, a) read by layer ℓ, and with
-    /// B^{ℓ+1}(a, j) layer ℓ+1's response to R_φ^ℓ(a, j), for causal and anti-causal pairs.
+    fn residual_model(depth: usize, gamma0: f64, beta: f64) -> Model {
+        Model {
+            residual: Some(beta),
+            ..model(depth, gamma0)
+        }
+    }
+
+    /// Σ_m A_m Cov(source m) B_mᵀ over the march's coefficients: a second moment of two
+    /// fields computed from residual.rs's own bookkeeping.
+    fn march_covariance(
+        sol: &ResidualSolution,
+        inp: &SiteInputs,
+        a: &residual::Coefficients,
+        b: &residual::Coefficients,
+        p: usize,
+    ) -> Array2<f64> {
+        let depth = sol.layers.len();
+        let mut out = Array2::<f64>::zeros((a.on_u[0].nrows(), b.on_u[0].nrows()));
+        for m in 0..depth {
+            out += &a.on_u[m].dot(&inp.phi[m]).dot(&b.on_u[m].t());
+            // The march keeps r per (time, train point) with a constant block covariance.
+            let nt = inp.grad[m].nrows();
+            let mut cov = Array2::<f64>::zeros((nt * p, nt * p));
+            for k in 0..nt * p {
+                for j in 0..nt * p {
+                    cov[[k, j]] = inp.grad[m][[k / p, j / p]];
+                }
+            }
+            out += &a.on_r[m].dot(&cov).dot(&b.on_r[m].t());
+        }
+        out
+    }
+
+    fn max_abs(x: &Array2<f64>) -> f64 {
+        x.iter().fold(0.0, |a: f64, &b| a.max(b.abs()))
+    }
+
+    /// The joint site's moments Ω at the saddle reproduce the march of residual.rs, block by
+    /// block for every pair of layers: ⟨h^ℓ h^m⟩, ⟨h^ℓ g^m⟩, ⟨g^ℓ g^m⟩ from the march's
+    /// coefficients, ⟨x μ̂^m⟩ = ∂x/∂u^m and ⟨x ρ̂'^m⟩ = Σ_α ∂x/∂r^m_α, and f = y − Δ on train
+    /// points. A residual and a plain network, to 1e-10.
+    #[test]
+    fn joint_moments_reproduce_the_march() {
+        let problem = problem();
+        for (m, branch) in [
+            (residual_model(3, 1.5, 1.0), None),
+            (model(3, 0.5), None),
+            (residual_model(2, 1.0, 2.0), Some((1.0, 1.3))),
+        ] {
+            let (skip, a) = branch.unwrap_or(m.branch());
+            let saddle = Saddle::new(&problem, &m, &schedule(4), skip, a).unwrap();
+            let Layout { n, p, nt, depth } = saddle.ctx.layout;
+            let l = saddle.ctx.layout;
+            let om = saddle.ctx.site(&saddle.inputs).unwrap().omega;
+            let sol = &saddle.solution;
+            let rows: Vec<usize> = (0..nt).map(|k| k * p).collect();
+            let field = |layer: usize, fwd: bool| {
+                let x = &sol.layers[layer - 1];
+                if fwd { &x.h } else { &x.g }
+            };
+            let span = |layer: usize, fwd: bool| {
+                if fwd {
+                    (l.h(layer), nt * n)
+                } else {
+                    (l.g(layer), nt)
+                }
+            };
+            let mut worst: f64 = 0.0;
+            for la in 1..=depth {
+                for lb in 1..=depth {
+                    for (fa, fb) in [(true, true), (true, false), (false, false)] {
+                        let mut want =
+                            march_covariance(sol, &saddle.inputs, field(la, fa), field(lb, fb), p);
+                        if !fa {
+                            want = want.select(Axis(0), &rows);
+                        }
+                        if !fb {
+                            want = want.select(Axis(1), &rows);
+                        }
+                        let ((ra, na), (rb, nb)) = (span(la, fa), span(lb, fb));
+                        let got = om.slice(s![ra..ra + na, rb..rb + nb]).to_owned();
+                        let err = max_abs(&(&got - &want)) / max_abs(&want).max(1e-3);
+                        assert!(err < 1e-10, "{la} {fa} / {lb} {fb}: {err:e}");
+                        worst = worst.max(err);
+                    }
+                    for fa in [true, false] {
+                        let (ra, na) = span(la, fa);
+                        let c = field(la, fa);
+                        let pick = |x: &Array2<f64>| {
+                            if fa {
+                                x.clone()
+                            } else {
+                                x.select(Axis(0), &rows)
+                            }
+                        };
+                        if lb >= 2 {
+                            let want = pick(&c.on_u[lb - 1]);
+                            let mu = l.mu(lb);
+                            let got = om.slice(s![ra..ra + na, mu..mu + nt * n]).to_owned();
+                            let err = max_abs(&(&got - &want));
+                            assert!(err < 1e-10, "⟨x μ̂^{lb}⟩: {err:e}");
+                            worst = worst.max(err);
+                        }
+                        if lb < depth {
+                            let r = &c.on_r[lb - 1];
+                            let mut summed = Array2::<f64>::zeros((r.nrows(), nt));
+                            for j in 0..nt {
+                                summed
+                                    .column_mut(j)
+                                    .assign(&r.slice(s![.., j * p..(j + 1) * p]).sum_axis(Axis(1)));
+                            }
+                            let want = pick(&summed);
+                            let rho = l.rho(lb);
+                            let got = om.slice(s![ra..ra + na, rho..rho + nt]).to_owned();
+                            let err = max_abs(&(&got - &want));
+                            assert!(err < 1e-10, "⟨x ρ̂'^{lb}⟩: {err:e}");
+                            worst = worst.max(err);
+                        }
+                    }
+                }
+            }
+            // f = γ₀⁻¹⟨g^L(k) h^L(k)⟩ = y − Δ on train points.
+            for k in 0..nt {
+                for al in 0..p {
+                    let f = om[[l.g(depth) + k, l.h(depth) + k * n + al]] / m.gamma0;
+                    let want = problem.y[al] - sol.delta[[k, al]];
+                    assert!((f - want).abs() < 1e-10, "f({k}, {al}): {f} vs {want}");
+                }
+            }
+            // Not vacuous: the skip correlates the layers of a neuron.
+            let cross = max_abs(
+                &om.slice(s![l.h(1)..l.h(1) + nt * n, l.h(2)..l.h(2) + nt * n])
+                    .to_owned(),
+            );
+            assert_eq!(cross > 0.1, skip != 0.0, "⟨h¹h²⟩ = {cross}");
+            println!("{m:?}: worst {worst:.1e}");
+        }
+    }
+
+    /// The inputs with one causal order parameter moved by `eps` where the site reads it, as an
+    /// independent route to D_c: Φ^ℓ and G^ℓ entries in both symmetric positions, f through
+    /// Δ = y − f_train (+ f(0) when centered).
+    fn moved(
+        inp: &SiteInputs,
+        ctx: &Context,
+        y: &Array1<f64>,
+        block: &Block,
+        pair: (usize, usize),
+        eps: f64,
+    ) -> SiteInputs {
+        let l = ctx.layout;
+        let mut x = inp.clone();
+        match block.kind {
+            Kind::Phi => {
+                let h = l.h(block.layer);
+                let (a, b) = (pair.0 - h, pair.1 - h);
+                let phi = &mut x.phi[block.layer];
+                phi[[a, b]] += eps;
+                if a != b {
+                    phi[[b, a]] += eps;
+                }
+            }
+            Kind::Grad => {
+                let g = l.g(block.layer);
+                let (k, j) = (pair.0 - g, pair.1 - g);
+                let grad = &mut x.grad[block.layer - 2];
+                grad[[k, j]] += eps;
+                if k != j {
+                    grad[[j, k]] += eps;
+                }
+            }
+            Kind::F => {
+                let k = pair.0 - l.g(l.depth);
+                let mu = pair.1 - l.h(l.depth) - k * l.n;
+                // f on train points at the saddle, then Δ recomputed from the moved f.
+                let mut f = &y.view().insert_axis(Axis(0)) - &inp.delta;
+                if mu < l.p {
+                    f[[k, mu]] += eps;
+                }
+                for j in 0..l.nt {
+                    for al in 0..l.p {
+                        let centering = if ctx.centered { f[[0, al]] } else { 0.0 };
+                        x.delta[[j, al]] = y[al] - f[[j, al]] + centering;
+                    }
+                }
+            }
+            Kind::A | Kind::B => unreachable!(),
+        }
+        x
+    }
+
+    /// The exact D_c (rank-one changes of the resolvent) against central differences of the
+    /// whole joint solve, for every causal kind, residual and centered lazy networks. Step 1e-5:
+    /// Ω is rational in the inputs with O(1) coefficients, truncation ≈ 1e-10, round-off
+    /// ≈ 1e-11; tolerance 1e-7 of the column's scale.
+    #[test]
+    fn exact_sensitivities_match_finite_differences() {
+        let problem = problem();
+        let eps = 1e-5;
+        let mut checked = 0;
+        for m in [
+            residual_model(3, 1.5, 1.0),
+            residual_model(2, 0.01, 1.5),
+            model(3, 0.5),
+        ] {
+            let (skip, a) = m.branch();
+            let m = Model {
+                centered: m.gamma0 < 0.05,
+                ..m
+            };
+            let saddle = Saddle::new(&problem, &m, &schedule(3), skip, a).unwrap();
+            let ctx = &saddle.ctx;
+            let pairs = weighted_pairs(&saddle.blocks, ctx.gamma0);
+            let site = ctx.site(&saddle.inputs).unwrap();
+            for block in saddle
+                .blocks
+                .iter()
+                .filter(|b| matches!(b.kind, Kind::Phi | Kind::Grad | Kind::F))
+            {
+                // A spread of entries: first, last and some in between.
+                let len = block.pairs.len();
+                for i in [0, 1, len / 3, len / 2, len - 2, len - 1, 7 % len] {
+                    let pair = block.pairs[i];
+                    let exact = Array1::from(ctx.sensitivity(
+                        &site,
+                        &ctx.change(&saddle.inputs, block, pair),
+                        &pairs,
+                    ));
+                    let at = |e: f64| {
+                        means(
+                            &ctx.site(&moved(&saddle.inputs, ctx, &problem.y, block, pair, e))
+                                .unwrap()
+                                .omega,
+                            &pairs,
+                        )
+                    };
+                    let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                    let scale = fd.iter().fold(1e-3, |a: f64, &b| a.max(b.abs()));
+                    let err = (&exact - &fd).iter().fold(0.0, |a: f64, &b| a.max(b.abs()));
+                    assert!(
+                        err < 1e-7 * scale,
+                        "{:?}^{} pair {pair:?}: exact off central differences by {err} (scale {scale})",
+                        block.kind,
+                        block.layer
+                    );
+                    checked += usize::from(scale > 2e-3);
+                }
+            }
+        }
+        // Not vacuous: most columns move some average visibly (the lazy case barely does).
+        assert!(
+            checked > 40,
+            "only {checked} columns with a visible sensitivity"
+        );
+    }
+
+    /// The averages q at the site's moments.
+    fn means(om: &Array2<f64>, pairs: &[(usize, usize, f64)]) -> Array1<f64> {
+        pairs.iter().map(|&(a, b, w)| w * om[[a, b]]).collect()
+    }
+
+    /// J's sign and weight, through the joint site: the site covariance of all averages with
+    /// A^ℓ(a, j) must be their open-loop response to a drift ε h^ℓ(a) added to z^ℓ(j) (the
+    /// source r^ℓ that W^ℓ(0)ᵀ produces, before the branch multiplier), and with
+    /// B^{ℓ+1}(a, j) their response to ε g^{ℓ+1}(j) added to u^{ℓ+1}(a), for causal and
+    /// anti-causal pairs, in a residual network.
     #[test]
     fn response_coupling_is_the_open_loop_response() {
         let problem = problem();
-        let saddle = Saddle::new(&problem, &model(3, 1.5), &schedule(3)).unwrap();
-        let ctx = &saddle.ctx;
-        let Layout { n, p, nt } = ctx.layout;
-        let eps = 1e-6;
-        for layer in 1..3 {
-            for (kind, owner) in [(Kind::A, layer), (Kind::B, layer + 1)] {
-                let own: Vec<&Block> = saddle.blocks.iter().filter(|b| b.layer == owner).collect();
-                let inp = &saddle.inputs[owner - 1];
-                let om = ctx.moments(inp).unwrap();
-                let cov = site_covariance(&om, &own, ctx.gamma0);
-                let blk = find(&saddle.blocks, kind, owner);
-                let base = blk.offset - own[0].offset;
-                // (time of a, point of a, time j): before, at and after j.
-                for (ka, mu, j) in [(2, 1, 1), (1, 4, 1), (0, 0, 2), (3, 2, 0)] {
-                    let a = ka * n + mu;
-                    let shifted = |e: f64| {
-                        let mut x = inp.clone();
-                        match kind {
-                            Kind::A => {
-                                for al in 0..p {
-                                    x.response_grad_next[[j * p + al, a]] += e;
-                                }
+        for m in [
+            residual_model(3, 1.5, 1.0),
+            residual_model(2, 0.5, 2.0),
+            model(3, 1.5),
+        ] {
+            let (skip, a) = m.branch();
+            let saddle = Saddle::new(&problem, &m, &schedule(3), skip, a).unwrap();
+            let ctx = &saddle.ctx;
+            let Layout { n, depth, .. } = ctx.layout;
+            let pairs = weighted_pairs(&saddle.blocks, ctx.gamma0);
+            let om = ctx.site(&saddle.inputs).unwrap().omega;
+            let cov = site_covariance(&om, &pairs);
+            let eps = 1e-6;
+            for layer in 1..depth {
+                for kind in [Kind::A, Kind::B] {
+                    let owner = if kind == Kind::A { layer } else { layer + 1 };
+                    let blk = find(&saddle.blocks, kind, owner);
+                    // (time of a, point of a, time j): before, at and after j.
+                    for (ka, mu, j) in [(2, 1, 1), (1, 4, 1), (0, 0, 2), (3, 2, 0)] {
+                        let at = ka * n + mu;
+                        let shifted = |e: f64| {
+                            let mut x = saddle.inputs.clone();
+                            match kind {
+                                Kind::A => x.response_grad[layer - 1][[j, at]] += e,
+                                _ => x.response_phi[layer][[at, j]] += e,
                             }
-                            _ => x.response_phi_prev[[a, j * p]] += e,
-                        }
-                        Array1::from(layer_means(&ctx.moments(&x).unwrap(), &own, ctx.gamma0))
-                    };
-                    let response = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
-                    let col = cov.column(base + a * nt + j);
-                    let scale = col.iter().fold(1e-3, |m: f64, &v| m.max(v.abs()));
-                    let err = (&response - &col)
-                        .mapv(f64::abs)
-                        .fold(0.0, |m: f64, &v| m.max(v));
-                    assert!(
-                        err < 1e-6 * scale,
-                        "{kind:?}^{owner} ({a}, {j}): open-loop response off the covariance by {err} (scale {scale})"
-                    );
+                            means(&ctx.site(&x).unwrap().omega, &pairs)
+                        };
+                        let response = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
+                        let col = cov.column(blk.offset + at * ctx.layout.nt + j);
+                        let scale = col.iter().fold(1e-3, |m: f64, &v| m.max(v.abs()));
+                        let err = (&response - &col)
+                            .mapv(f64::abs)
+                            .fold(0.0, |m: f64, &v| m.max(v));
+                        assert!(
+                            err < 1e-6 * scale,
+                            "{m:?} {kind:?}^{owner} ({at}, {j}): open-loop response off the covariance by {err} (scale {scale})"
+                        );
+                    }
                 }
             }
         }
