@@ -182,7 +182,8 @@ pub fn check_propagator_size(
 /// Computes the finite-width propagator Σ_f when `theory.fluctuations = true`, with a
 /// progress bar: over the sites for two-layer μP, over the estimated work for deep linear
 /// networks (the config allows depth ≥ 2 only for linear μP ones). With `theory.solver =
-/// "auto"` a two-layer μP variant of the catalogue uses its generated site recorder.
+/// "auto"` a two-layer μP variant of the catalogue uses its generated site recorder, and a
+/// residual one its generated joint-site propagator.
 pub fn fluctuations(
     config: &Config,
     data: &Dataset,
@@ -205,15 +206,27 @@ pub fn fluctuations(
             &format!("{label} Σ_f"),
             quiet,
         );
-        let computed = deep_linear_propagator::deep_linear_prediction_fluctuations_with_progress(
-            &problem,
-            &model,
-            &schedule,
-            &|done| bar.advance(done as u64),
-        );
+        let progress = |done: usize| bar.advance(done as u64);
+        let computed = if config.theory.solver == SolverChoice::Auto {
+            dmft_solvers::deep_linear_prediction_fluctuations(
+                &problem, &model, &schedule, &progress,
+            )
+            .map(|(fl, from)| (fl, from.to_string()))
+        } else {
+            deep_linear_propagator::deep_linear_prediction_fluctuations_with_progress(
+                &problem, &model, &schedule, &progress,
+            )
+            .map(|fl| (fl, dmft_solvers::Source::Reference.to_string()))
+        };
         bar.finish();
         return computed
-            .map(|fl| Some(Fluctuations::reference(Sigma::DeepLinear(Box::new(fl)))))
+            .map(|(fl, source)| {
+                Some(Fluctuations {
+                    sigma: Sigma::DeepLinear(Box::new(fl)),
+                    source,
+                    mean_shift: None,
+                })
+            })
             .map_err(solver_failure);
     }
     if model.parameterization == Parameterization::Ntk {

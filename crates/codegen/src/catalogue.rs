@@ -89,14 +89,16 @@ fn registry(solvers: &[(String, GeneratedSolver)]) -> Result<String> {
                 )));
             }
             seen.push(key);
-            let propagator = match e.propagator {
+            let optional = |f: Option<&str>| match f {
                 Some(f) => format!("Some({}::{f})", g.module),
                 None => "None".to_string(),
             };
+            let (propagator, deep_propagator) =
+                (optional(e.propagator), optional(e.deep_propagator));
             rows.push_str(&format!(
                 "Generated {{ variant: \"{}\", spec: \"{rel}\", solver: SolverKind::{}, depth: {}, \
                  activation: Activation::{}, readout: Readout::{}, residual: {}, solve: {}::{}, \
-                 propagator: {propagator} }},\n",
+                 propagator: {propagator}, deep_propagator: {deep_propagator} }},\n",
                 g.variant,
                 e.solver,
                 e.depth,

@@ -343,6 +343,7 @@ rec.finish(SolverKind::Lazy, method)
         readout: "Trained",
         function: "lazy::solve",
         propagator: None,
+        deep_propagator: None,
     };
     Ok((source, entry))
 }

@@ -67,6 +67,8 @@ pub struct Entry {
     /// The prediction propagator of the variant in the module, when generated, e.g.
     /// `propagator::prediction_fluctuations`.
     pub propagator: Option<&'static str>,
+    /// The deep linear (joint-site) propagator of the variant in the module, when generated.
+    pub deep_propagator: Option<&'static str>,
 }
 
 /// The generated source of one spec.

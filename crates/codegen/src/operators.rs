@@ -167,6 +167,7 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, _options: &S
         readout: "Trained",
         function: "closed_form::solve",
         propagator: None,
+        deep_propagator: None,
     };
     Ok((source, entry))
 }

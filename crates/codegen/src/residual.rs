@@ -86,6 +86,7 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
         )?);
     }
     let mut backward = Vec::new();
+    let mut backward_skip = String::new();
     backward.push(expect(
         eqs,
         &format!("(z {l_top} k)"),
@@ -107,11 +108,14 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
         } else {
             format!("(g {a} k)")
         };
-        expect(
+        let skip_eq = expect(
             eqs,
             &format!("(g {l} k)"),
             &format!("(+ {skip} (* {branch} (z {l} k)))"),
         )?;
+        if l == depth - 1 {
+            backward_skip = skip_eq;
+        }
     }
     for l in 1..=depth {
         let field = if l == l_top { "z" } else { "g" };
@@ -162,6 +166,11 @@ pub fn lower(spec: &Spec, act: &str, eqs: &Equations) -> Result<(String, Entry)>
         ));
     }
     let layers = vec!["setup.layer()"; depth].join(", ");
+    let stream_equations = [
+        format!("// h^2 = {}", forward[1]),
+        format!("// g^{} = {}", depth - 1, backward_skip),
+    ]
+    .join("\n");
     let source = format!(
         r#"
 pub mod closed_form {{
@@ -191,6 +200,21 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, _options: &S
     rec.finish(SolverKind::DeepLinear, method(&setup))
 }}
 }}
+
+pub mod propagator {{
+use dmft_runtime::deep_linear_propagator::{{DeepLinearFluctuations, deep_linear_prediction_fluctuations_with_stream}};
+use dmft_runtime::{{DmftError, Model, Problem, Progress, Result, Schedule}};
+
+/// Σ_f of the joint site (docs/fluctuations.md) with the stream of the derived equations:
+/// every hidden layer adds a branch of weight a = β/√L to a unit skip (s = 1), L = {depth}.
+/// The Hessian assembly is the runtime's, shared with the reference.
+pub fn prediction_fluctuations(problem: &Problem, model: &Model, schedule: &Schedule, progress: Progress) -> Result<DeepLinearFluctuations> {{
+    let beta = model.residual.ok_or_else(|| DmftError::Unsupported("this generated propagator serves residual networks (model.residual)".into()))?;
+    {stream_equations}
+    let stream = (1.0, beta / ({depth}.0f64).sqrt());
+    deep_linear_prediction_fluctuations_with_stream(problem, model, schedule, stream, progress)
+}}
+}}
 "#
     );
     let entry = Entry {
@@ -201,6 +225,7 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, _options: &S
         residual: true,
         function: "closed_form::solve",
         propagator: None,
+        deep_propagator: Some("propagator::prediction_fluctuations"),
     };
     Ok((source, entry))
 }

@@ -527,6 +527,7 @@ pub fn solve(problem: &Problem, model: &Model, schedule: &Schedule, options: &So
         residual: false,
         function: "sites::solve",
         propagator,
+        deep_propagator: None,
     };
     Ok((source, entry))
 }

@@ -526,6 +526,26 @@ pub fn deep_linear_prediction_fluctuations_with_progress(
     schedule: &Schedule,
     progress: Progress,
 ) -> Result<DeepLinearFluctuations> {
+    deep_linear_prediction_fluctuations_with_stream(
+        problem,
+        model,
+        schedule,
+        model.branch(),
+        progress,
+    )
+}
+
+/// [`deep_linear_prediction_fluctuations_with_progress`] with the stream (s, a) of the site
+/// equations given by the caller: a generated propagator passes the pair it read off the
+/// derived equations, and it must be the model's (a mismatch is an error, never a silent
+/// run of another network).
+pub fn deep_linear_prediction_fluctuations_with_stream(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    stream: (f64, f64),
+    progress: Progress,
+) -> Result<DeepLinearFluctuations> {
     if model.parameterization != Parameterization::Mup
         || model.activation != crate::Activation::Linear
     {
@@ -538,7 +558,15 @@ pub fn deep_linear_prediction_fluctuations_with_progress(
             "the deep linear propagator trains the readout (model.readout = frozen is two-layer only)".into(),
         ));
     }
-    propagate(problem, model, schedule, model.branch(), progress)
+    if stream != model.branch() {
+        return Err(DmftError::Unsupported(format!(
+            "the propagator's stream (s, a) = {stream:?} is not the model's {:?} (model.depth = {}, model.residual = {:?})",
+            model.branch(),
+            model.depth,
+            model.residual
+        )));
+    }
+    propagate(problem, model, schedule, stream, progress)
 }
 
 /// The propagator for any (s, a) (the plain chain is (0, 1), a residual network (1, β/√L)).

@@ -5,11 +5,13 @@
 //! Problems: two-layer Monte Carlo M = 20 000 sites, P = 10, T = 50 (NTK recorded every
 //! 10 steps); lazy P = 100 train + 20 test points (Gauss–Hermite order 96 for tanh: P = 20),
 //! T = 200; deep-linear closed forms (plain and residual, β = 1) P = 8, T = 40; the
-//! two-layer propagators M = 5000 sites, P = 10, Q = 2, T = 50 (NTK recorded every 10).
+//! two-layer propagators M = 5000 sites, P = 10, Q = 2, T = 50 (NTK recorded every 10); the
+//! residual (joint-site) propagators P = 3, Q = 1, T = 4.
 //! The group `recorder` times the propagator's base march alone (the part the generator
 //! specializes) on the same sites, along a fixed Δ path.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use dmft_runtime::deep_linear_propagator;
 use dmft_runtime::propagator::{self, ReferenceSites, SiteContext, SiteOutputs, SiteRecorder};
 use dmft_runtime::sampling::{normal_matrix, replica_rng};
 use dmft_runtime::two_layer::SiteSet;
@@ -111,6 +113,27 @@ fn bench(c: &mut Criterion) {
                         &schedule,
                         &options,
                         &no_progress,
+                    )
+                    .unwrap()
+                })
+            });
+        }
+        if let Some(generated) = g.deep_propagator {
+            // The dense joint-site propagator: P + Q = 4, T = 4 (q ≈ 10³ per boundary).
+            let prob = problem(3, 1, 16);
+            let schedule = Schedule {
+                eta: 0.5,
+                steps: 4,
+                record_every: 1,
+            };
+            let id = format!("{}-deep-propagator", g.variant);
+            group.bench_function(format!("{id}/generated"), |b| {
+                b.iter(|| generated(&prob, &model, &schedule, &no_progress).unwrap())
+            });
+            group.bench_function(format!("{id}/reference"), |b| {
+                b.iter(|| {
+                    deep_linear_propagator::deep_linear_prediction_fluctuations(
+                        &prob, &model, &schedule,
                     )
                     .unwrap()
                 })

@@ -7,6 +7,7 @@
 
 pub mod generated;
 
+use dmft_runtime::deep_linear_propagator::{self, DeepLinearFluctuations};
 use dmft_runtime::propagator::{self, PredictionFluctuations};
 use dmft_runtime::{
     Activation, Model, Problem, Progress, Readout, Result, Schedule, SolverKind, SolverOptions,
@@ -22,6 +23,11 @@ pub type SolveFn = fn(&Problem, &Model, &Schedule, &SolverOptions, Progress) -> 
 pub type PropagatorFn =
     fn(&Problem, &Model, &Schedule, &SolverOptions, Progress) -> Result<PredictionFluctuations>;
 
+/// A generated deep linear propagator; same contract as
+/// `dmft_runtime::deep_linear_propagator::deep_linear_prediction_fluctuations_with_progress`.
+pub type DeepPropagatorFn =
+    fn(&Problem, &Model, &Schedule, Progress) -> Result<DeepLinearFluctuations>;
+
 /// A registry row: the variant (spec name and file) and the runtime variant it serves.
 pub struct Generated {
     pub variant: &'static str,
@@ -35,6 +41,8 @@ pub struct Generated {
     pub solve: SolveFn,
     /// The variant's prediction propagator (Σ_f), for two-layer site marches.
     pub propagator: Option<PropagatorFn>,
+    /// The variant's deep linear propagator (Σ_f of the joint site), for residual streams.
+    pub deep_propagator: Option<DeepPropagatorFn>,
 }
 
 /// Which implementation produced a trajectory.
@@ -108,6 +116,30 @@ pub fn prediction_fluctuations(
         None => Ok((
             propagator::two_layer_prediction_fluctuations(
                 problem, model, schedule, options, progress,
+            )?,
+            Source::Reference,
+        )),
+    }
+}
+
+/// The deep linear propagator Σ_f with the generated one of the variant when there is one,
+/// else with the reference; says which ran.
+pub fn deep_linear_prediction_fluctuations(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    progress: Progress,
+) -> Result<(DeepLinearFluctuations, Source)> {
+    let generated =
+        find(SolverKind::DeepLinear, model).and_then(|g| Some((g.variant, g.deep_propagator?)));
+    match generated {
+        Some((variant, run)) => Ok((
+            run(problem, model, schedule, progress)?,
+            Source::Generated(variant),
+        )),
+        None => Ok((
+            deep_linear_propagator::deep_linear_prediction_fluctuations_with_progress(
+                problem, model, schedule, progress,
             )?,
             Source::Reference,
         )),

@@ -32,6 +32,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: deep_linear_2_lazy::lazy::solve,
         propagator: None,
+        deep_propagator: None,
     },
     Generated {
         variant: "deep-linear-2",
@@ -43,6 +44,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: deep_linear_2::closed_form::solve,
         propagator: None,
+        deep_propagator: None,
     },
     Generated {
         variant: "deep-linear-3-lazy",
@@ -54,6 +56,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: deep_linear_3_lazy::lazy::solve,
         propagator: None,
+        deep_propagator: None,
     },
     Generated {
         variant: "deep-linear-3",
@@ -65,6 +68,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: deep_linear_3::closed_form::solve,
         propagator: None,
+        deep_propagator: None,
     },
     Generated {
         variant: "deep-relu-2-lazy",
@@ -76,6 +80,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: deep_relu_2_lazy::lazy::solve,
         propagator: None,
+        deep_propagator: None,
     },
     Generated {
         variant: "residual-linear-2",
@@ -87,6 +92,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: true,
         solve: residual_linear_2::closed_form::solve,
         propagator: None,
+        deep_propagator: Some(residual_linear_2::propagator::prediction_fluctuations),
     },
     Generated {
         variant: "residual-linear-3",
@@ -98,6 +104,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: true,
         solve: residual_linear_3::closed_form::solve,
         propagator: None,
+        deep_propagator: Some(residual_linear_3::propagator::prediction_fluctuations),
     },
     Generated {
         variant: "two-layer-linear-lazy",
@@ -109,6 +116,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: two_layer_linear_lazy::lazy::solve,
         propagator: None,
+        deep_propagator: None,
     },
     Generated {
         variant: "two-layer-linear",
@@ -120,6 +128,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: two_layer_linear::sites::solve,
         propagator: Some(two_layer_linear::propagator::prediction_fluctuations),
+        deep_propagator: None,
     },
     Generated {
         variant: "two-layer-linear",
@@ -131,6 +140,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: two_layer_linear::closed_form::solve,
         propagator: None,
+        deep_propagator: None,
     },
     Generated {
         variant: "two-layer-relu-frozen-readout",
@@ -142,6 +152,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: two_layer_relu_frozen_readout::sites::solve,
         propagator: Some(two_layer_relu_frozen_readout::propagator::prediction_fluctuations),
+        deep_propagator: None,
     },
     Generated {
         variant: "two-layer-relu-lazy",
@@ -153,6 +164,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: two_layer_relu_lazy::lazy::solve,
         propagator: None,
+        deep_propagator: None,
     },
     Generated {
         variant: "two-layer-relu",
@@ -164,6 +176,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: two_layer_relu::sites::solve,
         propagator: Some(two_layer_relu::propagator::prediction_fluctuations),
+        deep_propagator: None,
     },
     Generated {
         variant: "two-layer-tanh-frozen-readout",
@@ -175,6 +188,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: two_layer_tanh_frozen_readout::sites::solve,
         propagator: Some(two_layer_tanh_frozen_readout::propagator::prediction_fluctuations),
+        deep_propagator: None,
     },
     Generated {
         variant: "two-layer-tanh-lazy",
@@ -186,6 +200,7 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: two_layer_tanh_lazy::lazy::solve,
         propagator: None,
+        deep_propagator: None,
     },
     Generated {
         variant: "two-layer-tanh",
@@ -197,5 +212,6 @@ pub const REGISTRY: &[Generated] = &[
         residual: false,
         solve: two_layer_tanh::sites::solve,
         propagator: Some(two_layer_tanh::propagator::prediction_fluctuations),
+        deep_propagator: None,
     },
 ];

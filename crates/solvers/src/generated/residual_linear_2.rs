@@ -49,3 +49,30 @@ pub mod closed_form {
         rec.finish(SolverKind::DeepLinear, method(&setup))
     }
 }
+
+pub mod propagator {
+    use dmft_runtime::deep_linear_propagator::{
+        DeepLinearFluctuations, deep_linear_prediction_fluctuations_with_stream,
+    };
+    use dmft_runtime::{DmftError, Model, Problem, Progress, Result, Schedule};
+
+    /// Σ_f of the joint site (docs/fluctuations.md) with the stream of the derived equations:
+    /// every hidden layer adds a branch of weight a = β/√L to a unit skip (s = 1), L = 2.
+    /// The Hessian assembly is the runtime's, shared with the reference.
+    pub fn prediction_fluctuations(
+        problem: &Problem,
+        model: &Model,
+        schedule: &Schedule,
+        progress: Progress,
+    ) -> Result<DeepLinearFluctuations> {
+        let beta = model.residual.ok_or_else(|| {
+            DmftError::Unsupported(
+                "this generated propagator serves residual networks (model.residual)".into(),
+            )
+        })?;
+        // h^2 = (+ (h 1 k) (* (recip (sqrt L)) (* beta (+ (sum< j k (dot (Rphi 1 k j) (z 2 j))) (+ (u 2 k) (* c (* (recip (sqrt L)) (* beta (sum< j k (dot (Phi 1 k j) (* (delta j) (z 2 j))))))))))))
+        // g^1 = (+ (z 2 k) (* (recip (sqrt L)) (* beta (z 1 k))))
+        let stream = (1.0, beta / (2.0f64).sqrt());
+        deep_linear_prediction_fluctuations_with_stream(problem, model, schedule, stream, progress)
+    }
+}
