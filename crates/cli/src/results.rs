@@ -179,18 +179,20 @@ pub fn write_fluctuations(
             arrays.push(("var_ntk_top", k.var_ntk_top.mapv(|v| v * scale).into_dyn()));
         }
         if let Some(m) = &fl.mean_shift {
-            let scaled = |a: &ndarray::ArrayD<f64>| a.mapv(|v| v * scale);
             arrays.push((
                 "mean_shift_f_train",
-                scaled(&m.shift_f_train.clone().into_dyn()),
+                m.shift_f_train.mapv(|v| v * scale).into_dyn(),
             ));
             arrays.push((
                 "mean_shift_f_test",
-                scaled(&m.shift_f_test.clone().into_dyn()),
+                m.shift_f_test.mapv(|v| v * scale).into_dyn(),
             ));
-            arrays.push(("mean_shift_loss", scaled(&m.shift_loss.clone().into_dyn())));
+            arrays.push((
+                "mean_shift_loss",
+                m.shift_loss.mapv(|v| v * scale).into_dyn(),
+            ));
             if let Some(test) = &m.shift_test_loss {
-                arrays.push(("mean_shift_test_loss", scaled(&test.clone().into_dyn())));
+                arrays.push(("mean_shift_test_loss", test.mapv(|v| v * scale).into_dyn()));
             }
         }
         for (name, a) in arrays {

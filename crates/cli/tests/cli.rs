@@ -666,7 +666,11 @@ fn deep_linear_plumbing(residual: Option<f64>) {
     );
     assert_eq!(fl["width"], 256);
     assert!(fl["final_ntk_top"].is_null());
-    assert_eq!(fl["final_var_loss"], direct.var_loss[3]);
+    // Same code, but the test process's other threads can change OpenBLAS's thread count
+    // under the direct call (measured: a last-bit difference once in a loaded run), so the
+    // summary value is held to the files' 1e-12 rather than to bit equality.
+    let summary_var_loss = fl["final_var_loss"].as_f64().unwrap();
+    assert!((summary_var_loss - direct.var_loss[3]).abs() <= 1e-12 * direct.var_loss[3].abs());
     let files: Vec<&str> = summary["files"]
         .as_array()
         .unwrap()
@@ -1133,7 +1137,8 @@ fn mean_shift_is_the_runtime_expansion() {
         serde_json::from_str(&fs::read_to_string(dir.path("res/summary.json")).unwrap()).unwrap();
     let entry = &summary["fluctuations"];
     assert_eq!(entry["propagator_source"], "reference");
-    assert_eq!(entry["final_mean_shift_loss"], direct.shift_loss[3]);
+    let summary_shift = entry["final_mean_shift_loss"].as_f64().unwrap();
+    assert!((summary_shift - direct.shift_loss[3]).abs() <= 1e-12 * direct.shift_loss[3].abs());
     let observables = entry["observables"].as_array().unwrap();
     assert!(
         observables.contains(&serde_json::json!("mean_shift_loss")),

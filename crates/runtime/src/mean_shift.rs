@@ -502,21 +502,10 @@ mod tests {
     use super::*;
     use crate::Activation;
     use crate::problem::Parameterization;
+    use crate::problem::teacher_problem;
     use crate::sampling::{normal_matrix, replica_rng};
     use crate::two_layer::{Probe, march};
     use ndarray::ArrayView1;
-
-    fn small_problem(p: usize, q: usize, dim: usize) -> Problem {
-        let mut rng = replica_rng(11, 0);
-        let x = normal_matrix(&mut rng, p + q, dim);
-        let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
-        let y_all = x.dot(&beta) / (dim as f64).sqrt();
-        let (y, y_test) = (
-            y_all.slice(s![..p]).to_owned(),
-            y_all.slice(s![p..]).to_owned(),
-        );
-        Problem::from_inputs(x.slice(s![..p, ..]), y, x.slice(s![p.., ..]), Some(y_test)).unwrap()
-    }
 
     fn model(activation: Activation, readout: Readout, gamma0: f64, centered: bool) -> Model {
         Model {
@@ -537,7 +526,7 @@ mod tests {
     /// tolerance 1e-5 of the largest entry holds both.
     #[test]
     fn site_tangents_match_differences_of_the_march() {
-        let problem = small_problem(3, 2, 6);
+        let problem = teacher_problem(3, 2, 6, 11);
         let schedule = Schedule {
             eta: 0.5,
             steps: 6,
@@ -638,7 +627,7 @@ mod tests {
     /// of degree ≤ 4 in the sources); the five-point differences leave ≈ 1e-9 relative.
     #[test]
     fn linear_network_matches_the_moment_expansion() {
-        let problem = small_problem(3, 2, 2);
+        let problem = teacher_problem(3, 2, 2, 11);
         let schedule = Schedule {
             eta: 0.4,
             steps: 8,
@@ -692,7 +681,7 @@ mod tests {
     #[test]
     fn progress_counts_both_passes() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let problem = small_problem(3, 2, 2);
+        let problem = teacher_problem(3, 2, 2, 11);
         let schedule = Schedule {
             eta: 0.4,
             steps: 3,

@@ -292,3 +292,22 @@ pub struct Trajectory {
 pub type Progress<'a> = &'a (dyn Fn(usize) + Sync);
 
 pub fn no_progress(_: usize) {}
+
+/// The unit tests' small problem: P train and Q test points x ~ 𝒩(0, I_dim) from `seed`, with
+/// targets y = β·x/√dim of a Gaussian teacher β, on the test points too.
+#[cfg(test)]
+pub(crate) fn teacher_problem(p: usize, q: usize, dim: usize, seed: u64) -> Problem {
+    use crate::sampling::{normal_matrix, replica_rng};
+    let mut rng = replica_rng(seed, 0);
+    let x = normal_matrix(&mut rng, p + q, dim);
+    let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
+    let y = x.dot(&beta) / (dim as f64).sqrt();
+    let (x_train, x_test) = (x.slice(s![..p, ..]), x.slice(s![p.., ..]));
+    Problem::from_inputs(
+        x_train,
+        y.slice(s![..p]).to_owned(),
+        x_test,
+        Some(y.slice(s![p..]).to_owned()),
+    )
+    .expect("a well-formed test problem")
+}

@@ -1109,15 +1109,7 @@ fn tangent_row<const FEEDS_H: bool, const FEEDS_Z: bool, const CURVED: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampling::{normal_matrix, replica_rng};
-
-    fn small_problem(p: usize, q: usize, dim: usize) -> Problem {
-        let mut rng = replica_rng(3, 0);
-        let x = normal_matrix(&mut rng, p + q, dim);
-        let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
-        let y = x.slice(s![..p, ..]).dot(&beta) / (dim as f64).sqrt();
-        Problem::from_inputs(x.slice(s![..p, ..]), y, x.slice(s![p.., ..]), None).unwrap()
-    }
+    use crate::problem::teacher_problem;
 
     /// D_f by central differences of the whole march on common sites, open loop along Δ:
     /// an independent route to the same derivative of the site average.
@@ -1160,7 +1152,7 @@ mod tests {
         width: f64,
         step: f64,
     ) -> (Array2<f64>, Array2<f64>) {
-        let problem = small_problem(3, 1, 8);
+        let problem = teacher_problem(3, 1, 8, 3);
         let model = Model {
             depth: 1,
             activation: act,
@@ -1212,7 +1204,7 @@ mod tests {
         // At k = 0, √N f(0) ~ 𝒩(0, Φ(0,0)/γ₀²) with Φ_νν = ⟨relu(u_ν)²⟩ = K^x_νν / 2. The
         // Monte Carlo κ has relative standard error √(Var(z²φ²)/M)/⟨z²φ²⟩ = √(17/M) for
         // relu (E z⁴ φ⁴ = 3 · 3K²/2), 0.65 % at M = 4·10⁵; tolerance 4 of those.
-        let problem = small_problem(3, 2, 8);
+        let problem = teacher_problem(3, 2, 8, 3);
         let model = Model {
             depth: 1,
             activation: Activation::Relu,
