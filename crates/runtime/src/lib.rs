@@ -8,6 +8,7 @@ pub mod activation;
 pub mod deep_linear;
 pub mod deep_linear_propagator;
 pub mod deep_nonlinear;
+pub mod kernel_variances;
 pub mod lazy;
 pub mod lazy_fluctuations;
 pub mod linalg;
