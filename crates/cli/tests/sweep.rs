@@ -179,7 +179,8 @@ fn deep_linear_propagator_matches_the_ensemble() {
         let shape: Vec<usize> = if cols > 0 { vec![7, cols] } else { vec![7] };
         assert_eq!(a.shape(), shape, "{name}");
     }
-    assert!(!out.join("theory/var_ntk.npy").exists());
+    let var_ntk: ndarray::ArrayD<f64> = read_npy(out.join("theory/var_ntk.npy")).unwrap();
+    assert_eq!(var_ntk.shape(), [7, 3, 3]);
     let s = summary(&out);
     let v = &s["widths"][0]["variance_vs_propagator"];
     let compared = v["compared"].as_u64().unwrap();
