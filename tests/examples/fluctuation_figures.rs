@@ -157,9 +157,9 @@ fn deep_linear_layers() -> (Figure, Figure) {
     let problem = data.to_problem().unwrap();
     let (depth, p) = (3, data.n_train());
     let schedule = Schedule {
-        eta: 1.0,
-        steps: 6,
-        record_every: 6,
+        eta: 0.5,
+        steps: 8,
+        record_every: 8,
     };
     let layers: Array1<f64> = (1..=depth).map(|l| l as f64).collect();
     let mut variance =

@@ -289,6 +289,16 @@ fn summary(sweep: &Sweep, deviations: &[DeviationSummary], files: &[String]) -> 
     })
 }
 
+fn deviation_json(v: &compare::VarianceDeviation) -> serde_json::Value {
+    json!({
+        "median_abs_z": v.median_abs_z,
+        "max_abs_z": v.max_abs_z,
+        "max_relative": v.max_relative,
+        "compared": v.compared,
+        "left_out_collapsed": v.collapsed,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,14 +426,4 @@ mod tests {
         );
         assert_eq!(std::fs::read_dir(&tmp.0).unwrap().count(), 0);
     }
-}
-
-fn deviation_json(v: &compare::VarianceDeviation) -> serde_json::Value {
-    json!({
-        "median_abs_z": v.median_abs_z,
-        "max_abs_z": v.max_abs_z,
-        "max_relative": v.max_relative,
-        "compared": v.compared,
-        "left_out_collapsed": v.collapsed,
-    })
 }
