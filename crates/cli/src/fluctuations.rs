@@ -3,6 +3,7 @@
 //! ones (μP site propagator, lazy universal form) also give the NTK's.
 
 use dmft_runtime::deep_linear_propagator::DeepLinearFluctuations;
+use dmft_runtime::kernel_variances::KernelVariances;
 use dmft_runtime::mean_shift::MeanShift;
 use dmft_runtime::propagator::PredictionFluctuations;
 use ndarray::{Array1, Array2};
@@ -72,6 +73,14 @@ impl Fluctuations {
         match &self.sigma {
             Sigma::TwoLayer(fl) => &fl.var_loss,
             Sigma::DeepLinear(fl) => &fl.var_loss,
+        }
+    }
+
+    /// N·Var of the hidden kernels, when `theory.kernel_variances = true` computed them.
+    pub fn kernels(&self) -> Option<&KernelVariances> {
+        match &self.sigma {
+            Sigma::TwoLayer(fl) => fl.kernels.as_ref(),
+            Sigma::DeepLinear(_) => None,
         }
     }
 

@@ -452,6 +452,21 @@ pub fn memory_bytes(p: usize, q: usize, steps: usize, recorded: usize) -> u128 {
         + 3 * ntk * rows)
 }
 
+/// Extra peak memory in bytes of [`PropagatorOptions::kernel_variances`] (arguments as
+/// [`memory_bytes`]): D_Φ,G and Σψκᵀ per site block and their total, the batches of κ rows
+/// and the feedback ψ, then the assembly's products over the P·T feedback pairs.
+pub fn kernel_memory_bytes(p: usize, q: usize, steps: usize, recorded: usize) -> u128 {
+    let n = p + q;
+    let rows = (recorded * (n * (n + 1) / 2 + p * (p + 1) / 2)) as u128;
+    let feedback = (p * steps) as u128;
+    let per_block = 2 * rows * feedback + 2 * rows;
+    let batches = SITE_BLOCKS as u128 * KAPPA_BATCH as u128 * (rows + feedback);
+    8 * ((SITE_BLOCKS as u128 + 1) * per_block
+        + batches
+        + 4 * rows * feedback
+        + 3 * feedback * feedback)
+}
+
 /// Fixed number of site blocks summed in order, so results do not depend on the thread count.
 const SITE_BLOCKS: usize = 4;
 
@@ -1813,6 +1828,58 @@ mod tests {
                 assert!((kv.var_grad_kernel[0][[0, mu, nu]] - 2.0).abs() < 1e-10);
                 assert!((kv.grad_kernel[0][[0, mu, nu]] - 1.0).abs() < 1e-12);
             }
+        }
+    }
+
+    #[test]
+    fn lazy_kernel_variances_stay_at_initialization() {
+        // At γ₀ → 0 (centered, so f(0) = 0 and δf stays O(1)) the features barely move: Φ's
+        // variance stays the site variance of φ(u_a)φ(u_b) at initialization. For φ(u) = u
+        // that is K_aa K_bb + K_ab² (Isserlis, exact under Gauss–Hermite of order 4); for
+        // tanh its own step-0 value (κ only there, nothing fed back yet). The features move
+        // by O(γ₀), but odd in the readout r (h by ∝ z, z by ∝ φ) while Φ is even, so the
+        // first order cancels in the site averages, D_Φ and κ_fΦ: the departure is O(γ₀²).
+        // It must quarter when γ₀ halves (within 10 %) and stay under 10⁻³ at γ₀ = 0.01.
+        let problem = teacher_problem(3, 1, 8, 3);
+        let schedule = Schedule {
+            eta: 0.5,
+            steps: 12,
+            record_every: 2,
+        };
+        let n = problem.n_all();
+        let kx = &problem.kx;
+        for act in [Activation::Linear, Activation::Tanh] {
+            let departure = |gamma0: f64| {
+                let model = model(act, gamma0, true, Readout::Trained);
+                let var =
+                    kernel_variances_of(&model, &schedule, &problem, 5).var_phi_kernel[0].clone();
+                let mut worst = 0.0f64;
+                for a in 0..n {
+                    for b in 0..n {
+                        let init = if act == Activation::Linear {
+                            kx[[a, a]] * kx[[b, b]] + kx[[a, b]] * kx[[a, b]]
+                        } else {
+                            var[[0, a, b]]
+                        };
+                        for r in 0..var.shape()[0] {
+                            worst = worst.max((var[[r, a, b]] / init - 1.0).abs());
+                        }
+                    }
+                }
+                worst
+            };
+            let (small, smaller) = (departure(0.01), departure(0.005));
+            println!(
+                "{act}: largest relative departure {small:.2e} at γ₀ = 0.01, {smaller:.2e} at 0.005"
+            );
+            assert!(
+                small < 1e-3,
+                "{act}: Φ variance departs by {small} at γ₀ = 0.01"
+            );
+            assert!(
+                (small / smaller - 4.0).abs() < 0.4,
+                "{act}: departure {small} at γ₀ = 0.01 and {smaller} at 0.005 is not O(γ₀²)"
+            );
         }
     }
 }
