@@ -713,9 +713,12 @@ struct KernelSums {
     cross: Array2<f64>,
 }
 
+/// Entries (a, b), a ≤ b, of a symmetric kernel.
+type Pairs = Vec<(usize, usize)>;
+
 /// The hidden layer's equal-time kernel entries of one recorded step: Φ_ab over all n points
 /// (a ≤ b), then G_μν over the P train points (μ ≤ ν).
-fn kernel_pairs(p: usize, n: usize) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+fn kernel_pairs(p: usize, n: usize) -> (Pairs, Pairs) {
     (ntk_pairs(n), ntk_pairs(p))
 }
 
