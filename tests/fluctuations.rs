@@ -476,8 +476,9 @@ fn slow_residual_propagator_matches_ensembles() {
 /// as above, for relu and tanh at γ₀ = 0.5 and 2, 2000 seeds at N = 512 (N = 2048:
 /// [`slow_kernel_variances_match_ensembles`]). First the infinite-width Φ and G against the
 /// seed means, within 5 SE + 4/N (the O(1/N) allowance of tests/theory_vs_sim.rs), which
-/// fixes the conventions (the simulator's φφᵀ/N and ggᵀ/N, g = z φ'). Prints the final
-/// width-free SNR of both kernels.
+/// fixes the conventions (the simulator's φφᵀ/N and ggᵀ/N, g = z φ'). Last, the final
+/// width-free SNR ‖K‖²_F / Σ N·Var K of both kernels on the train block must rise from
+/// γ₀ = 0.5 to 2, in the theory and in the ensembles (by more than 5 combined SE).
 #[test]
 fn kernel_variances_match_ensembles() {
     kernel_grid(512);
@@ -485,7 +486,7 @@ fn kernel_variances_match_ensembles() {
 
 /// [`kernel_variances_match_ensembles`] at N = 2048 (README, slow validations).
 #[test]
-#[ignore = "slow validation (≈ 10 min); run with --ignored (README, slow validations)"]
+#[ignore = "slow validation (≈ 2 min); run with --ignored (README, slow validations)"]
 fn slow_kernel_variances_match_ensembles() {
     kernel_grid(2048);
 }
@@ -502,6 +503,8 @@ fn kernel_grid(width: usize) {
         kernel_variances: true,
     };
     for act in [Activation::Relu, Activation::Tanh] {
+        // Final SNR of Φ and G per γ₀: theory, ensemble and the ensemble's SE.
+        let mut snr = Vec::new();
         for gamma0 in [0.5, 2.0] {
             let model = Model {
                 depth: 1,
@@ -547,7 +550,24 @@ fn kernel_grid(width: usize) {
                 ),
             ];
             let mut worst = Vec::new();
-            for (name, moments, mean, var) in cases {
+            let p = problem.n_train();
+            let last = kernels.phi_kernel[0].shape()[0] - 1;
+            let theory_snr = [kernels.phi_snr(1, p)[last], kernels.grad_snr(1, p)[last]];
+            for (c, (name, moments, mean, var)) in cases.into_iter().enumerate() {
+                // The ensemble's width-free SNR on the train block at the last step; the SE
+                // of a sum of correlated variances is at most the sum of their SEs.
+                let train = ndarray::s![last, ..p, ..p];
+                let signal: f64 = moments.mean.slice(train).iter().map(|m| m * m).sum();
+                let noise = width as f64 * moments.var.slice(train).sum();
+                let noise_se = width as f64 * moments.se_var().slice(train).sum();
+                let ensemble = signal / noise;
+                snr.push((
+                    name,
+                    gamma0,
+                    theory_snr[c],
+                    ensemble,
+                    ensemble * noise_se / noise,
+                ));
                 let mut worst_mean: f64 = 0.0;
                 for ((m, se), want) in moments.mean.iter().zip(&moments.se_mean()).zip(mean) {
                     let tol = 5.0 * se + 4.0 / width as f64;
@@ -564,15 +584,29 @@ fn kernel_grid(width: usize) {
                     var,
                     &format!("{label} {name}"),
                 );
-                worst.push(format!("{name} {worst_var:.2} (mean {worst_mean:.2})"));
+                worst.push(format!(
+                    "{name} {worst_var:.2} (mean {worst_mean:.2}); final SNR {:.3}, ensemble {ensemble:.3} ± {:.3}",
+                    theory_snr[c],
+                    ensemble * noise_se / noise
+                ));
             }
-            let p = problem.n_train();
-            let last = kernels.phi_kernel[0].shape()[0] - 1;
             println!(
-                "{label}: worst |N·Var − Σ| / tolerance {}; final SNR Φ {:.3}, G {:.3}",
-                worst.join(", "),
-                kernels.phi_snr(1, p)[last],
-                kernels.grad_snr(1, p)[last]
+                "{label}: worst |N·Var − Σ| / tolerance {}",
+                worst.join("; ")
+            );
+        }
+        // Feature learning raises the final kernel SNR: in the theory, and in the ensembles
+        // by more than 5 combined SE.
+        for kernel in ["Φ", "G"] {
+            let rows: Vec<_> = snr.iter().filter(|r| r.0 == kernel).collect();
+            let (lazy, rich) = (rows[0], rows[1]);
+            assert!(
+                rich.2 > lazy.2,
+                "{act} {kernel}: theory SNR {lazy:?} then {rich:?}"
+            );
+            assert!(
+                rich.3 - lazy.3 > 5.0 * lazy.4.hypot(rich.4),
+                "{act} {kernel}: ensemble SNR {lazy:?} then {rich:?}"
             );
         }
     }
