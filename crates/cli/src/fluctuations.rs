@@ -1,12 +1,11 @@
 //! The finite-width propagator of a run: which one computed Σ_f, and which observables it
-//! has. Every propagator gives N·Var of the predictions and of the loss; only the two-layer
-//! ones (μP site propagator, lazy universal form) also give the NTK's.
+//! has. Every propagator gives N·Var of the predictions, of the loss and of the NTK.
 
 use dmft_runtime::deep_linear_propagator::DeepLinearFluctuations;
 use dmft_runtime::kernel_variances::KernelVariances;
 use dmft_runtime::mean_shift::MeanShift;
 use dmft_runtime::propagator::PredictionFluctuations;
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, Array3};
 
 /// A computed propagator and which implementation computed it.
 pub struct Fluctuations {
@@ -19,10 +18,11 @@ pub struct Fluctuations {
 
 /// The propagator's observables, by the kind of network.
 pub enum Sigma {
-    /// Two-layer networks (model.depth = 1): predictions, loss and NTK.
+    /// Two-layer networks (model.depth = 1, or the lazy universal form): predictions, loss
+    /// and NTK.
     TwoLayer(Box<PredictionFluctuations>),
     /// Deep linear μP networks (model.depth ≥ 2), from the Hessian of the full action:
-    /// predictions and loss.
+    /// predictions, loss, NTK and the kernels of every layer.
     DeepLinear(Box<DeepLinearFluctuations>),
 }
 
@@ -76,7 +76,8 @@ impl Fluctuations {
         }
     }
 
-    /// N·Var of the hidden kernels, when `theory.kernel_variances = true` computed them.
+    /// N·Var of the hidden kernels, when `theory.kernel_variances = true` computed them
+    /// (the two-layer μP propagator only, for now).
     pub fn kernels(&self) -> Option<&KernelVariances> {
         match &self.sigma {
             Sigma::TwoLayer(fl) => fl.kernels.as_ref(),
@@ -84,11 +85,32 @@ impl Fluctuations {
         }
     }
 
-    /// The propagator that also has the NTK variances (two-layer only).
-    pub fn with_ntk(&self) -> Option<&PredictionFluctuations> {
+    /// The NTK observables: every propagator has them (the two-layer ones from the NTK
+    /// entries' site tangents, the deep linear one from the layer kernels).
+    pub fn ntk(&self) -> NtkVariances<'_> {
         match &self.sigma {
-            Sigma::TwoLayer(fl) => Some(fl.as_ref()),
-            Sigma::DeepLinear(_) => None,
+            Sigma::TwoLayer(fl) => NtkVariances {
+                var_ntk: &fl.var_ntk,
+                ntk_top: &fl.ntk_top,
+                var_ntk_top: &fl.var_ntk_top,
+                crossing_jump_ratio: Some(fl.crossing_jump_ratio),
+            },
+            Sigma::DeepLinear(fl) => NtkVariances {
+                var_ntk: &fl.var_ntk,
+                ntk_top: &fl.ntk_top,
+                var_ntk_top: &fl.var_ntk_top,
+                crossing_jump_ratio: None,
+            },
         }
     }
+}
+
+/// N·Var of the train NTK entries and of its top eigenvalue, with the infinite-width top
+/// eigenvalue, at the recorded steps.
+pub struct NtkVariances<'a> {
+    pub var_ntk: &'a Array3<f64>,
+    pub ntk_top: &'a Array1<f64>,
+    pub var_ntk_top: &'a Array1<f64>,
+    /// The relu crossing-kernel diagnostic of the two-layer site propagator.
+    pub crossing_jump_ratio: Option<f64>,
 }
