@@ -8,7 +8,10 @@ mod common;
 use common::dataset;
 use dmft_runtime::deep_linear_propagator::deep_linear_prediction_fluctuations;
 use dmft_runtime::lazy_fluctuations::two_layer_lazy_fluctuations;
-use dmft_runtime::propagator::{CROSSING_JUMP_LIMIT, two_layer_prediction_fluctuations};
+use dmft_runtime::propagator::{
+    CROSSING_JUMP_LIMIT, PropagatorOptions, ReferenceSites, two_layer_prediction_fluctuations,
+    two_layer_prediction_fluctuations_observing,
+};
 use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule, SolverOptions};
 use dmft_sim::{Architecture, Dataset, EnsembleConfig, EnsembleStats, run_ensemble};
 use ndarray::Array2;
@@ -564,5 +567,146 @@ fn slow_residual_propagator_matches_ensembles() {
         (3, 1.0, 1.0, 2048),
     ] {
         deep_linear_ensemble(depth, gamma0, Some(beta), width, 1000);
+    }
+}
+
+/// The hidden layer's equal-time kernels against real networks: N·Var of every Φ(t,t)_ab
+/// (all points) and G(t,t)_μν (train points) at every recorded step within 3 SE or 10 %,
+/// as above, for relu and tanh at γ₀ = 0.5 and 2, 2000 seeds at N = 512 (N = 2048:
+/// [`slow_kernel_variances_match_ensembles`]). First the infinite-width Φ and G against the
+/// seed means, within 5 SE + 4/N (the O(1/N) allowance of tests/theory_vs_sim.rs), which
+/// fixes the conventions (the simulator's φφᵀ/N and ggᵀ/N, g = z φ'). Last, the final
+/// width-free SNR ‖K‖²_F / Σ N·Var K of both kernels on the train block must rise from
+/// γ₀ = 0.5 to 2, in the theory and in the ensembles (by more than 5 combined SE).
+#[test]
+fn kernel_variances_match_ensembles() {
+    kernel_grid(512);
+}
+
+/// [`kernel_variances_match_ensembles`] at N = 2048 (README, slow validations).
+#[test]
+#[ignore = "slow validation (≈ 2 min); run with --ignored (README, slow validations)"]
+fn slow_kernel_variances_match_ensembles() {
+    kernel_grid(2048);
+}
+
+fn kernel_grid(width: usize) {
+    let data = dataset(3, 2, 16, 5);
+    let problem = data.to_problem().unwrap();
+    let opts = SolverOptions {
+        sites: 400_000,
+        quadrature: 0,
+        seed: 8,
+    };
+    let observe = PropagatorOptions {
+        kernel_variances: true,
+    };
+    for act in [Activation::Relu, Activation::Tanh] {
+        // Final SNR of Φ and G per γ₀: theory, ensemble and the ensemble's SE.
+        let mut snr = Vec::new();
+        for gamma0 in [0.5, 2.0] {
+            let model = Model {
+                depth: 1,
+                activation: act,
+                parameterization: Parameterization::Mup,
+                gamma0,
+                centered: false,
+                residual: None,
+                readout: Readout::Trained,
+            };
+            let recorder = ReferenceSites {
+                activation: act,
+                readout: model.readout,
+            };
+            let theory = two_layer_prediction_fluctuations_observing(
+                &problem,
+                &model,
+                &SCHEDULE,
+                &opts,
+                &observe,
+                &recorder,
+                &|_| {},
+            )
+            .unwrap();
+            let kernels = theory.kernels.unwrap();
+            let mut cfg =
+                EnsembleConfig::new(Architecture::from_model(&model, width), SCHEDULE, 2000);
+            cfg.base_seed = 99;
+            let sim = run_ensemble(&data, &cfg).unwrap();
+            let label = format!("{act} γ₀={gamma0} N={width}");
+            let cases = [
+                (
+                    "Φ",
+                    &sim.phi_kernel[0],
+                    &kernels.phi_kernel[0],
+                    &kernels.var_phi_kernel[0],
+                ),
+                (
+                    "G",
+                    &sim.grad_kernel[0],
+                    &kernels.grad_kernel[0],
+                    &kernels.var_grad_kernel[0],
+                ),
+            ];
+            let mut worst = Vec::new();
+            let p = problem.n_train();
+            let last = kernels.phi_kernel[0].shape()[0] - 1;
+            let theory_snr = [kernels.phi_snr(1, p)[last], kernels.grad_snr(1, p)[last]];
+            for (c, (name, moments, mean, var)) in cases.into_iter().enumerate() {
+                // The ensemble's width-free SNR on the train block at the last step; the SE
+                // of a sum of correlated variances is at most the sum of their SEs.
+                let train = ndarray::s![last, ..p, ..p];
+                let signal: f64 = moments.mean.slice(train).iter().map(|m| m * m).sum();
+                let noise = width as f64 * moments.var.slice(train).sum();
+                let noise_se = width as f64 * moments.se_var().slice(train).sum();
+                let ensemble = signal / noise;
+                snr.push((
+                    name,
+                    gamma0,
+                    theory_snr[c],
+                    ensemble,
+                    ensemble * noise_se / noise,
+                ));
+                let mut worst_mean: f64 = 0.0;
+                for ((m, se), want) in moments.mean.iter().zip(&moments.se_mean()).zip(mean) {
+                    let tol = 5.0 * se + 4.0 / width as f64;
+                    worst_mean = worst_mean.max((m - want).abs() / tol);
+                    assert!(
+                        (m - want).abs() <= tol,
+                        "{label} {name} mean: {m} ± {se} vs {want}"
+                    );
+                }
+                let worst_var = worst_ratio(
+                    width,
+                    &moments.var,
+                    &moments.se_var(),
+                    var,
+                    &format!("{label} {name}"),
+                );
+                worst.push(format!(
+                    "{name} {worst_var:.2} (mean {worst_mean:.2}); final SNR {:.3}, ensemble {ensemble:.3} ± {:.3}",
+                    theory_snr[c],
+                    ensemble * noise_se / noise
+                ));
+            }
+            println!(
+                "{label}: worst |N·Var − Σ| / tolerance {}",
+                worst.join("; ")
+            );
+        }
+        // Feature learning raises the final kernel SNR: in the theory, and in the ensembles
+        // by more than 5 combined SE.
+        for kernel in ["Φ", "G"] {
+            let rows: Vec<_> = snr.iter().filter(|r| r.0 == kernel).collect();
+            let (lazy, rich) = (rows[0], rows[1]);
+            assert!(
+                rich.2 > lazy.2,
+                "{act} {kernel}: theory SNR {lazy:?} then {rich:?}"
+            );
+            assert!(
+                rich.3 - lazy.3 > 5.0 * lazy.4.hypot(rich.4),
+                "{act} {kernel}: ensemble SNR {lazy:?} then {rich:?}"
+            );
+        }
     }
 }

@@ -218,6 +218,8 @@ pub struct TheoryConfig {
     pub fluctuations: bool,
     /// Also compute the O(1/N) mean shift N(E f_N − f∞) (two-layer μP, smooth φ).
     pub mean_shift: bool,
+    /// Also compute N·Var of the hidden kernels Φ(t,t) and G(t,t) and their SNR.
+    pub kernel_variances: bool,
 }
 
 impl Default for TheoryConfig {
@@ -229,6 +231,7 @@ impl Default for TheoryConfig {
             seed: 0,
             fluctuations: false,
             mean_shift: false,
+            kernel_variances: false,
         }
     }
 }
@@ -387,6 +390,7 @@ const SCHEMA: &[Section] = &[
             ("seed", Type::Int { min: 0 }),
             ("fluctuations", Type::Bool),
             ("mean_shift", Type::Bool),
+            ("kernel_variances", Type::Bool),
         ],
     ),
     (
@@ -535,6 +539,9 @@ impl Config {
         if self.theory.mean_shift {
             self.check_mean_shift()?;
         }
+        if self.theory.kernel_variances {
+            self.check_kernel_variances()?;
+        }
         if self.theory.fluctuations && m.parameterization == Parameterization::Ntk && !m.centered {
             return Err("theory.fluctuations = true with model.parameterization = \"ntk\" needs model.centered = true: there f(0) is an O(1) Gaussian process, not a finite-width effect".into());
         }
@@ -617,6 +624,24 @@ impl Config {
                 "theory.mean_shift = true needs a smooth model.activation (φ''' enters the shift), got \"{}\"; use tanh, erf, gelu, softplus or linear",
                 m.activation
             ));
+        }
+        Ok(())
+    }
+
+    /// `theory.kernel_variances`: computed by the two-layer μP site propagator.
+    fn check_kernel_variances(&self) -> Result<(), String> {
+        let m = &self.model;
+        if !self.theory.fluctuations {
+            return Err("theory.kernel_variances = true needs theory.fluctuations = true: the kernel variances come from the same propagator".into());
+        }
+        if m.depth != 1 || m.parameterization != Parameterization::Mup {
+            return Err(format!(
+                "theory.kernel_variances = true is implemented for two-layer μP networks (model.depth = 1, model.parameterization = \"mup\"), got depth {} and \"{}\"",
+                m.depth, m.parameterization
+            ));
+        }
+        if self.theory.mean_shift {
+            return Err("theory.kernel_variances = true cannot be combined with theory.mean_shift = true yet (the mean shift's propagator pass does not record the kernels); run them separately".into());
         }
         Ok(())
     }

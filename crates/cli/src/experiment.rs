@@ -163,7 +163,12 @@ pub fn check_propagator_size(
     let bytes = if config.model().parameterization == Parameterization::Ntk {
         lazy_fluctuations::memory_bytes(p, q, steps)
     } else {
-        propagator::memory_bytes(p, q, steps, recorded)
+        let kernels = if config.theory.kernel_variances {
+            propagator::kernel_memory_bytes(p, q, steps, recorded)
+        } else {
+            0
+        };
+        propagator::memory_bytes(p, q, steps, recorded) + kernels
     };
     if bytes > MAX_PROPAGATOR_BYTES {
         return Err(Failure::Input(format!(
@@ -255,7 +260,21 @@ pub fn fluctuations(
     );
     let progress = |done: usize| bar.advance(done as u64);
     let reference = || dmft_solvers::Source::Reference.to_string();
-    let computed = if config.theory.mean_shift {
+    let computed = if config.theory.kernel_variances {
+        // The generated recorders fill the same trajectory record, but their entry points
+        // take no propagator options: the reference serves the kernel variances.
+        let observe = propagator::PropagatorOptions {
+            kernel_variances: true,
+        };
+        let recorder = propagator::ReferenceSites {
+            activation: model.activation,
+            readout: model.readout,
+        };
+        propagator::two_layer_prediction_fluctuations_observing(
+            &problem, &model, &schedule, &options, &observe, &recorder, &progress,
+        )
+        .map(|fl| (fl, reference(), None))
+    } else if config.theory.mean_shift {
         // The second pass needs φ''' at every site: the reference march computes both orders.
         mean_shift::two_layer_mean_shift(&problem, &model, &schedule, &options, &progress)
             .map(|(fl, shift)| (fl, reference(), Some(shift)))

@@ -2,6 +2,7 @@
 //! has. Every propagator gives N·Var of the predictions, of the loss and of the NTK.
 
 use dmft_runtime::deep_linear_propagator::DeepLinearFluctuations;
+use dmft_runtime::kernel_variances::KernelVariances;
 use dmft_runtime::mean_shift::MeanShift;
 use dmft_runtime::propagator::PredictionFluctuations;
 use ndarray::{Array1, Array2, Array3};
@@ -72,6 +73,15 @@ impl Fluctuations {
         match &self.sigma {
             Sigma::TwoLayer(fl) => &fl.var_loss,
             Sigma::DeepLinear(fl) => &fl.var_loss,
+        }
+    }
+
+    /// N·Var of the hidden kernels, when `theory.kernel_variances = true` computed them
+    /// (the two-layer μP propagator only, for now).
+    pub fn kernels(&self) -> Option<&KernelVariances> {
+        match &self.sigma {
+            Sigma::TwoLayer(fl) => fl.kernels.as_ref(),
+            Sigma::DeepLinear(_) => None,
         }
     }
 

@@ -9,6 +9,8 @@
 //!   eigenvalue, and the top eigenvalue of the infinite-width train NTK)
 //! DIR/theory/{mean_shift_f_train,mean_shift_f_test,mean_shift_loss}.npy  (theory.mean_shift:
 //!   N(E f_N − f∞) and N(E ℒ_N − ℒ∞); + mean_shift_test_loss with test targets)
+//! DIR/theory/{phi_kernel,var_phi_kernel,grad_kernel,var_grad_kernel}_{ℓ}.npy
+//!   (theory.kernel_variances: the hidden kernels of layer ℓ and N·Var of their entries)
 //! DIR/theory/{var,mean_shift}_*_N{width}.npy  (--width: the same at that width, divided by N)
 //! DIR/plots/{loss,predictions,ntk_eigenvalues}.svg  (+ fluctuations.svg, mean_shift.svg)
 //! ```
@@ -24,7 +26,8 @@ use crate::fluctuations::Fluctuations;
 use crate::plots;
 use dmft_data::Dataset;
 use dmft_runtime::Trajectory;
-use ndarray::{ArrayBase, Axis, Data, Dimension};
+use dmft_runtime::kernel_variances::KernelVariances;
+use ndarray::{Array3, ArrayBase, Axis, Data, Dimension};
 use ndarray_npy::{WritableElement, write_npy};
 use serde_json::json;
 use std::fs;
@@ -202,7 +205,60 @@ pub fn write_fluctuations(
     }
     save(&theory, "ntk_top", fl.ntk().ntk_top)?;
     files.push("theory/ntk_top.npy".into());
+    if let Some(kv) = fl.kernels() {
+        files.extend(write_kernel_variances(root, kv, width)?);
+    }
     Ok(files)
+}
+
+/// Writes the hidden kernels of every layer ℓ and N·Var of their entries into `root/theory/`:
+/// phi_kernel_{ℓ}, var_phi_kernel_{ℓ}, grad_kernel_{ℓ}, var_grad_kernel_{ℓ}, and with `width`
+/// the variances at that width (`_N{width}`); returns the files written, relative to `root`.
+pub fn write_kernel_variances(
+    root: &Path,
+    kv: &KernelVariances,
+    width: Option<usize>,
+) -> Result<Vec<String>, Failure> {
+    let theory = root.join("theory");
+    create_dir(&theory)?;
+    let mut files = Vec::new();
+    let mut save_as = |name: String, a: &Array3<f64>| -> Result<(), Failure> {
+        save(&theory, &name, a)?;
+        files.push(format!("theory/{name}.npy"));
+        Ok(())
+    };
+    for l in 1..=kv.depth() {
+        let kernels = [
+            (
+                "phi_kernel",
+                &kv.phi_kernel[l - 1],
+                &kv.var_phi_kernel[l - 1],
+            ),
+            (
+                "grad_kernel",
+                &kv.grad_kernel[l - 1],
+                &kv.var_grad_kernel[l - 1],
+            ),
+        ];
+        for (name, mean, var) in kernels {
+            save_as(format!("{name}_{l}"), mean)?;
+            save_as(format!("var_{name}_{l}"), var)?;
+            if let Some(n) = width {
+                save_as(format!("var_{name}_{l}_N{n}"), &var.mapv(|v| v / n as f64))?;
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// summary.json's "phi_snr" and "grad_snr": per layer, the width-free SNR of Φ^ℓ and G^ℓ on
+/// the `p` train points at the last recorded step (`KernelVariances::phi_snr`, `grad_snr`).
+pub fn kernel_snr_summary(kv: &KernelVariances, p: usize) -> serde_json::Value {
+    let last = |snr: ndarray::Array1<f64>| snr[snr.len() - 1];
+    json!({
+        "phi_snr": (1..=kv.depth()).map(|l| last(kv.phi_snr(l, p))).collect::<Vec<_>>(),
+        "grad_snr": (1..=kv.depth()).map(|l| last(kv.grad_snr(l, p))).collect::<Vec<_>>(),
+    })
 }
 
 /// Checks Σ_f's recorded arrays against the trajectory's steps and for finite values.
@@ -216,6 +272,28 @@ pub fn check_fluctuations(fl: &Fluctuations, traj: &Trajectory) -> Result<(), Fa
     check_array(origin, "var_ntk", k.var_ntk, &[t, p, p], &traj.t)?;
     check_array(origin, "ntk_top", k.ntk_top, &[t], &traj.t)?;
     check_array(origin, "var_ntk_top", k.var_ntk_top, &[t], &traj.t)?;
+    if let Some(kv) = fl.kernels() {
+        for l in 0..kv.depth() {
+            let all = [t, p + q, p + q];
+            let train = [t, p, p];
+            check_array(origin, "phi_kernel", &kv.phi_kernel[l], &all, &traj.t)?;
+            check_array(
+                origin,
+                "var_phi_kernel",
+                &kv.var_phi_kernel[l],
+                &all,
+                &traj.t,
+            )?;
+            check_array(origin, "grad_kernel", &kv.grad_kernel[l], &train, &traj.t)?;
+            check_array(
+                origin,
+                "var_grad_kernel",
+                &kv.var_grad_kernel[l],
+                &train,
+                &traj.t,
+            )?;
+        }
+    }
     if let Some(m) = &fl.mean_shift {
         let origin = "the mean shift";
         check_array(
@@ -330,13 +408,20 @@ fn fluctuation_summary(fl: &Fluctuations, width: Option<usize>) -> serde_json::V
         "var_ntk_top",
     ];
     let kernel = fl.ntk();
+    if fl.kernels().is_some() {
+        observables.extend(["var_phi_kernel", "var_grad_kernel"]);
+    }
     if let Some(m) = &fl.mean_shift {
         observables.extend(["mean_shift_f_train", "mean_shift_f_test", "mean_shift_loss"]);
         if m.shift_test_loss.is_some() {
             observables.push("mean_shift_test_loss");
         }
     }
+    let p = fl.var_f_train().ncols();
+    let snr = fl.kernels().map(|kv| kernel_snr_summary(kv, p));
     json!({
+        "phi_snr": snr.as_ref().map(|s| s["phi_snr"].clone()),
+        "grad_snr": snr.as_ref().map(|s| s["grad_snr"].clone()),
         "propagator": fl.propagator(),
         "propagator_source": fl.source,
         "observables": observables,

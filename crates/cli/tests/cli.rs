@@ -1164,3 +1164,158 @@ fn mean_shift_is_the_runtime_expansion() {
         "theory.mean_shift = true needs theory.fluctuations = true",
     );
 }
+
+const KERNEL_VARIANCES: &str = r#"
+[data]
+p_train = 3
+p_test = 1
+dim = 8
+teacher = "linear"
+seed = 4
+[model]
+activation = "relu"
+gamma0 = 1.5
+[train]
+eta = 0.5
+steps = 6
+record_every = 2
+[theory]
+sites = 20000
+seed = 5
+fluctuations = true
+kernel_variances = true
+"#;
+
+/// Plumbing check (the variances themselves are checked against ensembles in
+/// tests/fluctuations.rs): `dmft run` with `theory.kernel_variances = true` writes exactly
+/// the kernels and N·Var of a direct propagator call on the same problem and sites (≤ 1e-12
+/// of the largest entry), the `--width` variances at 1/N of them, and the final SNR per layer
+/// in summary.json; the key without `theory.fluctuations`, at depth 2, or with the mean shift
+/// is refused naming it.
+#[test]
+fn kernel_variances_are_the_runtime_propagator() {
+    use dmft_runtime::propagator::{
+        PropagatorOptions, ReferenceSites, two_layer_prediction_fluctuations_observing,
+    };
+    use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule, SolverOptions};
+    use ndarray_npy::read_npy;
+
+    let dir = TempDir::new();
+    dir.write("config.toml", KERNEL_VARIANCES);
+    let args = [
+        "run",
+        "config.toml",
+        "--out",
+        "res",
+        "--width",
+        "256",
+        "--quiet",
+    ];
+    let out = dmft(&dir.0, &args);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+
+    let data = dmft_data::GaussianTask {
+        p_train: 3,
+        p_test: 1,
+        dim: 8,
+        teacher: dmft_data::Teacher::Linear,
+        seed: 4,
+    }
+    .generate();
+    let model = Model {
+        depth: 1,
+        activation: Activation::Relu,
+        parameterization: Parameterization::Mup,
+        gamma0: 1.5,
+        centered: false,
+        residual: None,
+        readout: Readout::Trained,
+    };
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 6,
+        record_every: 2,
+    };
+    let options = SolverOptions {
+        sites: 20_000,
+        quadrature: 0,
+        seed: 5,
+    };
+    let direct = two_layer_prediction_fluctuations_observing(
+        &data.to_problem().unwrap(),
+        &model,
+        &schedule,
+        &options,
+        &PropagatorOptions {
+            kernel_variances: true,
+        },
+        &ReferenceSites {
+            activation: model.activation,
+            readout: model.readout,
+        },
+        &|_| {},
+    )
+    .unwrap()
+    .kernels
+    .unwrap();
+    let theory = dir.path("res/theory");
+    let compare = |name: &str, want: &ndarray::Array3<f64>, factor: f64| {
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{name}: all zero");
+        let got: ndarray::Array3<f64> = read_npy(theory.join(format!("{name}.npy"))).unwrap();
+        assert_eq!(got.shape(), want.shape(), "{name}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - factor * w).abs() <= 1e-12 * scale,
+                "{name}: {got} vs {want}"
+            );
+        }
+    };
+    assert_eq!(direct.phi_kernel[0].shape(), [4, 4, 4]);
+    assert_eq!(direct.grad_kernel[0].shape(), [4, 3, 3]);
+    compare("phi_kernel_1", &direct.phi_kernel[0], 1.0);
+    compare("grad_kernel_1", &direct.grad_kernel[0], 1.0);
+    for name in ["var_phi_kernel", "var_grad_kernel"] {
+        let want = if name == "var_phi_kernel" {
+            &direct.var_phi_kernel[0]
+        } else {
+            &direct.var_grad_kernel[0]
+        };
+        compare(&format!("{name}_1"), want, 1.0);
+        compare(&format!("{name}_1_N256"), want, 1.0 / 256.0);
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path("res/summary.json")).unwrap()).unwrap();
+    let entry = &summary["fluctuations"];
+    assert_eq!(entry["propagator_source"], "reference");
+    for (key, want) in [
+        ("phi_snr", direct.phi_snr(1, 3)[3]),
+        ("grad_snr", direct.grad_snr(1, 3)[3]),
+    ] {
+        let got = entry[key].as_array().unwrap();
+        assert_eq!(got.len(), 1, "{entry}");
+        let got = got[0].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-12 * want, "{key}: {got} vs {want}");
+    }
+    let observables = entry["observables"].as_array().unwrap();
+    assert!(
+        observables.contains(&serde_json::json!("var_phi_kernel")),
+        "{entry}"
+    );
+
+    rejects(
+        &KERNEL_VARIANCES.replace("fluctuations = true\n", ""),
+        "theory.kernel_variances = true needs theory.fluctuations = true",
+    );
+    rejects(
+        &KERNEL_VARIANCES.replace("\"relu\"", "\"linear\"\ndepth = 2"),
+        "theory.kernel_variances = true is implemented for two-layer μP networks",
+    );
+    rejects(
+        &KERNEL_VARIANCES.replace("\"relu\"", "\"tanh\"").replace(
+            "kernel_variances = true",
+            "kernel_variances = true\nmean_shift = true",
+        ),
+        "theory.kernel_variances = true cannot be combined with theory.mean_shift = true",
+    );
+}

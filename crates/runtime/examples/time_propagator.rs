@@ -1,12 +1,15 @@
 //! One timed run of the benchmark's propagator case (relu, P = 10, Q = 2, T = 100), for a
 //! machine too loaded for criterion's ten samples:
 //!
-//!   cargo run --release -p dmft-runtime --example time_propagator -- [SITES] [RECORD_EVERY]
+//!   cargo run --release -p dmft-runtime --example time_propagator -- [SITES] [RECORD_EVERY] [KERNELS]
 //!
-//! (defaults 10⁵ sites, NTK entry variances recorded every 10 steps).
+//! (defaults 10⁵ sites, NTK entry variances recorded every 10 steps; KERNELS = 1 adds the
+//! Φ and G variances, `PropagatorOptions::kernel_variances`).
 
 use dmft_runtime::Readout;
-use dmft_runtime::propagator::two_layer_prediction_fluctuations;
+use dmft_runtime::propagator::{
+    PropagatorOptions, ReferenceSites, two_layer_prediction_fluctuations_observing,
+};
 use dmft_runtime::sampling::{normal_matrix, replica_rng};
 use dmft_runtime::*;
 use ndarray::s;
@@ -45,9 +48,24 @@ fn main() {
         quadrature: 0,
         seed: 0,
     };
+    let observe = PropagatorOptions {
+        kernel_variances: arg(3, "KERNELS", 0) == 1,
+    };
+    let recorder = ReferenceSites {
+        activation: model.activation,
+        readout: model.readout,
+    };
     let t0 = std::time::Instant::now();
-    let fl =
-        two_layer_prediction_fluctuations(&problem, &model, &schedule, &opts, &|_| {}).unwrap();
+    let fl = two_layer_prediction_fluctuations_observing(
+        &problem,
+        &model,
+        &schedule,
+        &opts,
+        &observe,
+        &recorder,
+        &|_| {},
+    )
+    .unwrap();
     println!(
         "{:?} var_f_train[last] {:?}",
         t0.elapsed(),

@@ -174,6 +174,7 @@ pub fn universal_prediction_fluctuations(
         }
     }
     Ok(PredictionFluctuations {
+        kernels: None,
         t: recorded.iter().map(|&k| k as f64 * schedule.eta).collect(),
         steps: recorded,
         var_f_train,

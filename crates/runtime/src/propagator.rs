@@ -23,6 +23,7 @@
 //! [`ReferenceSites`] as the hand-written reference and one generated recorder per catalogue
 //! variant (dmft-solvers). The tangent propagation and the assembly of Σ_f are shared.
 
+use crate::kernel_variances::KernelVariances;
 use crate::problem::Parameterization;
 use crate::two_layer::{Probe, SiteSet, march};
 use crate::{
@@ -63,6 +64,18 @@ pub struct PredictionFluctuations {
     /// that move, so it is only trusted well below 1; with a frozen readout it is known to
     /// miss above [`CROSSING_JUMP_LIMIT`] (docs/dmft.md, "Where the kernel fails").
     pub crossing_jump_ratio: f64,
+    /// N·Var of the hidden layer's Φ(t,t) and G(t,t) entries, when
+    /// [`PropagatorOptions::kernel_variances`] asks for them (None otherwise).
+    pub kernels: Option<KernelVariances>,
+}
+
+/// What the two-layer propagator computes beyond Σ_f and the NTK variances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PropagatorOptions {
+    /// Also N·Var of the equal-time feature kernel Φ(t,t) (all points) and gradient kernel
+    /// G(t,t) (train points) at the recorded steps ([`PredictionFluctuations::kernels`]):
+    /// one more tangent row per entry and a (P·T) × (entries · T_rec) site covariance.
+    pub kernel_variances: bool,
 }
 
 /// Above this [`PredictionFluctuations::crossing_jump_ratio`] a frozen-readout relu Σ_f is
@@ -121,7 +134,28 @@ pub fn two_layer_prediction_fluctuations_with<R: SiteRecorder>(
     recorder: &R,
     progress: Progress,
 ) -> Result<PredictionFluctuations> {
-    Ok(propagate(problem, model, schedule, options, recorder, progress)?.fluctuations)
+    let observe = PropagatorOptions::default();
+    Ok(propagate_observing(
+        problem, model, schedule, options, &observe, recorder, progress,
+    )?
+    .fluctuations)
+}
+
+/// [`two_layer_prediction_fluctuations_with`] computing what `observe` asks for beyond Σ_f
+/// and the NTK variances.
+pub fn two_layer_prediction_fluctuations_observing<R: SiteRecorder>(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    options: &SolverOptions,
+    observe: &PropagatorOptions,
+    recorder: &R,
+    progress: Progress,
+) -> Result<PredictionFluctuations> {
+    Ok(propagate_observing(
+        problem, model, schedule, options, observe, recorder, progress,
+    )?
+    .fluctuations)
 }
 
 /// What the next order in 1/N ([`crate::mean_shift`]) reuses of a propagator run.
@@ -140,6 +174,21 @@ pub(crate) fn propagate<R: SiteRecorder>(
     model: &Model,
     schedule: &Schedule,
     options: &SolverOptions,
+    recorder: &R,
+    progress: Progress,
+) -> Result<Propagation> {
+    let observe = PropagatorOptions::default();
+    propagate_observing(
+        problem, model, schedule, options, &observe, recorder, progress,
+    )
+}
+
+fn propagate_observing<R: SiteRecorder>(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    options: &SolverOptions,
+    observe: &PropagatorOptions,
     recorder: &R,
     progress: Progress,
 ) -> Result<Propagation> {
@@ -178,7 +227,7 @@ pub(crate) fn propagate<R: SiteRecorder>(
         schedule,
         &sites,
         delta_path.view(),
-        (recorder, CROSSING_WIDTH),
+        (recorder, CROSSING_WIDTH, observe.kernel_variances),
         progress,
     );
 
@@ -285,7 +334,18 @@ pub(crate) fn propagate<R: SiteRecorder>(
         let delta = delta_path.row(k);
         var_loss[i] = delta.dot(&block.slice(s![..p, ..p]).dot(&delta)) / (p * p) as f64;
     }
+    let kernels = match &sums.kernels {
+        Some(kernel_sums) => Some(kernel_variances(
+            &sums,
+            kernel_sums,
+            (&response, &sigma),
+            (p, n, schedule.steps),
+            recorded.len(),
+        )?),
+        None => None,
+    };
     let fluctuations = PredictionFluctuations {
+        kernels,
         t: recorded.iter().map(|&k| k as f64 * schedule.eta).collect(),
         steps: recorded,
         var_f_train,
@@ -305,6 +365,66 @@ pub(crate) fn propagate<R: SiteRecorder>(
         delta_path,
         sites,
     })
+}
+
+/// N·Var of the Φ and G entries, as for the NTK: δκ = ε_κ − D_κ δf, where only the train
+/// f of steps 0..T − 1 feeds back and that block of I + D_f closes on itself (test points
+/// never feed back), so with F those (step, point) pairs
+/// N·Var κ_e = κ_κκ,ee − 2 [D_κ (I + D_f)_FF⁻¹ κ_Fκ]_ee + [D_κ Σ_FF D_κᵀ]_ee.
+fn kernel_variances(
+    sums: &SiteSums,
+    kernels: &KernelSums,
+    (response, sigma): (&Array2<f64>, &Array2<f64>),
+    (p, n, steps): (usize, usize, usize),
+    recorded_count: usize,
+) -> Result<KernelVariances> {
+    let feedback = feedback_columns(p, n, steps);
+    let mut var = &kernels.square - &kernels.first.mapv(|m| m * m);
+    if !feedback.is_empty() {
+        let block = |a: &Array2<f64>| a.select(Axis(0), &feedback).select(Axis(1), &feedback);
+        let psi_mean = sums.first.select(Axis(0), &feedback);
+        let kappa_cross = &kernels.cross
+            - &psi_mean
+                .view()
+                .insert_axis(Axis(1))
+                .dot(&kernels.first.view().insert_axis(Axis(0)));
+        let driven = block(response)
+            .solve_triangular(UPLO::Lower, Diag::Unit, &kappa_cross)
+            .map_err(|e| DmftError::Numerical(format!("propagator solve failed: {e}")))?;
+        let d = sums.kernel_sensitivity_matrix(kernels, p);
+        var -= &(2.0 * (&d * &driven.t()).sum_axis(Axis(1)));
+        var += &(&d.dot(&block(sigma)) * &d).sum_axis(Axis(1));
+    }
+    if var.iter().any(|v| !v.is_finite()) {
+        return Err(DmftError::Numerical(
+            "propagator kernel variances are not finite".into(),
+        ));
+    }
+    let (phi_pairs, grad_pairs) = kernel_pairs(p, n);
+    let entries = phi_pairs.len() + grad_pairs.len();
+    let mut out = KernelVariances {
+        phi_kernel: vec![Array3::zeros((recorded_count, n, n))],
+        var_phi_kernel: vec![Array3::zeros((recorded_count, n, n))],
+        grad_kernel: vec![Array3::zeros((recorded_count, p, p))],
+        var_grad_kernel: vec![Array3::zeros((recorded_count, p, p))],
+    };
+    for r in 0..recorded_count {
+        let pairs = phi_pairs.iter().map(|&ab| (ab, false));
+        let pairs = pairs.chain(grad_pairs.iter().map(|&ab| (ab, true)));
+        for (e, ((a, b), grad)) in pairs.enumerate() {
+            let i = r * entries + e;
+            let (mean, variance) = if grad {
+                (&mut out.grad_kernel[0], &mut out.var_grad_kernel[0])
+            } else {
+                (&mut out.phi_kernel[0], &mut out.var_phi_kernel[0])
+            };
+            for (x, y) in [(a, b), (b, a)] {
+                mean[[r, x, y]] = kernels.first[i];
+                variance[[r, x, y]] = var[i];
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The train NTK entries (μ, α) with μ ≤ α, in row-major order.
@@ -330,6 +450,21 @@ pub fn memory_bytes(p: usize, q: usize, steps: usize, recorded: usize) -> u128 {
         + 4 * rows * rows
         + rows * dirs
         + 3 * ntk * rows)
+}
+
+/// Extra peak memory in bytes of [`PropagatorOptions::kernel_variances`] (arguments as
+/// [`memory_bytes`]): D_Φ,G and Σψκᵀ per site block and their total, the batches of κ rows
+/// and the feedback ψ, then the assembly's products over the P·T feedback pairs.
+pub fn kernel_memory_bytes(p: usize, q: usize, steps: usize, recorded: usize) -> u128 {
+    let n = p + q;
+    let rows = (recorded * (n * (n + 1) / 2 + p * (p + 1) / 2)) as u128;
+    let feedback = (p * steps) as u128;
+    let per_block = 2 * rows * feedback + 2 * rows;
+    let batches = SITE_BLOCKS as u128 * KAPPA_BATCH as u128 * (rows + feedback);
+    8 * ((SITE_BLOCKS as u128 + 1) * per_block
+        + batches
+        + 4 * rows * feedback
+        + 3 * feedback * feedback)
 }
 
 /// Fixed number of site blocks summed in order, so results do not depend on the thread count.
@@ -564,10 +699,46 @@ struct SiteSums {
     /// Σκκᵀ within each recorded step, T_rec × E × E.
     ntk_second: Array3<f64>,
     cross: Array2<f64>,
+    /// The hidden layer's Φ and G entries, when asked for.
+    kernels: Option<KernelSums>,
+}
+
+/// Site sums of the equal-time kernel entries κ_e of [`kernel_pairs`] at the recorded steps
+/// (index r·E + e): D_Φ,G by the blocks of [`SiteSums`], Σκ, Σκ² and Σψκᵀ over the train ψ
+/// that feed back (steps 0..T − 1, index j·P + μ, as the directions).
+struct KernelSums {
+    sensitivity: Vec<Vec<f64>>,
+    first: Array1<f64>,
+    square: Array1<f64>,
+    cross: Array2<f64>,
+}
+
+/// Entries (a, b), a ≤ b, of a symmetric kernel.
+type Pairs = Vec<(usize, usize)>;
+
+/// The hidden layer's equal-time kernel entries of one recorded step: Φ_ab over all n points
+/// (a ≤ b), then G_μν over the P train points (μ ≤ ν).
+fn kernel_pairs(p: usize, n: usize) -> (Pairs, Pairs) {
+    (ntk_pairs(n), ntk_pairs(p))
+}
+
+/// The columns of the train points at the steps that feed back, k·n + μ for k < T, μ < P.
+fn feedback_columns(p: usize, n: usize, steps: usize) -> Vec<usize> {
+    (0..steps)
+        .flat_map(|k| (0..p).map(move |mu| k * n + mu))
+        .collect()
 }
 
 impl SiteSums {
-    fn zeros(rows: usize, ntk_rows: usize, p: usize, blocks: &[Range<usize>]) -> Self {
+    /// Zero sums; `kernel_rows` (T_rec · entries) adds the Φ and G sums with their
+    /// covariance against the `feedback` ψ columns.
+    fn zeros(
+        rows: usize,
+        ntk_rows: usize,
+        p: usize,
+        blocks: &[Range<usize>],
+        kernel_rows: Option<(usize, usize)>,
+    ) -> Self {
         let entries = ntk_pairs(p).len();
         let per_block = |rows: usize| {
             blocks
@@ -576,6 +747,12 @@ impl SiteSums {
                 .collect()
         };
         SiteSums {
+            kernels: kernel_rows.map(|(rows, feedback)| KernelSums {
+                sensitivity: per_block(rows),
+                first: Array1::zeros(rows),
+                square: Array1::zeros(rows),
+                cross: Array2::zeros((feedback, rows)),
+            }),
             blocks: blocks.to_vec(),
             sensitivity: per_block(rows),
             first: Array1::zeros(rows),
@@ -603,16 +780,37 @@ impl SiteSums {
         self.ntk_first += &other.ntk_first;
         self.ntk_second += &other.ntk_second;
         self.cross += &other.cross;
+        if let (Some(mine), Some(theirs)) = (&mut self.kernels, &other.kernels) {
+            for (a, b) in mine.sensitivity.iter_mut().zip(&theirs.sensitivity) {
+                for (a, b) in a.iter_mut().zip(b) {
+                    *a += b;
+                }
+            }
+            mine.first += &theirs.first;
+            mine.square += &theirs.square;
+            mine.cross += &theirs.cross;
+        }
     }
 
-    /// Adds Σψψᵀ, Σψκᵀ and Σκκᵀ (within each recorded step) of a batch of √w-scaled rows.
-    fn add_second_moments(&mut self, psi: ArrayView2<f64>, ntk: ArrayView2<f64>) {
+    /// Adds Σψψᵀ, Σψκᵀ and Σκκᵀ (within each recorded step) of a batch of √w-scaled rows,
+    /// and with `kernels` (their rows and the feedback ψ columns) Σκ² and Σψκᵀ of Φ and G.
+    fn add_second_moments(
+        &mut self,
+        psi: ArrayView2<f64>,
+        ntk: ArrayView2<f64>,
+        kernels: Option<(ArrayView2<f64>, &[usize])>,
+    ) {
         general_mat_mul(1.0, &psi.t(), &psi, 1.0, &mut self.second);
         general_mat_mul(1.0, &psi.t(), &ntk, 1.0, &mut self.cross);
         let entries = self.ntk_second.shape()[1];
         for (r, mut block) in self.ntk_second.outer_iter_mut().enumerate() {
             let at_step = ntk.slice(s![.., r * entries..(r + 1) * entries]);
             general_mat_mul(1.0, &at_step.t(), &at_step, 1.0, &mut block);
+        }
+        if let (Some(sums), Some((rows, feedback))) = (&mut self.kernels, kernels) {
+            let psi_feedback = psi.select(Axis(1), feedback);
+            general_mat_mul(1.0, &psi_feedback.t(), &rows, 1.0, &mut sums.cross);
+            sums.square += &rows.map(|x| x * x).sum_axis(Axis(0));
         }
     }
 
@@ -624,6 +822,11 @@ impl SiteSums {
     /// D_K as a dense (T_rec·E) × (T·P) matrix, columns d = j·P + α.
     fn ntk_sensitivity_matrix(&self, p: usize) -> Array2<f64> {
         self.assemble(&self.ntk_sensitivity, self.ntk_first.len(), p)
+    }
+
+    /// D_Φ,G as a dense (T_rec·E) × (T·P) matrix, columns d = j·P + α.
+    fn kernel_sensitivity_matrix(&self, kernels: &KernelSums, p: usize) -> Array2<f64> {
+        self.assemble(&kernels.sensitivity, kernels.first.len(), p)
     }
 
     fn assemble(&self, blocks: &[Vec<f64>], rows: usize, p: usize) -> Array2<f64> {
@@ -672,11 +875,17 @@ fn site_sums<R: SiteRecorder>(
     schedule: &Schedule,
     sites: &SiteSet,
     delta_path: ArrayView2<f64>,
-    (recorder, crossing_width): (&R, f64),
+    (recorder, crossing_width, with_kernels): (&R, f64, bool),
     progress: Progress,
 ) -> SiteSums {
     let (p, n, nt) = (problem.n_train(), problem.n_all(), schedule.steps + 1);
     let ntk_rows = schedule.recorded_steps().len() * ntk_pairs(p).len();
+    let kernel_rows = with_kernels.then(|| {
+        let (phi, grad) = kernel_pairs(p, n);
+        schedule.recorded_steps().len() * (phi.len() + grad.len())
+    });
+    let feedback = feedback_columns(p, n, schedule.steps);
+    let kernel_sizes = kernel_rows.map(|rows| (rows, feedback.len()));
     let m = sites.r.len();
     let blocks = direction_blocks(p, n, schedule.steps);
     let site_block = m.div_ceil(SITE_BLOCKS);
@@ -686,13 +895,14 @@ fn site_sums<R: SiteRecorder>(
         .into_par_iter()
         .map(|b| {
             let range = (b * site_block).min(m)..((b + 1) * site_block).min(m);
-            let mut sums = SiteSums::zeros(nt * n, ntk_rows, p, &blocks);
+            let mut sums = SiteSums::zeros(nt * n, ntk_rows, p, &blocks, kernel_sizes);
             let mut march = SiteMarch::new(problem, model, schedule, delta_path, crossing_width);
             // ψ and κ rows of up to KAPPA_BATCH sites, folded into the second moments by one
             // GEMM per batch: with one GEMM per 32-site chunk the pass re-streamed the
             // (T+1)n-square sum from memory for every chunk.
             let mut psi = Array2::<f64>::zeros((KAPPA_BATCH, nt * n));
             let mut ntk = Array2::<f64>::zeros((KAPPA_BATCH, ntk_rows));
+            let mut kernels = Array2::<f64>::zeros((KAPPA_BATCH, kernel_rows.unwrap_or(0)));
             let mut filled = 0;
             for chunk in range.clone().step_by(SITE_CHUNK) {
                 let chunk = chunk..(chunk + SITE_CHUNK).min(range.end);
@@ -704,22 +914,38 @@ fn site_sums<R: SiteRecorder>(
                         (psi.row_mut(filled + i), ntk.row_mut(filled + i)),
                         &mut sums,
                     );
+                    if let Some(kernel_sums) = &mut sums.kernels {
+                        march.kernel_row(
+                            i,
+                            sites.weight[site],
+                            kernels.row_mut(filled + i),
+                            kernel_sums,
+                        );
+                    }
                 }
                 filled += chunk.len();
                 if filled + SITE_CHUNK > KAPPA_BATCH || chunk.end == range.end {
                     sums.add_second_moments(
                         psi.slice(s![..filled, ..]),
                         ntk.slice(s![..filled, ..]),
+                        with_kernels.then(|| (kernels.slice(s![..filled, ..]), &feedback[..])),
                     );
                     filled = 0;
                 }
-                for ((block, acc), ntk_acc) in blocks
-                    .iter()
-                    .zip(sums.sensitivity.iter_mut())
-                    .zip(sums.ntk_sensitivity.iter_mut())
-                {
+                for (b, block) in blocks.iter().enumerate() {
+                    let acc = &mut sums.sensitivity[b];
+                    let ntk_acc = &mut sums.ntk_sensitivity[b];
+                    let mut kernel_acc = sums
+                        .kernels
+                        .as_mut()
+                        .map(|k| k.sensitivity[b].as_mut_slice());
                     for (i, site) in chunk.clone().enumerate() {
-                        march.tangents(i, sites.weight[site], block.clone(), acc, ntk_acc);
+                        march.tangents(
+                            i,
+                            sites.weight[site],
+                            block.clone(),
+                            (acc, ntk_acc, kernel_acc.as_deref_mut()),
+                        );
                     }
                 }
                 progress(done.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len());
@@ -727,7 +953,7 @@ fn site_sums<R: SiteRecorder>(
             sums
         })
         .collect();
-    let mut total = SiteSums::zeros(nt * n, ntk_rows, p, &blocks);
+    let mut total = SiteSums::zeros(nt * n, ntk_rows, p, &blocks, kernel_sizes);
     for part in &partial {
         total.add(part);
     }
@@ -763,6 +989,9 @@ struct SiteMarch<'a> {
     /// Recorded-step index of each step, and the NTK entries (μ ≤ α).
     recorded: Vec<Option<usize>>,
     pairs: Vec<(usize, usize)>,
+    /// The Φ (all points) and G (train points) entries of [`kernel_pairs`].
+    phi_pairs: Vec<(usize, usize)>,
+    grad_pairs: Vec<(usize, usize)>,
 }
 
 impl<'a> SiteMarch<'a> {
@@ -806,6 +1035,83 @@ impl<'a> SiteMarch<'a> {
                 index
             },
             pairs: ntk_pairs(p),
+            phi_pairs: kernel_pairs(p, n).0,
+            grad_pairs: kernel_pairs(p, n).1,
+        }
+    }
+
+    /// Writes √w κ_e of the Φ and G entries of the cached site `slot` at the recorded steps
+    /// into `row` (index r·E + e) and adds w κ_e to `sums`: Φ_ab = φ_a φ_b and G_μν = g_μ g_ν
+    /// with g = z φ', the simulator's φφᵀ/N and ggᵀ/N.
+    fn kernel_row(
+        &self,
+        slot: usize,
+        weight: f64,
+        mut row: ArrayViewMut1<f64>,
+        sums: &mut KernelSums,
+    ) {
+        let n = self.problem.n_all();
+        let entries = self.phi_pairs.len() + self.grad_pairs.len();
+        let root_w = weight.sqrt();
+        for k in 0..=self.steps {
+            let Some(r) = self.recorded[k] else {
+                continue;
+            };
+            let at = (slot * (self.steps + 1) + k) * self.record;
+            let rec = &self.trajectory[at..at + self.record];
+            let (z, phi, d1) = (rec[0], &rec[1..1 + n], &rec[1 + n..1 + 2 * n]);
+            let phi_entries = self.phi_pairs.iter().map(|&(a, b)| phi[a] * phi[b]);
+            let grad_entries = self
+                .grad_pairs
+                .iter()
+                .map(|&(mu, nu)| z * z * d1[mu] * d1[nu]);
+            for (e, kappa) in phi_entries.chain(grad_entries).enumerate() {
+                let i = r * entries + e;
+                row[i] = root_w * kappa;
+                sums.first[i] += weight * kappa;
+            }
+        }
+    }
+
+    /// Adds w ∂κ_e/∂Δ_d of the Φ and G entries at recorded step `rec_index` to `acc` (rows
+    /// r·E + e of `width` directions, the first `active` of them born), from the tangent
+    /// state at that step: δΦ_ab = φ'_a φ_b δh_a + φ_a φ'_b δh_b and δ(g_μ g_ν) with δg_β =
+    /// φ''_β z δh_β + φ'_β δz (relu's crossing kernel in the φ'' slot, as for the NTK).
+    fn kernel_tangents(
+        &self,
+        rec_index: usize,
+        weight: f64,
+        (z, phi, d1, curvature): (f64, &[f64], &[f64], &[f64]),
+        (active, width): (usize, usize),
+        acc: &mut [f64],
+    ) {
+        let entries = self.phi_pairs.len() + self.grad_pairs.len();
+        let rows = |e: usize| (rec_index * entries + e) * width;
+        for (e, &(a, b)) in self.phi_pairs.iter().enumerate() {
+            let (c_a, c_b) = (weight * d1[a] * phi[b], weight * phi[a] * d1[b]);
+            if c_a == 0.0 && c_b == 0.0 {
+                continue;
+            }
+            let out = &mut acc[rows(e)..][..active];
+            let dh_a = &self.dh[a * width..][..active];
+            let dh_b = &self.dh[b * width..][..active];
+            for ((out, &x), &y) in out.iter_mut().zip(dh_a).zip(dh_b) {
+                *out += c_a * x + c_b * y;
+            }
+        }
+        let dz = &self.dz[..active];
+        let offset = self.phi_pairs.len();
+        for (e, &(mu, nu)) in self.grad_pairs.iter().enumerate() {
+            let w_zz = weight * z * z;
+            let c_mu = w_zz * d1[nu] * curvature[mu];
+            let c_nu = w_zz * d1[mu] * curvature[nu];
+            let c_z = 2.0 * weight * z * d1[mu] * d1[nu];
+            let out = &mut acc[rows(offset + e)..][..active];
+            let dh_mu = &self.dh[mu * width..][..active];
+            let dh_nu = &self.dh[nu * width..][..active];
+            for (((out, &x), &y), &u) in out.iter_mut().zip(dh_mu).zip(dh_nu).zip(dz) {
+                *out += c_mu * x + c_nu * y + c_z * u;
+            }
         }
     }
 
@@ -870,15 +1176,14 @@ impl<'a> SiteMarch<'a> {
         slot: usize,
         weight: f64,
         block: Range<usize>,
-        acc: &mut [f64],
-        ntk_acc: &mut [f64],
+        accumulators: Accumulators,
     ) {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has the features this copy is compiled for.
-            return unsafe { self.tangents_avx2(slot, weight, block, acc, ntk_acc) };
+            return unsafe { self.tangents_avx2(slot, weight, block, accumulators) };
         }
-        self.tangents_portable(slot, weight, block, acc, ntk_acc)
+        self.tangents_portable(slot, weight, block, accumulators)
     }
 
     /// [`Self::tangents`] compiled for AVX2 + FMA: the loops over directions are bound by
@@ -890,10 +1195,9 @@ impl<'a> SiteMarch<'a> {
         slot: usize,
         weight: f64,
         block: Range<usize>,
-        acc: &mut [f64],
-        ntk_acc: &mut [f64],
+        accumulators: Accumulators,
     ) {
-        self.tangents_portable(slot, weight, block, acc, ntk_acc)
+        self.tangents_portable(slot, weight, block, accumulators)
     }
 
     #[inline(always)]
@@ -902,8 +1206,7 @@ impl<'a> SiteMarch<'a> {
         slot: usize,
         weight: f64,
         block: Range<usize>,
-        acc: &mut [f64],
-        ntk_acc: &mut [f64],
+        (acc, ntk_acc, mut kernel_acc): Accumulators,
     ) {
         let (p, n) = (self.problem.n_train(), self.problem.n_all());
         let width = block.len() * p;
@@ -940,6 +1243,15 @@ impl<'a> SiteMarch<'a> {
                     for (((out, &x), &y), &u) in out.iter_mut().zip(dh_mu).zip(dh_alpha).zip(dz) {
                         *out += c_mu * x + c_alpha * y + c_z * u;
                     }
+                }
+                if let Some(kernel_acc) = kernel_acc.as_deref_mut() {
+                    self.kernel_tangents(
+                        rec_index,
+                        weight,
+                        (z, phi, d1, curvature),
+                        (active, width),
+                        kernel_acc,
+                    );
                 }
             }
             if active > 0 {
@@ -1047,6 +1359,9 @@ impl<'a> SiteMarch<'a> {
         }
     }
 }
+
+/// The tangent accumulators of one block of directions: D_f, D_K and, when asked for, D_Φ,G.
+type Accumulators<'a> = (&'a mut [f64], &'a mut [f64], Option<&'a mut [f64]>);
 
 /// Scalars of one point's row in the fused tangent pass.
 struct RowCoefficients {
@@ -1191,6 +1506,7 @@ mod tests {
                     readout,
                 },
                 width,
+                false,
             ),
             &|_| {},
         );
@@ -1298,5 +1614,275 @@ mod tests {
             left < 0.35 * missed,
             "kernel leaves {left:e} of the pathwise miss {missed:e}"
         );
+    }
+
+    /// Φ(k) and G(k) (row-major n × n and P × P) at every step of an open-loop march of
+    /// `sites` along `delta` with Δ_α(j) shifted by ε: written out here, apart from the
+    /// propagator's recorders, as the oracle of its kernel means and tangents.
+    fn kernel_march(
+        problem: &Problem,
+        model: &Model,
+        schedule: &Schedule,
+        sites: &SiteSet,
+        delta: &Array2<f64>,
+        (j, alpha, eps): (usize, usize, f64),
+    ) -> Vec<(Array2<f64>, Array2<f64>)> {
+        let (p, n) = (problem.n_train(), problem.n_all());
+        let act = model.activation;
+        let c = schedule.eta * model.gamma0 / p as f64;
+        let mut h = sites.u.clone();
+        let mut z = sites.r.clone();
+        let mut out = Vec::new();
+        for k in 0..=schedule.steps {
+            let mut phi_k = Array2::<f64>::zeros((n, n));
+            let mut grad_k = Array2::<f64>::zeros((p, p));
+            for i in 0..z.len() {
+                let w = sites.weight[i];
+                let phi: Vec<f64> = h.row(i).iter().map(|&x| act.phi(x)).collect();
+                let g: Vec<f64> = (0..p).map(|mu| act.d1(h[[i, mu]]) * z[i]).collect();
+                for a in 0..n {
+                    for b in 0..n {
+                        phi_k[[a, b]] += w * phi[a] * phi[b];
+                    }
+                }
+                for a in 0..p {
+                    for b in 0..p {
+                        grad_k[[a, b]] += w * g[a] * g[b];
+                    }
+                }
+                if k < schedule.steps {
+                    let mut d = delta.row(k).to_owned();
+                    if k == j {
+                        d[alpha] += eps;
+                    }
+                    for beta in 0..p {
+                        for nu in 0..n {
+                            h[[i, nu]] += c * d[beta] * problem.kx[[nu, beta]] * g[beta];
+                        }
+                        if model.readout == Readout::Trained {
+                            z[i] += c * d[beta] * phi[beta];
+                        }
+                    }
+                }
+            }
+            out.push((phi_k, grad_k));
+        }
+        out
+    }
+
+    fn model(activation: Activation, gamma0: f64, centered: bool, readout: Readout) -> Model {
+        Model {
+            depth: 1,
+            activation,
+            parameterization: Parameterization::Mup,
+            gamma0,
+            centered,
+            residual: None,
+            readout,
+        }
+    }
+
+    #[test]
+    fn kernel_means_and_tangents_match_an_independent_march() {
+        // Same quadrature sites for both routes: the means agree to round-off (1e-12), the
+        // tangents to the O(step²) truncation of the central difference (≈ 1e-8 relative at
+        // step 1e-4), as in `smooth_tangents_match_finite_differences`. Recording every
+        // other step checks the recorded-row layout.
+        let problem = teacher_problem(3, 1, 8, 3);
+        let schedule = Schedule {
+            eta: 0.5,
+            steps: 6,
+            record_every: 2,
+        };
+        let (p, n) = (problem.n_train(), problem.n_all());
+        let sites = SiteSet::quadrature(problem.kx.view(), 6).unwrap();
+        let (phi_pairs, grad_pairs) = kernel_pairs(p, n);
+        let entries = phi_pairs.len() + grad_pairs.len();
+        let pick = |kernels: &(Array2<f64>, Array2<f64>)| -> Vec<f64> {
+            let phi = phi_pairs.iter().map(|&(a, b)| kernels.0[[a, b]]);
+            phi.chain(grad_pairs.iter().map(|&(a, b)| kernels.1[[a, b]]))
+                .collect()
+        };
+        for (act, readout) in [
+            (Activation::Tanh, Readout::Trained),
+            (Activation::Tanh, Readout::Frozen),
+            (Activation::Linear, Readout::Trained),
+        ] {
+            let model = model(act, 1.5, false, readout);
+            let base = march(
+                &problem,
+                &model,
+                &schedule,
+                &sites,
+                &Probe::default(),
+                &|_| {},
+            )
+            .unwrap();
+            let delta = &problem.y.view().insert_axis(Axis(0)) - &base.f_all.slice(s![.., ..p]);
+            let recorder = ReferenceSites {
+                activation: act,
+                readout,
+            };
+            let sums = site_sums(
+                &problem,
+                &model,
+                &schedule,
+                &sites,
+                delta.view(),
+                (&recorder, CROSSING_WIDTH, true),
+                &|_| {},
+            );
+            let kernels = sums.kernels.as_ref().unwrap();
+            let tangent = sums.kernel_sensitivity_matrix(kernels, p);
+            let plain = kernel_march(&problem, &model, &schedule, &sites, &delta, (0, 0, 0.0));
+            let recorded = schedule.recorded_steps();
+            let (mut mean_err, mut scale, mut err) = (0.0f64, 0.0f64, 0.0f64);
+            for (r, &k) in recorded.iter().enumerate() {
+                for (e, want) in pick(&plain[k]).into_iter().enumerate() {
+                    mean_err = mean_err.max((kernels.first[r * entries + e] - want).abs());
+                }
+            }
+            for j in 0..schedule.steps {
+                for alpha in 0..p {
+                    let at = |eps| {
+                        kernel_march(&problem, &model, &schedule, &sites, &delta, (j, alpha, eps))
+                    };
+                    let (up, down) = (at(1e-4), at(-1e-4));
+                    for (r, &k) in recorded.iter().enumerate() {
+                        let (up, down) = (pick(&up[k]), pick(&down[k]));
+                        for e in 0..entries {
+                            let fd = (up[e] - down[e]) / 2e-4;
+                            scale = scale.max(fd.abs());
+                            err = err.max((tangent[[r * entries + e, j * p + alpha]] - fd).abs());
+                        }
+                    }
+                }
+            }
+            assert!(
+                mean_err < 1e-12,
+                "{act} {readout}: |Φ, G means − march| = {mean_err:e}"
+            );
+            assert!(scale > 1e-3, "{act} {readout}: D_Φ,G vanished");
+            assert!(
+                err <= 1e-6 * scale,
+                "{act} {readout}: |tangent − FD| = {err:e}, |D| = {scale:e}"
+            );
+        }
+    }
+
+    /// The propagator's Φ and G variances with quadrature sites.
+    fn kernel_variances_of(
+        model: &Model,
+        schedule: &Schedule,
+        problem: &Problem,
+        order: usize,
+    ) -> KernelVariances {
+        let options = SolverOptions {
+            sites: 0,
+            quadrature: order,
+            seed: 0,
+        };
+        let observe = PropagatorOptions {
+            kernel_variances: true,
+        };
+        let recorder = ReferenceSites {
+            activation: model.activation,
+            readout: model.readout,
+        };
+        two_layer_prediction_fluctuations_observing(
+            problem,
+            model,
+            schedule,
+            &options,
+            &observe,
+            &recorder,
+            &|_| {},
+        )
+        .unwrap()
+        .kernels
+        .unwrap()
+    }
+
+    #[test]
+    fn linear_kernel_variances_at_initialization_are_isserlis() {
+        // At k = 0 nothing has fed back: N·Var Φ_ab = Var(u_a u_b) = K_aa K_bb + K_ab² and
+        // N·Var G_μν = Var(z²) = 2 for φ(u) = u. Gauss–Hermite of order 4 integrates these
+        // degree-4 moments exactly, so only round-off separates them (1e-10).
+        let problem = teacher_problem(3, 1, 8, 3);
+        let schedule = Schedule {
+            eta: 0.5,
+            steps: 4,
+            record_every: 2,
+        };
+        let model = model(Activation::Linear, 1.0, false, Readout::Trained);
+        let kv = kernel_variances_of(&model, &schedule, &problem, 4);
+        let (p, n) = (problem.n_train(), problem.n_all());
+        let kx = &problem.kx;
+        for a in 0..n {
+            for b in 0..n {
+                let want = kx[[a, a]] * kx[[b, b]] + kx[[a, b]] * kx[[a, b]];
+                let got = kv.var_phi_kernel[0][[0, a, b]];
+                assert!((got - want).abs() < 1e-10, "Φ_{a}{b}: {got} vs {want}");
+                assert!((kv.phi_kernel[0][[0, a, b]] - kx[[a, b]]).abs() < 1e-12);
+            }
+        }
+        for mu in 0..p {
+            for nu in 0..p {
+                assert!((kv.var_grad_kernel[0][[0, mu, nu]] - 2.0).abs() < 1e-10);
+                assert!((kv.grad_kernel[0][[0, mu, nu]] - 1.0).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn lazy_kernel_variances_stay_at_initialization() {
+        // At γ₀ → 0 (centered, so f(0) = 0 and δf stays O(1)) the features barely move: Φ's
+        // variance stays the site variance of φ(u_a)φ(u_b) at initialization. For φ(u) = u
+        // that is K_aa K_bb + K_ab² (Isserlis, exact under Gauss–Hermite of order 4); for
+        // tanh its own step-0 value (κ only there, nothing fed back yet). The features move
+        // by O(γ₀), but odd in the readout r (h by ∝ z, z by ∝ φ) while Φ is even, so the
+        // first order cancels in the site averages, D_Φ and κ_fΦ: the departure is O(γ₀²).
+        // It must quarter when γ₀ halves (within 10 %) and stay under 10⁻³ at γ₀ = 0.01.
+        let problem = teacher_problem(3, 1, 8, 3);
+        let schedule = Schedule {
+            eta: 0.5,
+            steps: 12,
+            record_every: 2,
+        };
+        let n = problem.n_all();
+        let kx = &problem.kx;
+        for act in [Activation::Linear, Activation::Tanh] {
+            let departure = |gamma0: f64| {
+                let model = model(act, gamma0, true, Readout::Trained);
+                let var =
+                    kernel_variances_of(&model, &schedule, &problem, 5).var_phi_kernel[0].clone();
+                let mut worst = 0.0f64;
+                for a in 0..n {
+                    for b in 0..n {
+                        let init = if act == Activation::Linear {
+                            kx[[a, a]] * kx[[b, b]] + kx[[a, b]] * kx[[a, b]]
+                        } else {
+                            var[[0, a, b]]
+                        };
+                        for r in 0..var.shape()[0] {
+                            worst = worst.max((var[[r, a, b]] / init - 1.0).abs());
+                        }
+                    }
+                }
+                worst
+            };
+            let (small, smaller) = (departure(0.01), departure(0.005));
+            println!(
+                "{act}: largest relative departure {small:.2e} at γ₀ = 0.01, {smaller:.2e} at 0.005"
+            );
+            assert!(
+                small < 1e-3,
+                "{act}: Φ variance departs by {small} at γ₀ = 0.01"
+            );
+            assert!(
+                (small / smaller - 4.0).abs() < 0.4,
+                "{act}: departure {small} at γ₀ = 0.01 and {smaller} at 0.005 is not O(γ₀²)"
+            );
+        }
     }
 }
