@@ -628,16 +628,17 @@ impl Config {
         Ok(())
     }
 
-    /// `theory.kernel_variances`: computed by the two-layer μP site propagator.
+    /// `theory.kernel_variances`: computed by the two-layer μP site propagator and by the
+    /// deep linear one (whose other conditions `check_deep_fluctuations` enforces).
     fn check_kernel_variances(&self) -> Result<(), String> {
         let m = &self.model;
         if !self.theory.fluctuations {
             return Err("theory.kernel_variances = true needs theory.fluctuations = true: the kernel variances come from the same propagator".into());
         }
-        if m.depth != 1 || m.parameterization != Parameterization::Mup {
+        if m.parameterization != Parameterization::Mup {
             return Err(format!(
-                "theory.kernel_variances = true is implemented for two-layer μP networks (model.depth = 1, model.parameterization = \"mup\"), got depth {} and \"{}\"",
-                m.depth, m.parameterization
+                "theory.kernel_variances = true is implemented for μP networks (two-layer, or deep linear at model.depth ≥ 2), got model.parameterization = \"{}\"",
+                m.parameterization
             ));
         }
         if self.theory.mean_shift {

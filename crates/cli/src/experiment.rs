@@ -230,6 +230,7 @@ pub fn fluctuations(
                     sigma: Sigma::DeepLinear(Box::new(fl)),
                     source,
                     mean_shift: None,
+                    kernel_variances: config.theory.kernel_variances,
                 })
             })
             .map_err(solver_failure);
@@ -294,6 +295,7 @@ pub fn fluctuations(
                 sigma: Sigma::TwoLayer(Box::new(fl)),
                 source,
                 mean_shift,
+                kernel_variances: config.theory.kernel_variances,
             })
         })
         .map_err(solver_failure)

@@ -14,6 +14,9 @@ pub struct Fluctuations {
     pub source: String,
     /// The next order, N(E f_N − f∞), when `theory.mean_shift = true`.
     pub mean_shift: Option<MeanShift>,
+    /// `theory.kernel_variances = true`: write the hidden kernels' variances (the deep linear
+    /// propagator computes them in any case; the two-layer one only when asked).
+    pub kernel_variances: bool,
 }
 
 /// The propagator's observables, by the kind of network.
@@ -33,6 +36,7 @@ impl Fluctuations {
             sigma,
             source: dmft_solvers::Source::Reference.to_string(),
             mean_shift: None,
+            kernel_variances: false,
         }
     }
 
@@ -76,12 +80,11 @@ impl Fluctuations {
         }
     }
 
-    /// N·Var of the hidden kernels, when `theory.kernel_variances = true` computed them
-    /// (the two-layer μP propagator only, for now).
+    /// N·Var of the hidden kernels of every layer, when `theory.kernel_variances = true`.
     pub fn kernels(&self) -> Option<&KernelVariances> {
         match &self.sigma {
             Sigma::TwoLayer(fl) => fl.kernels.as_ref(),
-            Sigma::DeepLinear(_) => None,
+            Sigma::DeepLinear(fl) => self.kernel_variances.then_some(&fl.kernels),
         }
     }
 

@@ -1190,8 +1190,8 @@ kernel_variances = true
 /// tests/fluctuations.rs): `dmft run` with `theory.kernel_variances = true` writes exactly
 /// the kernels and N·Var of a direct propagator call on the same problem and sites (≤ 1e-12
 /// of the largest entry), the `--width` variances at 1/N of them, and the final SNR per layer
-/// in summary.json; the key without `theory.fluctuations`, at depth 2, or with the mean shift
-/// is refused naming it.
+/// in summary.json; the key without `theory.fluctuations`, in the NTK parameterization, or
+/// with the mean shift is refused naming it.
 #[test]
 fn kernel_variances_are_the_runtime_propagator() {
     use dmft_runtime::propagator::{
@@ -1308,8 +1308,11 @@ fn kernel_variances_are_the_runtime_propagator() {
         "theory.kernel_variances = true needs theory.fluctuations = true",
     );
     rejects(
-        &KERNEL_VARIANCES.replace("\"relu\"", "\"linear\"\ndepth = 2"),
-        "theory.kernel_variances = true is implemented for two-layer μP networks",
+        &KERNEL_VARIANCES.replace(
+            "[model]\n",
+            "[model]\nparameterization = \"ntk\"\ncentered = true\n",
+        ),
+        "theory.kernel_variances = true is implemented for μP networks",
     );
     rejects(
         &KERNEL_VARIANCES.replace("\"relu\"", "\"tanh\"").replace(
@@ -1318,4 +1321,88 @@ fn kernel_variances_are_the_runtime_propagator() {
         ),
         "theory.kernel_variances = true cannot be combined with theory.mean_shift = true",
     );
+}
+
+/// `theory.kernel_variances = true` on a deep linear network writes every layer's kernels and
+/// N·Var as the deep linear propagator returns them (≤ 1e-12 of the largest entry), and the
+/// final SNR of both layers in summary.json; without the key no kernel file is written.
+#[test]
+fn deep_linear_kernel_variances_are_the_runtime_propagator() {
+    use dmft_runtime::deep_linear_propagator::deep_linear_prediction_fluctuations;
+    use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule};
+    use ndarray_npy::read_npy;
+
+    let dir = TempDir::new();
+    dir.write(
+        "config.toml",
+        &DEEP_LINEAR.replace(
+            "fluctuations = true",
+            "fluctuations = true\nkernel_variances = true",
+        ),
+    );
+    let out = dmft(&dir.0, &["run", "config.toml", "--out", "res", "--quiet"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let data = dmft_data::GaussianTask {
+        p_train: 3,
+        p_test: 1,
+        dim: 8,
+        teacher: dmft_data::Teacher::Linear,
+        seed: 4,
+    }
+    .generate();
+    let model = Model {
+        depth: 2,
+        activation: Activation::Linear,
+        parameterization: Parameterization::Mup,
+        gamma0: 1.5,
+        centered: false,
+        residual: None,
+        readout: Readout::Trained,
+    };
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 6,
+        record_every: 2,
+    };
+    let direct =
+        deep_linear_prediction_fluctuations(&data.to_problem().unwrap(), &model, &schedule)
+            .unwrap();
+    let kv = &direct.kernels;
+    let theory = dir.path("res/theory");
+    for layer in 1..=2 {
+        for (name, want) in [
+            ("phi_kernel", &kv.phi_kernel[layer - 1]),
+            ("var_phi_kernel", &kv.var_phi_kernel[layer - 1]),
+            ("grad_kernel", &kv.grad_kernel[layer - 1]),
+            ("var_grad_kernel", &kv.var_grad_kernel[layer - 1]),
+        ] {
+            let got: ndarray::Array3<f64> =
+                read_npy(theory.join(format!("{name}_{layer}.npy"))).unwrap();
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            assert_eq!(got.dim(), want.dim(), "{name}_{layer}");
+            assert!(
+                got.iter()
+                    .zip(want)
+                    .all(|(g, w)| (g - w).abs() <= 1e-12 * scale),
+                "{name}_{layer}"
+            );
+        }
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path("res/summary.json")).unwrap()).unwrap();
+    let snr = summary["fluctuations"]["phi_snr"].as_array().unwrap();
+    assert_eq!(snr.len(), 2);
+    for (layer, got) in (1..=2).zip(snr) {
+        let want = *kv.phi_snr(layer, 3).last().unwrap();
+        assert!(
+            (got.as_f64().unwrap() - want).abs() <= 1e-12 * want,
+            "layer {layer}"
+        );
+    }
+
+    let plain = TempDir::new();
+    plain.write("config.toml", DEEP_LINEAR);
+    let out = dmft(&plain.0, &["run", "config.toml", "--out", "res", "--quiet"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(!plain.path("res/theory/phi_kernel_1.npy").exists());
 }
