@@ -322,7 +322,7 @@ fn summary(record: &Record, metrics: &Metrics, files: &[String]) -> serde_json::
 }
 
 /// The `fluctuations` entry of summary.json: which propagator ran, which observables it
-/// wrote (the NTK ones are two-layer only), and their final values.
+/// wrote (the NTK ones not by the deep linear propagator), and their final values.
 fn fluctuation_summary(fl: &Fluctuations, width: Option<usize>) -> serde_json::Value {
     let last = fl.var_loss().len() - 1;
     let max = |a: &ndarray::Array2<f64>| a.row(last).iter().cloned().fold(0.0f64, f64::max);
@@ -344,8 +344,8 @@ fn fluctuation_summary(fl: &Fluctuations, width: Option<usize>) -> serde_json::V
         "not_computed": match kernel {
             Some(_) => json!({}),
             None => json!({
-                "var_ntk": "two-layer networks only (model.depth = 1)",
-                "var_ntk_top": "two-layer networks only (model.depth = 1)",
+                "var_ntk": "not in the deep linear propagator (two-layer μP and lazy-solver runs have it)",
+                "var_ntk_top": "not in the deep linear propagator (two-layer μP and lazy-solver runs have it)",
             }),
         },
         "scale": "N·Var and N(E·_N − ·∞), width-free; the *_N{width} files hold them divided by that width",
