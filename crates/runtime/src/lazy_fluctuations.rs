@@ -14,6 +14,8 @@
 //!
 //! κ_K of a two-layer network is the site covariance of φ(h_a)φ(h_μ) + z²φ'(h_a)φ'(h_μ)K^x_aμ,
 //! averaged over the same sites as the other two-layer solvers (Gauss–Hermite or Monte Carlo).
+//! κ_K of a plain deep chain is built layer by layer ([`chain_kernel_noise`];
+//! docs/fluctuations.md, "The lazy limit at any depth").
 
 use crate::lazy::{PairIntegrator, lazy_kernels};
 use crate::linalg::psd_factor;
