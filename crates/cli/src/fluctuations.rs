@@ -1,11 +1,10 @@
 //! The finite-width propagator of a run: which one computed Σ_f, and which observables it
-//! has. Every propagator gives N·Var of the predictions and of the loss; the two-layer μP
-//! site propagator and the lazy universal form (any depth) also give the NTK's.
+//! has. Every propagator gives N·Var of the predictions, of the loss and of the NTK.
 
 use dmft_runtime::deep_linear_propagator::DeepLinearFluctuations;
 use dmft_runtime::mean_shift::MeanShift;
 use dmft_runtime::propagator::PredictionFluctuations;
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, Array3};
 
 /// A computed propagator and which implementation computed it.
 pub struct Fluctuations {
@@ -24,7 +23,7 @@ pub enum Sigma {
     /// and NTK.
     Lazy(Box<PredictionFluctuations>),
     /// Deep linear μP networks (model.depth ≥ 2), from the Hessian of the full action:
-    /// predictions and loss.
+    /// predictions, loss, NTK and the kernels of every layer.
     DeepLinear(Box<DeepLinearFluctuations>),
 }
 
@@ -79,11 +78,32 @@ impl Fluctuations {
         }
     }
 
-    /// The propagator that also has the NTK variances (not the deep linear one).
-    pub fn with_ntk(&self) -> Option<&PredictionFluctuations> {
+    /// The NTK observables: every propagator has them (the two-layer ones from the NTK
+    /// entries' site tangents, the deep linear one from the layer kernels).
+    pub fn ntk(&self) -> NtkVariances<'_> {
         match &self.sigma {
-            Sigma::TwoLayer(fl) | Sigma::Lazy(fl) => Some(fl.as_ref()),
-            Sigma::DeepLinear(_) => None,
+            Sigma::TwoLayer(fl) | Sigma::Lazy(fl) => NtkVariances {
+                var_ntk: &fl.var_ntk,
+                ntk_top: &fl.ntk_top,
+                var_ntk_top: &fl.var_ntk_top,
+                crossing_jump_ratio: Some(fl.crossing_jump_ratio),
+            },
+            Sigma::DeepLinear(fl) => NtkVariances {
+                var_ntk: &fl.var_ntk,
+                ntk_top: &fl.ntk_top,
+                var_ntk_top: &fl.var_ntk_top,
+                crossing_jump_ratio: None,
+            },
         }
     }
+}
+
+/// N·Var of the train NTK entries and of its top eigenvalue, with the infinite-width top
+/// eigenvalue, at the recorded steps.
+pub struct NtkVariances<'a> {
+    pub var_ntk: &'a Array3<f64>,
+    pub ntk_top: &'a Array1<f64>,
+    pub var_ntk_top: &'a Array1<f64>,
+    /// The relu crossing-kernel diagnostic of the two-layer site propagator.
+    pub crossing_jump_ratio: Option<f64>,
 }

@@ -230,21 +230,7 @@ fn run(config_path: &Path, out: &Path, width: Option<usize>, quiet: bool) -> Res
             );
         }
         // Gradient descent is linearly unstable once η λ_max / P > 2 (the edge of stability).
-        // The two-layer propagator has the top eigenvalue from its own sites; otherwise it
-        // is read off the trajectory's NTK.
-        let top: Vec<f64> = match fl.with_ntk() {
-            Some(k) => k.ntk_top.to_vec(),
-            None => traj
-                .ntk
-                .axis_iter(ndarray::Axis(0))
-                .map(|k| {
-                    dmft_runtime::linalg::eigvalsh(k)
-                        .ok()
-                        .and_then(|e| e.last().copied())
-                        .unwrap_or(0.0)
-                })
-                .collect(),
-        };
+        let top = fl.ntk().ntk_top;
         let threshold = 2.0 * data.n_train() as f64 / config.train.eta;
         if let Some(i) = top.iter().position(|&l| l > threshold) {
             eprintln!(
@@ -253,13 +239,13 @@ fn run(config_path: &Path, out: &Path, width: Option<usize>, quiet: bool) -> Res
                 fl.t()[i]
             );
         }
-        if let Some(k) = fl.with_ntk()
+        if let Some(ratio) = fl.ntk().crossing_jump_ratio
             && config.model.readout == dmft_runtime::Readout::Frozen
-            && k.crossing_jump_ratio > dmft_runtime::propagator::CROSSING_JUMP_LIMIT
+            && ratio > dmft_runtime::propagator::CROSSING_JUMP_LIMIT
         {
             eprintln!(
                 "warning: relu with a frozen readout: a unit's preactivation moves up to {:.2} × twice the relu crossing kernel's width per step (limit {}); there the kernel's D_f and D_K are known to miss (γ₀ = 2 on the validation data: Σ_f 30 % low; docs/dmft.md, \"Where the kernel fails\"); check Σ_f against ensembles (dmft sweep)",
-                k.crossing_jump_ratio,
+                ratio,
                 dmft_runtime::propagator::CROSSING_JUMP_LIMIT
             );
         }

@@ -5,8 +5,8 @@
 //! DIR/summary.json
 //! DIR/theory/{t,f_train,f_test,loss,ntk}.npy  (+ test_loss, f_train_se, f_test_se, loss_se)
 //! DIR/theory/{var_f_train,var_f_test,var_loss}.npy  (theory.fluctuations: N·Var)
-//! DIR/theory/{var_ntk,var_ntk_top,ntk_top}.npy  (two-layer networks only: N·Var of the NTK
-//!   and of its top eigenvalue, and the top eigenvalue of the infinite-width train NTK)
+//! DIR/theory/{var_ntk,var_ntk_top,ntk_top}.npy  (N·Var of the NTK and of its top
+//!   eigenvalue, and the top eigenvalue of the infinite-width train NTK)
 //! DIR/theory/{mean_shift_f_train,mean_shift_f_test,mean_shift_loss}.npy  (theory.mean_shift:
 //!   N(E f_N − f∞) and N(E ℒ_N − ℒ∞); + mean_shift_test_loss with test targets)
 //! DIR/theory/{var,mean_shift}_*_N{width}.npy  (--width: the same at that width, divided by N)
@@ -174,10 +174,9 @@ pub fn write_fluctuations(
             ("var_f_test", fl.var_f_test().mapv(|v| v * scale).into_dyn()),
             ("var_loss", fl.var_loss().mapv(|v| v * scale).into_dyn()),
         ];
-        if let Some(k) = fl.with_ntk() {
-            arrays.push(("var_ntk", k.var_ntk.mapv(|v| v * scale).into_dyn()));
-            arrays.push(("var_ntk_top", k.var_ntk_top.mapv(|v| v * scale).into_dyn()));
-        }
+        let k = fl.ntk();
+        arrays.push(("var_ntk", k.var_ntk.mapv(|v| v * scale).into_dyn()));
+        arrays.push(("var_ntk_top", k.var_ntk_top.mapv(|v| v * scale).into_dyn()));
         if let Some(m) = &fl.mean_shift {
             arrays.push((
                 "mean_shift_f_train",
@@ -201,10 +200,8 @@ pub fn write_fluctuations(
             files.push(format!("theory/{name}.npy"));
         }
     }
-    if let Some(k) = fl.with_ntk() {
-        save(&theory, "ntk_top", &k.ntk_top)?;
-        files.push("theory/ntk_top.npy".into());
-    }
+    save(&theory, "ntk_top", fl.ntk().ntk_top)?;
+    files.push("theory/ntk_top.npy".into());
     Ok(files)
 }
 
@@ -215,11 +212,10 @@ pub fn check_fluctuations(fl: &Fluctuations, traj: &Trajectory) -> Result<(), Fa
     check_array(origin, "var_f_train", fl.var_f_train(), &[t, p], &traj.t)?;
     check_array(origin, "var_f_test", fl.var_f_test(), &[t, q], &traj.t)?;
     check_array(origin, "var_loss", fl.var_loss(), &[t], &traj.t)?;
-    if let Some(k) = fl.with_ntk() {
-        check_array(origin, "var_ntk", &k.var_ntk, &[t, p, p], &traj.t)?;
-        check_array(origin, "ntk_top", &k.ntk_top, &[t], &traj.t)?;
-        check_array(origin, "var_ntk_top", &k.var_ntk_top, &[t], &traj.t)?;
-    }
+    let k = fl.ntk();
+    check_array(origin, "var_ntk", k.var_ntk, &[t, p, p], &traj.t)?;
+    check_array(origin, "ntk_top", k.ntk_top, &[t], &traj.t)?;
+    check_array(origin, "var_ntk_top", k.var_ntk_top, &[t], &traj.t)?;
     if let Some(m) = &fl.mean_shift {
         let origin = "the mean shift";
         check_array(
@@ -322,15 +318,18 @@ fn summary(record: &Record, metrics: &Metrics, files: &[String]) -> serde_json::
 }
 
 /// The `fluctuations` entry of summary.json: which propagator ran, which observables it
-/// wrote (the NTK ones not by the deep linear propagator), and their final values.
+/// wrote, and their final values.
 fn fluctuation_summary(fl: &Fluctuations, width: Option<usize>) -> serde_json::Value {
     let last = fl.var_loss().len() - 1;
     let max = |a: &ndarray::Array2<f64>| a.row(last).iter().cloned().fold(0.0f64, f64::max);
-    let mut observables = vec!["var_f_train", "var_f_test", "var_loss"];
-    let kernel = fl.with_ntk();
-    if kernel.is_some() {
-        observables.extend(["var_ntk", "var_ntk_top"]);
-    }
+    let mut observables = vec![
+        "var_f_train",
+        "var_f_test",
+        "var_loss",
+        "var_ntk",
+        "var_ntk_top",
+    ];
+    let kernel = fl.ntk();
     if let Some(m) = &fl.mean_shift {
         observables.extend(["mean_shift_f_train", "mean_shift_f_test", "mean_shift_loss"]);
         if m.shift_test_loss.is_some() {
@@ -341,21 +340,15 @@ fn fluctuation_summary(fl: &Fluctuations, width: Option<usize>) -> serde_json::V
         "propagator": fl.propagator(),
         "propagator_source": fl.source,
         "observables": observables,
-        "not_computed": match kernel {
-            Some(_) => json!({}),
-            None => json!({
-                "var_ntk": "not in the deep linear propagator (two-layer μP and lazy-solver runs have it)",
-                "var_ntk_top": "not in the deep linear propagator (two-layer μP and lazy-solver runs have it)",
-            }),
-        },
+        "not_computed": {},
         "scale": "N·Var and N(E·_N − ·∞), width-free; the *_N{width} files hold them divided by that width",
         "width": width,
         "final_max_var_f_train": max(fl.var_f_train()),
         "final_max_var_f_test": max(fl.var_f_test()),
         "final_var_loss": fl.var_loss()[last],
-        "final_ntk_top": kernel.map(|k| k.ntk_top[last]),
-        "final_var_ntk_top": kernel.map(|k| k.var_ntk_top[last]),
-        "crossing_jump_ratio": kernel.map(|k| k.crossing_jump_ratio),
+        "final_ntk_top": kernel.ntk_top[last],
+        "final_var_ntk_top": kernel.var_ntk_top[last],
+        "crossing_jump_ratio": kernel.crossing_jump_ratio,
         "final_mean_shift_loss": fl.mean_shift.as_ref().map(|m| m.shift_loss[last]),
     })
 }

@@ -626,6 +626,8 @@ fn deep_linear_plumbing(residual: Option<f64>) {
         ("var_f_train", direct.var_f_train.view().into_dyn()),
         ("var_f_test", direct.var_f_test.view().into_dyn()),
         ("var_loss", direct.var_loss.view().into_dyn()),
+        ("var_ntk", direct.var_ntk.view().into_dyn()),
+        ("var_ntk_top", direct.var_ntk_top.view().into_dyn()),
     ] {
         let got: ndarray::ArrayD<f64> = read_npy(theory.join(format!("{name}.npy"))).unwrap();
         close(name, got.view(), want.clone());
@@ -633,11 +635,11 @@ fn deep_linear_plumbing(residual: Option<f64>) {
             read_npy(theory.join(format!("{name}_N256.npy"))).unwrap();
         close(name, at_width.view(), (&want / 256.0).view());
     }
+    let top: ndarray::ArrayD<f64> = read_npy(theory.join("ntk_top.npy")).unwrap();
+    close("ntk_top", top.view(), direct.ntk_top.view().into_dyn());
     assert_eq!(direct.var_f_train.dim(), (4, 3));
     assert_eq!(direct.var_f_test.dim(), (4, 1));
-    for absent in ["var_ntk", "var_ntk_top", "ntk_top", "var_ntk_N256"] {
-        assert!(!theory.join(format!("{absent}.npy")).exists(), "{absent}");
-    }
+    assert_eq!(direct.var_ntk.dim(), (4, 3, 3));
     let svg = fs::read_to_string(dir.path("res/plots/fluctuations.svg")).unwrap();
     assert!(svg.contains("train 3") && svg.contains("test 1"));
 
@@ -655,17 +657,21 @@ fn deep_linear_plumbing(residual: Option<f64>) {
     assert_eq!(fl["propagator_source"], source);
     assert_eq!(
         fl["observables"],
-        serde_json::json!(["var_f_train", "var_f_test", "var_loss"])
+        serde_json::json!([
+            "var_f_train",
+            "var_f_test",
+            "var_loss",
+            "var_ntk",
+            "var_ntk_top"
+        ])
     );
-    assert!(
-        fl["not_computed"]["var_ntk"]
-            .as_str()
-            .unwrap()
-            .contains("two-layer"),
-        "{fl}"
-    );
+    assert_eq!(fl["not_computed"], serde_json::json!({}));
     assert_eq!(fl["width"], 256);
-    assert!(fl["final_ntk_top"].is_null());
+    assert!(
+        (fl["final_ntk_top"].as_f64().unwrap() - direct.ntk_top[3]).abs()
+            < 1e-12 * direct.ntk_top[3]
+    );
+    assert!(fl["crossing_jump_ratio"].is_null());
     // Same code, but the test process's other threads can change OpenBLAS's thread count
     // under the direct call (measured: a last-bit difference once in a loaded run), so the
     // summary value is held to the files' 1e-12 rather than to bit equality.
@@ -678,12 +684,12 @@ fn deep_linear_plumbing(residual: Option<f64>) {
         .map(|f| f.as_str().unwrap())
         .collect();
     assert!(files.contains(&"theory/var_f_test_N256.npy"), "{files:?}");
-    assert!(!files.iter().any(|f| f.contains("ntk_top")), "{files:?}");
+    assert!(files.contains(&"theory/ntk_top.npy"), "{files:?}");
 }
 
-/// The deep linear propagator has no NTK eigenvalue of its own: the edge-of-stability warning
-/// reads the top eigenvalue off the written infinite-width NTK. At η = 2 this task crosses
-/// 2P/η = 3 during training (at η = 0.5 it does not: the test above asserts an empty stderr).
+/// The edge-of-stability warning of a deep linear run reads the propagator's top eigenvalue
+/// of the infinite-width NTK (the layer kernels' means), checked here against the written
+/// trajectory NTK. At η = 2 this task crosses 2P/η = 3 during training (at η = 0.5 it does not: the test above asserts an empty stderr).
 #[test]
 fn deep_linear_fluctuations_warn_past_the_edge_of_stability() {
     use ndarray_npy::read_npy;
@@ -700,6 +706,10 @@ fn deep_linear_fluctuations_warn_past_the_edge_of_stability() {
         .outer_iter()
         .map(|k| *dmft_runtime::linalg::eigvalsh(k).unwrap().last().unwrap())
         .collect();
+    let own: ndarray::Array1<f64> = read_npy(dir.path("res/theory/ntk_top.npy")).unwrap();
+    for (a, b) in own.iter().zip(&top) {
+        assert!((a - b).abs() < 1e-10 * b.abs(), "{own} vs {top:?}");
+    }
     let first = top.iter().position(|&l| l > 3.0).expect("crosses 2P/η");
     let expected = format!(
         "warning: the top NTK eigenvalue {:.3e} exceeds 2P/η = 3.000e0 at t = {}:",

@@ -95,9 +95,32 @@ fn sweep_overlays_the_propagator() {
         report.contains("- N = 8: median |N·Var − Σ_f| / SE = "),
         "{report}"
     );
+    let figure = fs::read_to_string(out.join("figures/loss_ntk_variance.svg")).unwrap();
+    assert!(figure.contains("propagator (theory)") && figure.contains("top NTK eigenvalue"));
+    assert!(
+        report.contains("NTK entries and top eigenvalue: median "),
+        "{report}"
+    );
     let s = summary(&out);
     for w in s["widths"].as_array().unwrap() {
         assert!(w["variance_vs_propagator"]["max_abs_z"].is_f64(), "{w}");
+        let loss = &w["loss_variance_vs_propagator"];
+        assert_eq!(
+            loss["compared"].as_u64().unwrap() + loss["left_out_collapsed"].as_u64().unwrap(),
+            6,
+            "{w}"
+        );
+        // 10 upper-triangle entries of the 4 × 4 train NTK and the top eigenvalue, 6 steps.
+        assert_eq!(
+            w["ntk_variance_vs_propagator"]["compared"]
+                .as_u64()
+                .unwrap()
+                + w["ntk_variance_vs_propagator"]["left_out_collapsed"]
+                    .as_u64()
+                    .unwrap(),
+            66,
+            "{w}"
+        );
     }
     // solver = "auto" (the default): the variant's generated site recorder ran.
     assert_eq!(
@@ -179,7 +202,8 @@ fn deep_linear_propagator_matches_the_ensemble() {
         let shape: Vec<usize> = if cols > 0 { vec![7, cols] } else { vec![7] };
         assert_eq!(a.shape(), shape, "{name}");
     }
-    assert!(!out.join("theory/var_ntk.npy").exists());
+    let var_ntk: ndarray::ArrayD<f64> = read_npy(out.join("theory/var_ntk.npy")).unwrap();
+    assert_eq!(var_ntk.shape(), [7, 3, 3]);
     let s = summary(&out);
     let v = &s["widths"][0]["variance_vs_propagator"];
     let compared = v["compared"].as_u64().unwrap();
@@ -194,6 +218,17 @@ fn deep_linear_propagator_matches_the_ensemble() {
     assert!(largest <= 4.0 && median <= 1.5, "{v}");
     let report = fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("- N = 512: median |N·Var − Σ_f| / SE = "));
+    // The loss and the NTK of the same seeds against the deep linear propagator's.
+    for key in ["loss_variance_vs_propagator", "ntk_variance_vs_propagator"] {
+        let v = &s["widths"][0][key];
+        let largest = v["max_abs_z"].as_f64().unwrap();
+        println!(
+            "N = 512, 1000 seeds, {key}: largest |z| {largest:.2}, median {:.2} over {} entries",
+            v["median_abs_z"].as_f64().unwrap(),
+            v["compared"]
+        );
+        assert!(largest <= 4.0, "{key}: {v}");
+    }
 }
 
 /// The size guard of the deep linear propagator holds for the sweep too, before any

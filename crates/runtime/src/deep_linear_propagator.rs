@@ -26,11 +26,13 @@
 //! small problems and the reference for a structured solver.
 
 use crate::deep_linear::residual::{self, ResidualSolution};
+use crate::kernel_variances::KernelVariances;
 use crate::linalg::SerialBlas;
 use crate::{DmftError, Model, Parameterization, Problem, Progress, Readout, Result, Schedule};
-use ndarray::{Array1, Array2, Axis, s};
-use ndarray_linalg::{FactorizeInto, Inverse, Solve};
+use ndarray::{Array1, Array2, Array3, Axis, s};
+use ndarray_linalg::Inverse;
 use rayon::prelude::*;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Largest number of order parameters the dense solve accepts (memory ≈ 5 · 8 · n² bytes).
@@ -65,6 +67,18 @@ pub struct DeepLinearFluctuations {
     pub sigma: Array2<f64>,
     /// β of the residual branches (`Model::residual`); None for the plain chain.
     pub residual: Option<f64>,
+    /// Infinite-width train NTK K_μα(k) at the recorded steps (T_rec × P × P) and N·Var of
+    /// each entry; the NTK is linear in the layer kernels, so its variance is a quadratic
+    /// form of their joint covariance.
+    pub ntk: Array3<f64>,
+    pub var_ntk: Array3<f64>,
+    /// Top eigenvalue of the train NTK, N·Var of vᵀ δK v (v its eigenvector, first order in
+    /// δK) and the gap to the second eigenvalue (∞ for one train point), as for two layers.
+    pub ntk_top: Array1<f64>,
+    pub var_ntk_top: Array1<f64>,
+    pub ntk_gap: Array1<f64>,
+    /// Φ^ℓ(k,k) and G^ℓ(k,k) of every hidden layer and N·Var of their entries.
+    pub kernels: KernelVariances,
 }
 
 /// Which average an order parameter is.
@@ -75,6 +89,8 @@ enum Kind {
     A,
     B,
     F,
+    /// Equal-time kernels no layer reads (Φ^L, G¹), kept as observables only.
+    Observed,
 }
 
 /// A block of q: the averages ⟨v_a v_b⟩ (scaled by 1/γ₀ for f) of one kind and layer.
@@ -365,7 +381,9 @@ impl Context {
                     }
                 }
             }
-            Kind::A | Kind::B => unreachable!("response averages are not read as drives"),
+            Kind::A | Kind::B | Kind::Observed => {
+                unreachable!("response averages and observables are not read as drives")
+            }
         }
         out
     }
@@ -473,6 +491,37 @@ fn blocks(layout: Layout) -> Vec<Block> {
         }
     }
     out
+}
+
+/// Φ^L(k,k) over all points and G¹(k,k) at the recorded steps, placed after q. No layer
+/// reads them, so their rows of M = I − D_c are their open-loop sensitivities and their
+/// columns the identity, and J ignores them: the Gaussian integral then leaves the marginal
+/// of q as it was and adds their joint fluctuation (docs/fluctuations.md, "Kernel variances").
+fn observed_blocks(layout: Layout, steps: &[usize], offset: usize) -> Vec<Block> {
+    let Layout { n, depth, .. } = layout;
+    let (h, g) = (layout.h(depth), layout.g(1));
+    let phi: Vec<(usize, usize)> = steps
+        .iter()
+        .flat_map(|&k| {
+            (0..n).flat_map(move |a| (a..n).map(move |b| (h + k * n + a, h + k * n + b)))
+        })
+        .collect();
+    let grad: Vec<(usize, usize)> = steps.iter().map(|&k| (g + k, g + k)).collect();
+    let len = phi.len();
+    vec![
+        Block {
+            kind: Kind::Observed,
+            layer: depth,
+            offset,
+            pairs: phi,
+        },
+        Block {
+            kind: Kind::Observed,
+            layer: 1,
+            offset: offset + len,
+            pairs: grad,
+        },
+    ]
 }
 
 fn find(blocks: &[Block], kind: Kind, layer: usize) -> &Block {
@@ -619,12 +668,22 @@ fn propagate(
             .zip_mut_with(&Array1::from(d), |x, v| *x -= v);
     }
 
-    let sigma_q_f = solve_hessian(&k_mat, m, all, depth, &meter)?;
     let fb = find(all, Kind::F, depth);
     let nf = fb.pairs.len();
-    let mut sigma = sigma_q_f
-        .slice(s![fb.offset..fb.offset + nf, ..])
+    let traj = &sol.trajectory;
+    let steps = traj.steps.clone();
+    let kernel_entries = KernelEntries::new(ctx.layout, &steps, all);
+    let wanted: Vec<usize> = (fb.offset..fb.offset + nf)
+        .chain(kernel_entries.index.iter().copied())
+        .collect();
+    let sigma_q = solve_hessian(&k_mat, m, all, depth, &wanted, &meter)?;
+    let mut sigma = sigma_q
+        .slice(s![fb.offset..fb.offset + nf, ..nf])
         .to_owned();
+    let kernel_cov = Array2::from_shape_fn(
+        (kernel_entries.index.len(), kernel_entries.index.len()),
+        |(i, j)| sigma_q[[kernel_entries.index[i], nf + j]],
+    );
     if model.centered {
         // f(k) − f(0) for every step: T Σ Tᵀ.
         let mut t = Array2::<f64>::eye(nf);
@@ -636,8 +695,6 @@ fn propagate(
         sigma = t.dot(&sigma).dot(&t.t());
     }
 
-    let traj = &sol.trajectory;
-    let steps = traj.steps.clone();
     let q = n - p;
     let mut var_f_train = Array2::zeros((steps.len(), p));
     let mut var_f_test = Array2::zeros((steps.len(), q));
@@ -655,6 +712,11 @@ fn propagate(
         let d = sol.delta.row(k);
         var_loss[r] = d.dot(&blk.dot(&d)) / (p * p) as f64;
     }
+    let means = Array1::from_iter(kernel_entries.index.iter().map(|&i| {
+        let (a, b, w) = pairs[i];
+        w * site.omega[[a, b]]
+    }));
+    let ntk = kernel_entries.ntk(&means, &kernel_cov, problem, branch)?;
     progress(PROGRESS_TOTAL);
     Ok(DeepLinearFluctuations {
         steps,
@@ -664,7 +726,171 @@ fn propagate(
         var_loss,
         sigma,
         residual: model.residual,
+        ntk: ntk.kernel,
+        var_ntk: ntk.var,
+        ntk_top: ntk.top,
+        var_ntk_top: ntk.var_top,
+        ntk_gap: ntk.gap,
+        kernels: kernel_entries.variances(&means, &kernel_cov),
     })
+}
+
+/// The equal-time kernel entries of every layer at the recorded steps, as indices into q:
+/// per step r, per layer ℓ, Φ^ℓ(k,k)_ab over all points (a ≤ b), then G^ℓ(k,k) (one number:
+/// g does not depend on the sample in a linear network).
+struct KernelEntries {
+    n: usize,
+    p: usize,
+    depth: usize,
+    recorded: usize,
+    index: Vec<usize>,
+}
+
+/// The train NTK and its fluctuation at the recorded steps.
+struct NtkFluctuations {
+    kernel: Array3<f64>,
+    var: Array3<f64>,
+    top: Array1<f64>,
+    var_top: Array1<f64>,
+    gap: Array1<f64>,
+}
+
+impl KernelEntries {
+    fn new(layout: Layout, steps: &[usize], all: &[Block]) -> Self {
+        let Layout { n, p, depth, .. } = layout;
+        let position: HashMap<(usize, usize), usize> = all
+            .iter()
+            .filter(|b| matches!(b.kind, Kind::Phi | Kind::Grad | Kind::Observed))
+            .flat_map(|b| {
+                b.pairs
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, &pair)| (pair, b.offset + i))
+            })
+            .collect();
+        let mut index = Vec::new();
+        for &k in steps {
+            for layer in 1..=depth {
+                let (h, g) = (layout.h(layer) + k * n, layout.g(layer) + k);
+                let pairs = (0..n).flat_map(|a| (a..n).map(move |b| (h + a, h + b)));
+                for pair in pairs.chain([(g, g)]) {
+                    index.push(position[&pair]);
+                }
+            }
+        }
+        KernelEntries {
+            n,
+            p,
+            depth,
+            recorded: steps.len(),
+            index,
+        }
+    }
+
+    fn per_layer(&self) -> usize {
+        self.n * (self.n + 1) / 2 + 1
+    }
+
+    /// Position of Φ^ℓ(k,k)_ab (any order of a, b) at recorded step r.
+    fn phi(&self, r: usize, layer: usize, a: usize, b: usize) -> usize {
+        let (a, b) = (a.min(b), a.max(b));
+        let n = self.n;
+        let triangle = a * (2 * n - a + 1) / 2 + (b - a);
+        (r * self.depth + layer - 1) * self.per_layer() + triangle
+    }
+
+    /// Position of G^ℓ(k,k) at recorded step r.
+    fn grad(&self, r: usize, layer: usize) -> usize {
+        (r * self.depth + layer) * self.per_layer() - 1
+    }
+
+    fn variances(&self, means: &Array1<f64>, cov: &Array2<f64>) -> KernelVariances {
+        let (n, p, t) = (self.n, self.p, self.recorded);
+        let mut out = KernelVariances {
+            phi_kernel: vec![Array3::zeros((t, n, n)); self.depth],
+            var_phi_kernel: vec![Array3::zeros((t, n, n)); self.depth],
+            grad_kernel: vec![Array3::zeros((t, p, p)); self.depth],
+            var_grad_kernel: vec![Array3::zeros((t, p, p)); self.depth],
+        };
+        for r in 0..t {
+            for layer in 1..=self.depth {
+                for a in 0..n {
+                    for b in 0..n {
+                        let i = self.phi(r, layer, a, b);
+                        out.phi_kernel[layer - 1][[r, a, b]] = means[i];
+                        out.var_phi_kernel[layer - 1][[r, a, b]] = cov[[i, i]];
+                    }
+                }
+                let i = self.grad(r, layer);
+                out.grad_kernel[layer - 1]
+                    .index_axis_mut(Axis(0), r)
+                    .fill(means[i]);
+                out.var_grad_kernel[layer - 1]
+                    .index_axis_mut(Axis(0), r)
+                    .fill(cov[[i, i]]);
+            }
+        }
+        out
+    }
+
+    /// K = Φ^L + a² Σ_{ℓ<L} G^{ℓ+1} ⊙ Φ^ℓ + G¹ ⊙ Kˣ on the train points (the simulator's NTK),
+    /// and its fluctuation to first order in the kernels' (δK is linear in δΦ^ℓ, δG^ℓ).
+    fn ntk(
+        &self,
+        means: &Array1<f64>,
+        cov: &Array2<f64>,
+        problem: &Problem,
+        branch: f64,
+    ) -> Result<NtkFluctuations> {
+        let (p, t, depth) = (self.p, self.recorded, self.depth);
+        let a2 = branch * branch;
+        let mut out = NtkFluctuations {
+            kernel: Array3::zeros((t, p, p)),
+            var: Array3::zeros((t, p, p)),
+            top: Array1::zeros(t),
+            var_top: Array1::zeros(t),
+            gap: Array1::from_elem(t, f64::INFINITY),
+        };
+        for r in 0..t {
+            // K_μα and ∂K_μα/∂(kernel entries), dense over the entries.
+            let mut kernel = Array2::<f64>::zeros((p, p));
+            let mut grads = Vec::with_capacity(p * p);
+            for mu in 0..p {
+                for al in 0..p {
+                    let mut c = Array1::<f64>::zeros(means.len());
+                    let top = self.phi(r, depth, mu, al);
+                    let first = self.grad(r, 1);
+                    let mut k = means[top] + means[first] * problem.kx[[mu, al]];
+                    c[top] += 1.0;
+                    c[first] += problem.kx[[mu, al]];
+                    for layer in 1..depth {
+                        let (phi, grad) = (self.phi(r, layer, mu, al), self.grad(r, layer + 1));
+                        k += a2 * means[grad] * means[phi];
+                        c[grad] += a2 * means[phi];
+                        c[phi] += a2 * means[grad];
+                    }
+                    kernel[[mu, al]] = k;
+                    out.var[[r, mu, al]] = c.dot(&cov.dot(&c));
+                    grads.push(c);
+                }
+            }
+            let (values, vectors) = crate::linalg::eigh(kernel.view())?;
+            let v = vectors.column(p - 1);
+            let mut c_top = Array1::<f64>::zeros(means.len());
+            for mu in 0..p {
+                for al in 0..p {
+                    c_top.scaled_add(v[mu] * v[al], &grads[mu * p + al]);
+                }
+            }
+            out.top[r] = values[p - 1];
+            out.var_top[r] = c_top.dot(&cov.dot(&c_top));
+            if p > 1 {
+                out.gap[r] = values[p - 1] - values[p - 2];
+            }
+            out.kernel.index_axis_mut(Axis(0), r).assign(&kernel);
+        }
+        Ok(out)
+    }
 }
 
 /// The infinite-width solution (the joint residual march, which is the plain chain at
@@ -711,10 +937,13 @@ impl Saddle {
             centered: model.centered,
         };
         let inputs = site_inputs(&solution, layout, problem);
+        let mut all = blocks(layout);
+        let offset = all.iter().map(|b| b.pairs.len()).sum();
+        all.extend(observed_blocks(layout, &solution.trajectory.steps, offset));
         Ok(Saddle {
             ctx,
             inputs,
-            blocks: blocks(layout),
+            blocks: all,
             solution,
         })
     }
@@ -811,15 +1040,15 @@ impl<'a> Meter<'a> {
     }
 }
 
-/// Columns of Σ_q = (M − K M⁻ᵀ J)⁻¹ K M⁻ᵀ for the outputs f (all rows of q).
+/// The `wanted` columns of Σ_q = (M − K M⁻ᵀ J)⁻¹ K M⁻ᵀ (all rows of q).
 fn solve_hessian(
     k_mat: &Array2<f64>,
     m: Array2<f64>,
     all: &[Block],
     depth: usize,
+    wanted: &[usize],
     meter: &Meter,
 ) -> Result<Array2<f64>> {
-    let total = k_mat.nrows();
     let lin =
         |e: ndarray_linalg::error::LinalgError| DmftError::Invalid(format!("propagator: {e}"));
     let m_inv = m.inv().map_err(lin)?;
@@ -840,13 +1069,8 @@ fn solve_hessian(
         z.slice_mut(s![.., b.offset..b.offset + len])
             .zip_mut_with(&ya, |x, v| *x -= v);
     }
-    let fb = find(all, Kind::F, depth);
-    let lu = z.factorize_into().map_err(lin)?;
+    let out = crate::linalg::solve_many(z, y.select(Axis(1), wanted).view())?;
     meter.solve_done(1.0);
-    let mut out = Array2::<f64>::zeros((total, fb.pairs.len()));
-    for (i, mut col) in out.columns_mut().into_iter().enumerate() {
-        col.assign(&lu.solve(&y.column(fb.offset + i)).map_err(lin)?);
-    }
     Ok(out)
 }
 #[cfg(test)]
@@ -855,6 +1079,7 @@ mod tests {
     use crate::propagator::two_layer_prediction_fluctuations;
     use crate::sampling::{normal_matrix, replica_rng};
     use crate::{Activation, SolverOptions};
+    use ndarray::Array3;
 
     /// The validation data set of tests/common (P = 3, Q = 2, D = 16, seed 5).
     fn problem() -> Problem {
@@ -1113,6 +1338,68 @@ mod tests {
                 err < 1e-7 * scale,
                 "γ₀ = {gamma0}: Σ_f differs by {err} (scale {scale})"
             );
+            // The NTK is Φ¹ + G¹Kˣ: its variance comes here from the observed kernels, there
+            // from the site tangents of the NTK entries.
+            let rel = |a: &Array3<f64>, b: &Array3<f64>| {
+                let scale = b.iter().fold(0.0, |m: f64, &v| m.max(v.abs()));
+                (a - b).iter().fold(0.0, |m: f64, &v| m.max(v.abs())) / scale
+            };
+            assert!(
+                rel(&ours.var_ntk, &theirs.var_ntk) < 1e-7,
+                "γ₀ = {gamma0}: var_ntk"
+            );
+            let top = (&ours.var_ntk_top - &theirs.var_ntk_top).mapv(f64::abs);
+            assert!(
+                top.iter().all(|&d| d < 1e-7 * theirs.var_ntk_top[0]),
+                "γ₀ = {gamma0}: var_ntk_top {} vs {}",
+                ours.var_ntk_top,
+                theirs.var_ntk_top
+            );
+            assert!(
+                (&ours.ntk_top - &theirs.ntk_top)
+                    .iter()
+                    .all(|d| d.abs() < 1e-9)
+            );
+        }
+    }
+
+    /// At initialization every kernel of a plain linear chain is a Wishart average: Φ^ℓ = Kˣ
+    /// and G^ℓ = 1 with N·Var Φ^ℓ_ab = ℓ (Kˣ_aa Kˣ_bb + (Kˣ_ab)²) (each layer adds an
+    /// independent Wishart fluctuation and passes the previous one on unchanged) and
+    /// N·Var G^ℓ = 2 (L − ℓ + 1) (the readout's |w|²/N, then one more matrix per layer).
+    #[test]
+    fn kernel_variances_at_initialization_are_wishart() {
+        let problem = problem();
+        let kx = &problem.kx;
+        let n = kx.nrows();
+        for (depth, gamma0) in [(2, 1.5), (3, 0.5)] {
+            let fl =
+                deep_linear_prediction_fluctuations(&problem, &model(depth, gamma0), &schedule(2))
+                    .unwrap();
+            let kv = &fl.kernels;
+            assert_eq!(kv.depth(), depth);
+            for layer in 1..=depth {
+                for a in 0..n {
+                    for b in 0..n {
+                        let want = layer as f64 * (kx[[a, a]] * kx[[b, b]] + kx[[a, b]].powi(2));
+                        let got = kv.var_phi_kernel[layer - 1][[0, a, b]];
+                        assert!(
+                            (got - want).abs() < 1e-10 * want,
+                            "L={depth} Φ^{layer}_{a}{b}: {got} vs {want}"
+                        );
+                        assert!((kv.phi_kernel[layer - 1][[0, a, b]] - kx[[a, b]]).abs() < 1e-12);
+                    }
+                }
+                let want = 2.0 * (depth - layer + 1) as f64;
+                let got = kv.var_grad_kernel[layer - 1][[0, 0, 0]];
+                assert!(
+                    (got - want).abs() < 1e-10 * want,
+                    "L={depth} G^{layer}: {got} vs {want}"
+                );
+                assert!((kv.grad_kernel[layer - 1][[0, 1, 2]] - 1.0).abs() < 1e-12);
+            }
+            // The kernels move once training starts.
+            assert!((kv.phi_kernel[depth - 1][[2, 0, 0]] - kx[[0, 0]]).abs() > 1e-3);
         }
     }
 
@@ -1346,7 +1633,7 @@ mod tests {
                     }
                 }
             }
-            Kind::A | Kind::B => unreachable!(),
+            Kind::A | Kind::B | Kind::Observed => unreachable!(),
         }
         x
     }

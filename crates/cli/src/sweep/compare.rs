@@ -11,7 +11,7 @@ use crate::fluctuations::Fluctuations;
 use dmft_runtime::Trajectory;
 use dmft_runtime::mean_shift::MeanShift;
 use dmft_sim::{EnsembleAverage, EnsembleStats, Moments};
-use ndarray::{Array2, Ix2, Zip};
+use ndarray::{Array2, ArrayView1, Ix2, Zip};
 
 /// Training or test points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,38 +178,100 @@ pub struct VarianceDeviation {
 }
 
 pub fn variance_deviation(stats: &EnsembleStats, fl: &Fluctuations) -> VarianceDeviation {
-    let n = stats.width as f64;
-    let mut z = Vec::new();
-    let (mut max_relative, mut compared, mut collapsed): (Option<f64>, usize, usize) = (None, 0, 0);
+    let mut acc = DeviationAccumulator::new(stats.width);
     for points in [Points::Train, Points::Test] {
         let m = sim_f(stats, points);
         let se = m.se_var();
         let sigma = propagator_var(fl, points);
-        for (col, want_col) in sigma.columns().into_iter().enumerate() {
-            let peak = want_col.iter().cloned().fold(0.0f64, f64::max);
-            for (k, &want) in want_col.iter().enumerate() {
-                if want <= COLLAPSED * peak {
-                    collapsed += 1;
-                    continue;
-                }
-                compared += 1;
-                let diff = (n * m.var[[k, col]] - want).abs();
-                let e = se[[k, col]];
-                if e > 0.0 {
-                    z.push(diff / (n * e));
-                }
-                let r = diff / want;
-                max_relative = Some(max_relative.map_or(r, |m| m.max(r)));
-            }
+        for col in 0..sigma.ncols() {
+            acc.series(m.var.column(col), se.column(col), sigma.column(col));
         }
     }
-    z.sort_by(f64::total_cmp);
-    VarianceDeviation {
-        median_abs_z: z.get(z.len() / 2).copied(),
-        max_abs_z: z.last().copied(),
-        max_relative,
-        compared,
-        collapsed,
+    acc.finish()
+}
+
+/// The same comparison for the train loss (N·Var ℒ against the propagator's var_loss).
+pub fn loss_variance_deviation(stats: &EnsembleStats, fl: &Fluctuations) -> VarianceDeviation {
+    let mut acc = DeviationAccumulator::new(stats.width);
+    acc.series(
+        stats.loss.var.view(),
+        stats.loss.se_var().view(),
+        fl.var_loss().view(),
+    );
+    acc.finish()
+}
+
+/// The same comparison for every train NTK entry and the NTK's top eigenvalue.
+pub fn ntk_variance_deviation(stats: &EnsembleStats, fl: &Fluctuations) -> VarianceDeviation {
+    let mut acc = DeviationAccumulator::new(stats.width);
+    let k = fl.ntk();
+    let se = stats.ntk.se_var();
+    let p = k.var_ntk.shape()[1];
+    for mu in 0..p {
+        for al in mu..p {
+            let at = |a: &ndarray::Array3<f64>| a.slice(ndarray::s![.., mu, al]).to_owned();
+            acc.series(
+                at(&stats.ntk.var).view(),
+                at(&se).view(),
+                at(k.var_ntk).view(),
+            );
+        }
+    }
+    acc.series(
+        stats.ntk_top.var.view(),
+        stats.ntk_top.se_var().view(),
+        k.var_ntk_top.view(),
+    );
+    acc.finish()
+}
+
+/// Collects |N·Var − Σ| / (N·SE) over time series, each leaving out its collapsed entries.
+struct DeviationAccumulator {
+    n: f64,
+    z: Vec<f64>,
+    max_relative: Option<f64>,
+    compared: usize,
+    collapsed: usize,
+}
+
+impl DeviationAccumulator {
+    fn new(width: usize) -> Self {
+        DeviationAccumulator {
+            n: width as f64,
+            z: Vec::new(),
+            max_relative: None,
+            compared: 0,
+            collapsed: 0,
+        }
+    }
+
+    /// One entry over the recorded times: seed variance, its SE, and the theory's N·Var.
+    fn series(&mut self, var: ArrayView1<f64>, se: ArrayView1<f64>, want: ArrayView1<f64>) {
+        let peak = want.iter().cloned().fold(0.0f64, f64::max);
+        for ((&v, &e), &want) in var.iter().zip(&se).zip(&want) {
+            if want <= COLLAPSED * peak {
+                self.collapsed += 1;
+                continue;
+            }
+            self.compared += 1;
+            let diff = (self.n * v - want).abs();
+            if e > 0.0 {
+                self.z.push(diff / (self.n * e));
+            }
+            let r = diff / want;
+            self.max_relative = Some(self.max_relative.map_or(r, |m| m.max(r)));
+        }
+    }
+
+    fn finish(mut self) -> VarianceDeviation {
+        self.z.sort_by(f64::total_cmp);
+        VarianceDeviation {
+            median_abs_z: self.z.get(self.z.len() / 2).copied(),
+            max_abs_z: self.z.last().copied(),
+            max_relative: self.max_relative,
+            compared: self.compared,
+            collapsed: self.collapsed,
+        }
     }
 }
 

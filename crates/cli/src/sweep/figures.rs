@@ -115,6 +115,55 @@ pub fn variance(sweep: &Sweep) -> Rendered {
     }
 }
 
+/// Figure 2b (needs the propagator): N·Var over seeds of the train loss and of the top NTK
+/// eigenvalue (± SE) for every width, over the propagator's var_loss and var_ntk_top.
+pub fn loss_ntk_variance(sweep: &Sweep) -> Option<Rendered> {
+    let fl = sweep.fluctuations.as_ref()?;
+    let mut loss = Figure::new("train loss")
+        .x_label(T_LABEL)
+        .y_label("N · Var[ℒ]");
+    let mut top = Figure::new("top NTK eigenvalue")
+        .x_label(T_LABEL)
+        .y_label("N · Var[λ_max]");
+    for (i, run) in sweep.widths.iter().enumerate() {
+        let s = &run.stats;
+        let n = s.width as f64;
+        loss = loss
+            .band(
+                width_label(s.width),
+                &s.t,
+                &(&s.loss.var * n),
+                &(s.loss.se_var() * n),
+            )
+            .color(i);
+        top = top
+            .band(
+                width_label(s.width),
+                &s.t,
+                &(&s.ntk_top.var * n),
+                &(s.ntk_top.se_var() * n),
+            )
+            .color(i);
+    }
+    let k = fl.ntk();
+    loss = loss
+        .line("propagator (theory)", fl.t(), fl.var_loss())
+        .color(THEORY_COLOR)
+        .dashed(true);
+    top = top
+        .line("propagator (theory)", fl.t(), k.var_ntk_top)
+        .color(THEORY_COLOR)
+        .dashed(true);
+    Some(Rendered {
+        name: "loss_ntk_variance",
+        svg: Grid::new(2)
+            .title("N · Var over seeds of the loss and of the top NTK eigenvalue (± SE), over the propagator")
+            .figure(loss)
+            .figure(top)
+            .to_svg(),
+    })
+}
+
 /// Figure 3 (needs the theory): N·(E f_N − f∞) over t for a few points, with SE bands
 /// N·sqrt(SE_N² + SE_∞²).
 pub fn mean_deviation(sweep: &Sweep) -> Option<Rendered> {

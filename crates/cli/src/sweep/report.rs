@@ -195,16 +195,32 @@ pub fn markdown(sweep: &Sweep, figures: &[&str], deviations: &[DeviationSummary]
             .map(|run| {
                 let v = compare::variance_deviation(&run.stats, fl);
                 let fmt = |x: Option<f64>| x.map_or("–".to_string(), |x| format!("{x:.2}"));
+                let others = [
+                    ("train loss", compare::loss_variance_deviation(&run.stats, fl)),
+                    ("NTK entries and top eigenvalue", compare::ntk_variance_deviation(&run.stats, fl)),
+                ]
+                .iter()
+                .map(|(what, d)| {
+                    format!(
+                        "{what}: median {}, largest {} ({} compared)",
+                        fmt(d.median_abs_z),
+                        fmt(d.max_abs_z),
+                        d.compared
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
                 format!(
                     "- N = {}: median |N·Var − Σ_f| / SE = {}, largest {}; largest relative deviation {} \
-                     ({} (t, x) compared, {} left out where Σ_f < {} of its peak)",
+                     ({} (t, x) compared, {} left out where Σ_f < {} of its peak). In SE likewise, {}",
                     run.stats.width,
                     fmt(v.median_abs_z),
                     fmt(v.max_abs_z),
                     fmt(v.max_relative),
                     v.compared,
                     v.collapsed,
-                    compare::COLLAPSED
+                    compare::COLLAPSED,
+                    others
                 )
             })
             .collect::<Vec<_>>()
@@ -217,6 +233,17 @@ pub fn markdown(sweep: &Sweep, figures: &[&str], deviations: &[DeviationSummary]
         "2. Fluctuations: N · Var[f(x)]",
         variance_text,
         variance_lines.as_deref(),
+    );
+    section(
+        &mut md,
+        figures,
+        "loss_ntk_variance",
+        "2b. Fluctuations of the loss and of the top NTK eigenvalue",
+        "The same collapse for the train loss and the top eigenvalue of the train NTK: N·Var over seeds for \
+         every width, over the propagator's `theory/var_loss.npy` and `theory/var_ntk_top.npy` (the eigenvalue's \
+         to first order, valid while its gap to the second eigenvalue exceeds its spread). The comparisons in \
+         standard errors, with every train NTK entry, are listed under figure 2.",
+        None,
     );
     let deviation_text = if deviations.is_empty() {
         None
@@ -301,6 +328,7 @@ fn section(
     } else {
         let why = match name {
             "mean_deviation" => "it needs the infinite-width theory (sim.theory = true)",
+            "loss_ntk_variance" => "it needs the propagator (theory.fluctuations = true)",
             "ensembles" => {
                 "no ensemble size has two complete groups of converged seeds (sim.ensemble_sizes)"
             }

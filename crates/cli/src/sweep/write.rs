@@ -139,6 +139,7 @@ pub fn write(out: &Path, sweep: &Sweep) -> Result<(), Failure> {
     let rendered: Vec<figures::Rendered> = [
         Some(figures::loss(sweep)),
         Some(figures::variance(sweep)),
+        figures::loss_ntk_variance(sweep),
         figures::mean_deviation(sweep),
         figures::ensembles(sweep),
         figures::pointwise(sweep),
@@ -256,14 +257,13 @@ fn summary(sweep: &Sweep, deviations: &[DeviationSummary], files: &[String]) -> 
                 "ensemble_groups": rows.iter().map(|r| r.groups).collect::<Vec<_>>(),
                 "deviation_from_theory": deviation,
                 "variance_vs_propagator": sweep.fluctuations.as_ref().map(|fl| {
-                    let v = compare::variance_deviation(s, fl);
-                    json!({
-                        "median_abs_z": v.median_abs_z,
-                        "max_abs_z": v.max_abs_z,
-                        "max_relative": v.max_relative,
-                        "compared": v.compared,
-                        "left_out_collapsed": v.collapsed,
-                    })
+                    deviation_json(&compare::variance_deviation(s, fl))
+                }),
+                "loss_variance_vs_propagator": sweep.fluctuations.as_ref().map(|fl| {
+                    deviation_json(&compare::loss_variance_deviation(s, fl))
+                }),
+                "ntk_variance_vs_propagator": sweep.fluctuations.as_ref().map(|fl| {
+                    deviation_json(&compare::ntk_variance_deviation(s, fl))
                 }),
             })
         })
@@ -416,4 +416,14 @@ mod tests {
         );
         assert_eq!(std::fs::read_dir(&tmp.0).unwrap().count(), 0);
     }
+}
+
+fn deviation_json(v: &compare::VarianceDeviation) -> serde_json::Value {
+    json!({
+        "median_abs_z": v.median_abs_z,
+        "max_abs_z": v.max_abs_z,
+        "max_relative": v.max_relative,
+        "compared": v.compared,
+        "left_out_collapsed": v.collapsed,
+    })
 }
