@@ -676,7 +676,7 @@ fn lazy_prediction_case(model: &Model, width: usize) -> f64 {
     worst
 }
 
-/// The lazy universal form at depth ≥ 2 (≈ 1 min on 2 cores): κ_K at initialization of depth-2
+/// The lazy universal form at depth ≥ 2 (87–96 s at load 6–8 on 2 cores): κ_K at initialization of depth-2
 /// relu networks at N = 512 over 4000 seeds, and the predictions of 2000-seed ensembles at
 /// γ₀ = 0.01. The other depths, activations and N = 2048:
 /// [`slow_lazy_chain_matches_networks`].
@@ -686,8 +686,8 @@ fn lazy_chain_matches_networks() {
     lazy_prediction_case(&lazy_chain(2, Activation::Relu, 0.01, true), 512);
 }
 
-/// The slow cases of [`lazy_chain_matches_networks`] (README, slow validations; ≈ 8 min on
-/// 2 cores at N = 512): κ_K at initialization for relu at depth 3, linear and tanh at depths 2
+/// The slow cases of [`lazy_chain_matches_networks`] (README, slow validations; 19 min at
+/// load 6–8 on 2 cores, all at N = 512): κ_K at initialization for relu at depth 3, linear and tanh at depths 2
 /// and 3 (4000 seeds; tanh at depth 2 with 8000: at 4000 one of its 135 entries sat at
 /// 3.05 SE, with z rms 0.94 over all of them, a chance excursion), and the predictions of
 /// relu at depth 3 and linear at depth 2. Linear at depth 3 is left to the deep linear
@@ -695,7 +695,7 @@ fn lazy_chain_matches_networks() {
 /// N = 512 shows the late O(1/N) excess of the fitted train point that docs/fluctuations.md
 /// describes for that propagator (step 10: 8.23·10⁻⁵ ± 0.33·10⁻⁵ against 7.07·10⁻⁵).
 #[test]
-#[ignore = "slow validation (≈ 8 min); run with --ignored (README, slow validations)"]
+#[ignore = "slow validation (≈ 19 min); run with --ignored (README, slow validations)"]
 fn slow_lazy_chain_matches_networks() {
     let cases = [
         (3, Activation::Relu, 4000),
