@@ -7,7 +7,7 @@ mod common;
 
 use common::dataset;
 use dmft_runtime::deep_linear_propagator::deep_linear_prediction_fluctuations;
-use dmft_runtime::lazy_fluctuations::two_layer_lazy_fluctuations;
+use dmft_runtime::lazy_fluctuations::{chain_kernel_noise, lazy_prediction_fluctuations};
 use dmft_runtime::propagator::{
     CROSSING_JUMP_LIMIT, PropagatorOptions, ReferenceSites, two_layer_prediction_fluctuations,
     two_layer_prediction_fluctuations_observing,
@@ -377,7 +377,7 @@ fn ntk_parameterization_matches_the_lazy_universal_form() {
             quadrature: 0,
             seed: 8,
         };
-        let theory = two_layer_lazy_fluctuations(&problem, &model, &schedule, &opts).unwrap();
+        let theory = lazy_prediction_fluctuations(&problem, &model, &schedule, &opts).unwrap();
         for width in [2048, 8192] {
             let mut cfg =
                 EnsembleConfig::new(Architecture::from_model(&model, width), schedule, 2000);
@@ -708,5 +708,163 @@ fn kernel_grid(width: usize) {
                 "{act} {kernel}: ensemble SNR {lazy:?} then {rich:?}"
             );
         }
+    }
+}
+
+/// N·Cov over seeds of the entries of per-seed vectors (rows), with the standard error of
+/// each entry from its fourth moment: SE² = (⟨(x_i − m_i)²(x_j − m_j)²⟩ − c_ij²)/S.
+fn covariance_with_se(samples: &Array2<f64>) -> (Array2<f64>, Array2<f64>) {
+    let s = samples.nrows() as f64;
+    let centered = samples - &samples.mean_axis(ndarray::Axis(0)).unwrap();
+    let cov = centered.t().dot(&centered) / (s - 1.0);
+    let squares = centered.mapv(|v| v * v);
+    let fourth = squares.t().dot(&squares) / s;
+    let se = ndarray::Zip::from(&fourth)
+        .and(&cov)
+        .map_collect(|&m4, &c| ((m4 - c * c).max(0.0) / s).sqrt());
+    (cov, se)
+}
+
+/// Per seed, at initialization: the NTK entries K_{aμ} (every point a, train μ, in the
+/// order a·P + μ) and the outputs f_a, from real networks of `dmft_sim`.
+fn initial_ntk_samples(data: &Dataset, model: &Model, width: usize, seeds: usize) -> Array2<f64> {
+    use rayon::prelude::*;
+    let (p, x) = (data.n_train(), data.x_all());
+    let n = x.nrows();
+    let kx = x.dot(&x.t()) / data.input_dim() as f64;
+    let arch = Architecture::from_model(model, width);
+    let rows: Vec<Vec<f64>> = (0..seeds)
+        .into_par_iter()
+        .map(|seed| {
+            let mut rng = dmft_sim::seed_rng(17, width, seed);
+            let net = dmft_sim::Network::new(&arch, data.input_dim(), &mut rng).unwrap();
+            let mut fwd = net.forward(x.view());
+            net.backward(&mut fwd, n);
+            let ntk = fwd.kernels(kx.view()).ntk;
+            let mut row: Vec<f64> = (0..n * p).map(|i| ntk[[i / p, i % p]]).collect();
+            row.extend(fwd.f().iter());
+            row
+        })
+        .collect();
+    Array2::from_shape_fn((seeds, n * p + n), |(s, i)| rows[s][i])
+}
+
+/// The decisive check of the chain's κ_K: N·Cov over `seeds` real networks at width N of
+/// the NTK entries K_{aμ} (all points × train) and of the initial outputs, against κ_K and
+/// Φ^L/γ₀², every distinct entry within max(3 SE, 10 %). Prints the worst ratio and the mean
+/// and rms of the z-scores (≈ 0 and ≈ 1 when the covariance is right and the SE honest).
+fn initial_ntk_case(model: &Model, width: usize, seeds: usize) -> f64 {
+    let data = dataset(3, 2, 16, 5);
+    let problem = data.to_problem().unwrap();
+    let opts = SolverOptions {
+        sites: 400_000,
+        quadrature: 0,
+        seed: 8,
+    };
+    let noise = chain_kernel_noise(&problem, model, &opts).unwrap();
+    let (cov, se) = covariance_with_se(&initial_ntk_samples(&data, model, width, seeds));
+    let entries = problem.n_all() * problem.n_train();
+    let label = format!("{} L={} N={width}", model.activation, model.depth);
+    let (mut got, mut err, mut want) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..cov.nrows() {
+        for j in i..cov.ncols() {
+            let predicted = match (i < entries, j < entries) {
+                (true, true) => noise.covariance[[i, j]],
+                (false, false) => noise.initial[[i - entries, j - entries]],
+                // K is even in the readout, f(0) odd: no cross covariance to compare.
+                _ => continue,
+            };
+            got.push(cov[[i, j]]);
+            err.push(se[[i, j]]);
+            want.push(predicted);
+        }
+    }
+    let worst = worst_ratio(width, &got, &err, &want, &label);
+    let z: Vec<f64> = (0..got.len())
+        .map(|k| (got[k] * width as f64 - want[k]) / (err[k] * width as f64))
+        .collect();
+    let mean = z.iter().sum::<f64>() / z.len() as f64;
+    let rms = (z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt();
+    println!(
+        "{label}, {seeds} seeds: worst |N·Cov − κ| / tolerance = {worst:.2} over {} entries; z mean {mean:.2}, rms {rms:.2}",
+        z.len()
+    );
+    worst
+}
+
+fn lazy_chain(depth: usize, activation: Activation, gamma0: f64, centered: bool) -> Model {
+    Model {
+        depth,
+        activation,
+        parameterization: Parameterization::Mup,
+        gamma0,
+        centered,
+        residual: None,
+        readout: Readout::Trained,
+    }
+}
+
+/// N·Var of train and test predictions of 2000-seed ensembles at every recorded step against
+/// the lazy universal form with the chain's κ_K (γ₀ = 0.01, centered: √N f(0) has variance
+/// Φ^L/γ₀² there), within max(3 SE, 10 %).
+fn lazy_prediction_case(model: &Model, width: usize) -> f64 {
+    let data = dataset(3, 2, 16, 5);
+    let problem = data.to_problem().unwrap();
+    let opts = SolverOptions {
+        sites: 400_000,
+        quadrature: 0,
+        seed: 8,
+    };
+    let theory = lazy_prediction_fluctuations(&problem, model, &SCHEDULE, &opts).unwrap();
+    let mut cfg = EnsembleConfig::new(Architecture::from_model(model, width), SCHEDULE, 2000);
+    cfg.base_seed = 99;
+    let sim = run_ensemble(&data, &cfg).unwrap();
+    let label = format!(
+        "lazy {} L={} γ₀={} N={width}",
+        model.activation, model.depth, model.gamma0
+    );
+    let worst = worst_prediction_ratio(
+        width,
+        &sim,
+        (&theory.var_f_train, &theory.var_f_test),
+        &label,
+    );
+    println!("{label}: worst |N·Var − Σ| / tolerance = {worst:.2}");
+    worst
+}
+
+/// The lazy universal form at depth ≥ 2 (87–96 s at load 6–8 on 2 cores): κ_K at initialization of depth-2
+/// relu networks at N = 512 over 4000 seeds, and the predictions of 2000-seed ensembles at
+/// γ₀ = 0.01. The other depths, activations and N = 2048:
+/// [`slow_lazy_chain_matches_networks`].
+#[test]
+fn lazy_chain_matches_networks() {
+    initial_ntk_case(&lazy_chain(2, Activation::Relu, 1.0, false), 512, 4000);
+    lazy_prediction_case(&lazy_chain(2, Activation::Relu, 0.01, true), 512);
+}
+
+/// The slow cases of [`lazy_chain_matches_networks`] (README, slow validations; 19 min at
+/// load 6–8 on 2 cores, all at N = 512): κ_K at initialization for relu at depth 3, linear and tanh at depths 2
+/// and 3 (4000 seeds; tanh at depth 2 with 8000: at 4000 one of its 135 entries sat at
+/// 3.05 SE, with z rms 0.94 over all of them, a chance excursion), and the predictions of
+/// relu at depth 3 and linear at depth 2. Linear at depth 3 is left to the deep linear
+/// propagator (`lazy_chain_matches_the_deep_linear_propagator`): its 2000-seed ensemble at
+/// N = 512 shows the late O(1/N) excess of the fitted train point that docs/fluctuations.md
+/// describes for that propagator (step 10: 8.23·10⁻⁵ ± 0.33·10⁻⁵ against 7.07·10⁻⁵).
+#[test]
+#[ignore = "slow validation (≈ 19 min); run with --ignored (README, slow validations)"]
+fn slow_lazy_chain_matches_networks() {
+    let cases = [
+        (3, Activation::Relu, 4000),
+        (2, Activation::Linear, 4000),
+        (3, Activation::Linear, 4000),
+        (2, Activation::Tanh, 8000),
+        (3, Activation::Tanh, 4000),
+    ];
+    for (depth, act, seeds) in cases {
+        initial_ntk_case(&lazy_chain(depth, act, 1.0, false), 512, seeds);
+    }
+    for (depth, act) in [(3, Activation::Relu), (2, Activation::Linear)] {
+        lazy_prediction_case(&lazy_chain(depth, act, 0.01, true), 512);
     }
 }

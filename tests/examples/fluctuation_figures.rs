@@ -16,7 +16,7 @@ mod common;
 
 use dmft_report::{Figure, Grid};
 use dmft_runtime::deep_linear_propagator::deep_linear_prediction_fluctuations;
-use dmft_runtime::lazy_fluctuations::two_layer_lazy_fluctuations;
+use dmft_runtime::lazy_fluctuations::lazy_prediction_fluctuations;
 use dmft_runtime::propagator::{PredictionFluctuations, two_layer_prediction_fluctuations};
 use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule, SolverOptions};
 use dmft_sim::{Architecture, Dataset, EnsembleConfig, run_ensemble};
@@ -89,7 +89,7 @@ fn lazy_universal(data: &Dataset) -> Figure {
     };
     let problem = data.to_problem().unwrap();
     let m = model(Parameterization::Ntk, 1.0, true);
-    let fl = two_layer_lazy_fluctuations(&problem, &m, &schedule, &OPTIONS).unwrap();
+    let fl = lazy_prediction_fluctuations(&problem, &m, &schedule, &OPTIONS).unwrap();
     let fig = Figure::new("NTK parameterization (lazy universal form), relu, centered")
         .x_label("t = kη")
         .y_label("mean N·Var[f] over test points");

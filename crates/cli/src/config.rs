@@ -641,26 +641,33 @@ impl Config {
                 m.parameterization
             ));
         }
+        if m.depth > 1 && self.solver() == SolverKind::Lazy {
+            return Err("theory.kernel_variances = true is not available from the lazy universal form at model.depth ≥ 2 (it gives the NTK's covariance only); use the deep linear propagator (theory.solver = \"auto\" with model.activation = \"linear\")".into());
+        }
         if self.theory.mean_shift {
             return Err("theory.kernel_variances = true cannot be combined with theory.mean_shift = true yet (the mean shift's propagator pass does not record the kernels); run them separately".into());
         }
         Ok(())
     }
 
-    /// `theory.fluctuations` at depth ≥ 2: only the deep linear μP propagator exists (plain or
-    /// with residual branches). A frozen readout is refused with its own key below.
+    /// `theory.fluctuations` at depth ≥ 2: the lazy universal form of a plain chain (any
+    /// activation, the lazy solver), or the deep linear μP propagator (plain or with residual
+    /// branches). A frozen readout is refused with its own key below.
     fn check_deep_fluctuations(&self) -> Result<(), String> {
         let m = &self.model;
+        if self.solver() == SolverKind::Lazy {
+            if m.residual_beta.is_some() {
+                return Err(format!(
+                    "theory.fluctuations = true with the lazy solver at model.depth = {} is implemented for plain chains; model.residual_beta is not supported",
+                    m.depth
+                ));
+            }
+            return Ok(());
+        }
         if m.activation != Activation::Linear {
             return Err(format!(
-                "theory.fluctuations = true at model.depth = {} needs model.activation = \"linear\" (the deep linear propagator), got \"{}\"; the deep nonlinear propagator is not implemented yet",
+                "theory.fluctuations = true at model.depth = {} needs model.activation = \"linear\" (the deep linear propagator) or theory.solver = \"lazy\" (the lazy universal form), got \"{}\"; the deep nonlinear propagator is not implemented yet",
                 m.depth, m.activation
-            ));
-        }
-        if m.parameterization != Parameterization::Mup {
-            return Err(format!(
-                "theory.fluctuations = true at model.depth = {} needs model.parameterization = \"mup\"; the lazy (NTK) propagator is two-layer only",
-                m.depth
             ));
         }
         let solver = self.theory.solver;

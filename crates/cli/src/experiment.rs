@@ -8,7 +8,7 @@ use crate::progress::Bar;
 use crate::results::{self, Metrics};
 use dmft_data::{Dataset, GaussianTask};
 use dmft_runtime::propagator;
-use dmft_runtime::{Parameterization, Trajectory};
+use dmft_runtime::{Parameterization, SolverKind, Trajectory};
 use dmft_runtime::{deep_linear_propagator, lazy_fluctuations, mean_shift};
 use dmft_sim::digits::{self, ClassSplit};
 use std::path::Path;
@@ -146,7 +146,8 @@ pub fn check_propagator_size(
     }
     let (p, q, steps) = (data.n_train(), data.n_test(), config.train.steps);
     let depth = config.model.depth;
-    if depth > 1 {
+    let lazy = lazy_universal_form(config);
+    if depth > 1 && !lazy {
         let order_parameters = deep_linear_propagator::order_parameters(depth, p + q, steps);
         let limit = deep_linear_propagator::MAX_ORDER_PARAMETERS;
         if order_parameters > limit as u128 {
@@ -160,8 +161,8 @@ pub fn check_propagator_size(
         return Ok(());
     }
     let recorded = config.schedule().recorded_steps().len();
-    let bytes = if config.model().parameterization == Parameterization::Ntk {
-        lazy_fluctuations::memory_bytes(p, q, steps)
+    let bytes = if lazy {
+        lazy_fluctuations::memory_bytes(p, q, steps, depth)
     } else {
         let kernels = if config.theory.kernel_variances {
             propagator::kernel_memory_bytes(p, q, steps, recorded)
@@ -184,11 +185,20 @@ pub fn check_propagator_size(
     Ok(())
 }
 
+/// Whether Σ_f is the lazy universal form: the lazy solver (named, or `auto` under the NTK
+/// parameterization) at depth ≥ 2 or under the NTK parameterization. Two-layer μP keeps the
+/// tangent propagator, which contains the lazy limit and has the mean shift.
+fn lazy_universal_form(config: &Config) -> bool {
+    let model = config.model();
+    config.solver() == SolverKind::Lazy
+        && (model.depth > 1 || model.parameterization == Parameterization::Ntk)
+}
+
 /// Computes the finite-width propagator Σ_f when `theory.fluctuations = true`, with a
 /// progress bar: over the sites for two-layer μP, over the estimated work for deep linear
-/// networks (the config allows depth ≥ 2 only for linear μP ones). With `theory.solver =
-/// "auto"` a two-layer μP variant of the catalogue uses its generated site recorder, and a
-/// residual one its generated joint-site propagator.
+/// networks (the config allows depth ≥ 2 only for linear μP ones or the lazy solver). With
+/// `theory.solver = "auto"` a two-layer μP variant of the catalogue uses its generated site
+/// recorder, and a residual one its generated joint-site propagator.
 pub fn fluctuations(
     config: &Config,
     data: &Dataset,
@@ -205,6 +215,14 @@ pub fn fluctuations(
         .map_err(|e| Failure::from_solver(source.name, e))?;
     let (model, schedule, options) = (config.model(), config.schedule(), config.solver_options());
     let solver_failure = |e| Failure::from_solver(source.name, e);
+    if lazy_universal_form(config) {
+        // The kernel frozen at its initial value: the universal form from κ_K.
+        return lazy_fluctuations::lazy_prediction_fluctuations(
+            &problem, &model, &schedule, &options,
+        )
+        .map(|fl| Some(Fluctuations::reference(Sigma::Lazy(Box::new(fl)))))
+        .map_err(solver_failure);
+    }
     if model.depth > 1 {
         let bar = Bar::percent(
             deep_linear_propagator::PROGRESS_TOTAL as u64,
@@ -234,14 +252,6 @@ pub fn fluctuations(
                 })
             })
             .map_err(solver_failure);
-    }
-    if model.parameterization == Parameterization::Ntk {
-        // The NTK parameterization is lazy: the universal form from the NTK covariance.
-        return lazy_fluctuations::two_layer_lazy_fluctuations(
-            &problem, &model, &schedule, &options,
-        )
-        .map(|fl| Some(Fluctuations::reference(Sigma::TwoLayer(Box::new(fl)))))
-        .map_err(solver_failure);
     }
     let total = if options.quadrature > 0 {
         dmft_runtime::two_layer::SiteSet::quadrature(problem.kx.view(), options.quadrature)

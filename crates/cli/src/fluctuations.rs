@@ -21,9 +21,11 @@ pub struct Fluctuations {
 
 /// The propagator's observables, by the kind of network.
 pub enum Sigma {
-    /// Two-layer networks (model.depth = 1, or the lazy universal form): predictions, loss
-    /// and NTK.
+    /// Two-layer μP networks (model.depth = 1): predictions, loss and NTK.
     TwoLayer(Box<PredictionFluctuations>),
+    /// The lazy universal form (lazy solver, any depth of a plain chain): predictions, loss
+    /// and NTK.
+    Lazy(Box<PredictionFluctuations>),
     /// Deep linear μP networks (model.depth ≥ 2), from the Hessian of the full action:
     /// predictions, loss, NTK and the kernels of every layer.
     DeepLinear(Box<DeepLinearFluctuations>),
@@ -44,6 +46,7 @@ impl Fluctuations {
     pub fn propagator(&self) -> &'static str {
         match &self.sigma {
             Sigma::TwoLayer(_) => "two-layer",
+            Sigma::Lazy(_) => "lazy",
             Sigma::DeepLinear(fl) if fl.residual.is_some() => "residual-deep-linear",
             Sigma::DeepLinear(_) => "deep-linear",
         }
@@ -51,7 +54,7 @@ impl Fluctuations {
 
     pub fn t(&self) -> &Array1<f64> {
         match &self.sigma {
-            Sigma::TwoLayer(fl) => &fl.t,
+            Sigma::TwoLayer(fl) | Sigma::Lazy(fl) => &fl.t,
             Sigma::DeepLinear(fl) => &fl.t,
         }
     }
@@ -59,7 +62,7 @@ impl Fluctuations {
     /// N·Var[f] on the train points, T_rec × P.
     pub fn var_f_train(&self) -> &Array2<f64> {
         match &self.sigma {
-            Sigma::TwoLayer(fl) => &fl.var_f_train,
+            Sigma::TwoLayer(fl) | Sigma::Lazy(fl) => &fl.var_f_train,
             Sigma::DeepLinear(fl) => &fl.var_f_train,
         }
     }
@@ -67,7 +70,7 @@ impl Fluctuations {
     /// N·Var[f] on the test points, T_rec × Q.
     pub fn var_f_test(&self) -> &Array2<f64> {
         match &self.sigma {
-            Sigma::TwoLayer(fl) => &fl.var_f_test,
+            Sigma::TwoLayer(fl) | Sigma::Lazy(fl) => &fl.var_f_test,
             Sigma::DeepLinear(fl) => &fl.var_f_test,
         }
     }
@@ -75,7 +78,7 @@ impl Fluctuations {
     /// N·Var of the train loss, T_rec.
     pub fn var_loss(&self) -> &Array1<f64> {
         match &self.sigma {
-            Sigma::TwoLayer(fl) => &fl.var_loss,
+            Sigma::TwoLayer(fl) | Sigma::Lazy(fl) => &fl.var_loss,
             Sigma::DeepLinear(fl) => &fl.var_loss,
         }
     }
@@ -83,7 +86,7 @@ impl Fluctuations {
     /// N·Var of the hidden kernels of every layer, when `theory.kernel_variances = true`.
     pub fn kernels(&self) -> Option<&KernelVariances> {
         match &self.sigma {
-            Sigma::TwoLayer(fl) => fl.kernels.as_ref(),
+            Sigma::TwoLayer(fl) | Sigma::Lazy(fl) => fl.kernels.as_ref(),
             Sigma::DeepLinear(fl) => self.kernel_variances.then_some(&fl.kernels),
         }
     }
@@ -92,7 +95,7 @@ impl Fluctuations {
     /// entries' site tangents, the deep linear one from the layer kernels).
     pub fn ntk(&self) -> NtkVariances<'_> {
         match &self.sigma {
-            Sigma::TwoLayer(fl) => NtkVariances {
+            Sigma::TwoLayer(fl) | Sigma::Lazy(fl) => NtkVariances {
                 var_ntk: &fl.var_ntk,
                 ntk_top: &fl.ntk_top,
                 var_ntk_top: &fl.var_ntk_top,

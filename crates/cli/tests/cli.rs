@@ -728,9 +728,16 @@ fn deep_fluctuations_are_refused_outside_the_deep_linear_propagator() {
             linear.replace("[model]\n", "[model]\nactivation = \"relu\"\n"),
             "theory.fluctuations = true at model.depth = 2 needs model.activation = \"linear\"",
         ),
+        // Under the NTK parameterization `auto` is the lazy solver, whose form needs centering.
         (
             DEEP_LINEAR.replace("[model]\n", "[model]\nparameterization = \"ntk\"\n"),
-            "theory.fluctuations = true at model.depth = 2 needs model.parameterization = \"mup\"",
+            "needs model.centered = true",
+        ),
+        (
+            DEEP_LINEAR
+                .replace("[model]\n", "[model]\nresidual_beta = 1.0\n")
+                .replace("[theory]\n", "[theory]\nsolver = \"lazy\"\n"),
+            "the lazy solver at model.depth = 2 is implemented for plain chains; model.residual_beta",
         ),
         (
             DEEP_LINEAR.replace("[theory]\n", "[theory]\nsolver = \"deep-nonlinear\"\n"),
@@ -760,6 +767,105 @@ fn deep_fluctuations_are_refused_outside_the_deep_linear_propagator() {
     ] {
         assert!(line.contains(part), "{part}: {line}");
     }
+}
+
+/// Plumbing check of the lazy universal form at depth ≥ 2 (its physics is checked against
+/// networks in tests/fluctuations.rs): `dmft run` with the lazy solver on a depth-2 relu chain
+/// writes what a direct call of `lazy_prediction_fluctuations` returns (≤ 1e-12 of the
+/// largest entry), the same files as the two-layer case, NTK variances included, and a
+/// summary naming the "lazy" propagator.
+#[test]
+fn lazy_deep_fluctuations_are_the_runtime_form() {
+    use dmft_runtime::lazy_fluctuations::lazy_prediction_fluctuations;
+    use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule, SolverOptions};
+    use ndarray_npy::read_npy;
+
+    let dir = TempDir::new();
+    let config = DEEP_LINEAR
+        .replace("activation = \"linear\"", "activation = \"relu\"")
+        .replace("gamma0 = 1.5", "gamma0 = 0.01\ncentered = true")
+        .replace(
+            "[theory]\n",
+            "[theory]\nsolver = \"lazy\"\nsites = 3000\nseed = 5\n",
+        );
+    dir.write("config.toml", &config);
+    let args = [
+        "run",
+        "config.toml",
+        "--out",
+        "res",
+        "--width",
+        "256",
+        "--quiet",
+    ];
+    let out = dmft(&dir.0, &args);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let data = dmft_data::GaussianTask {
+        p_train: 3,
+        p_test: 1,
+        dim: 8,
+        teacher: dmft_data::Teacher::Linear,
+        seed: 4,
+    }
+    .generate();
+    let model = Model {
+        depth: 2,
+        activation: Activation::Relu,
+        parameterization: Parameterization::Mup,
+        gamma0: 0.01,
+        centered: true,
+        residual: None,
+        readout: Readout::Trained,
+    };
+    let schedule = Schedule {
+        eta: 0.5,
+        steps: 6,
+        record_every: 2,
+    };
+    let options = SolverOptions {
+        sites: 3000,
+        quadrature: 0,
+        seed: 5,
+    };
+    let direct =
+        lazy_prediction_fluctuations(&data.to_problem().unwrap(), &model, &schedule, &options)
+            .unwrap();
+    let theory = dir.path("res/theory");
+    for (name, want) in [
+        ("var_f_train", direct.var_f_train.view().into_dyn()),
+        ("var_f_test", direct.var_f_test.view().into_dyn()),
+        ("var_loss", direct.var_loss.view().into_dyn()),
+        ("var_ntk", direct.var_ntk.view().into_dyn()),
+        ("var_ntk_top", direct.var_ntk_top.view().into_dyn()),
+    ] {
+        for (file, divisor) in [(name.to_string(), 1.0), (format!("{name}_N256"), 256.0)] {
+            let got: ndarray::ArrayD<f64> = read_npy(theory.join(format!("{file}.npy"))).unwrap();
+            assert_eq!(got.shape(), want.shape(), "{file}");
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{file}: all zero");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w / divisor).abs() <= 1e-12 * scale,
+                    "{file}: {g} vs {w}"
+                );
+            }
+        }
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path("res/summary.json")).unwrap()).unwrap();
+    let fl = &summary["fluctuations"];
+    assert_eq!(fl["propagator"], "lazy");
+    assert_eq!(
+        fl["observables"],
+        serde_json::json!([
+            "var_f_train",
+            "var_f_test",
+            "var_loss",
+            "var_ntk",
+            "var_ntk_top"
+        ])
+    );
+    assert!(dir.path("res/plots/fluctuations.svg").is_file());
 }
 
 #[test]
