@@ -501,23 +501,10 @@ impl Marcher<'_> {
 mod tests {
     use super::*;
     use crate::Activation;
-    use crate::problem::Parameterization;
-    use crate::problem::teacher_problem;
+    use crate::problem::{teacher_problem, two_layer_model};
     use crate::sampling::{normal_matrix, replica_rng};
     use crate::two_layer::{Probe, march};
     use ndarray::ArrayView1;
-
-    fn model(activation: Activation, readout: Readout, gamma0: f64, centered: bool) -> Model {
-        Model {
-            depth: 1,
-            activation,
-            parameterization: Parameterization::Mup,
-            gamma0,
-            centered,
-            residual: None,
-            readout,
-        }
-    }
 
     /// The site tangents against differences of the runtime's own march (`two_layer::march`,
     /// open loop along a shifted Δ path) on the same deterministic sites: the first order
@@ -540,7 +527,7 @@ mod tests {
             (Activation::Erf, Readout::Trained),
             (Activation::Softplus, Readout::Trained),
         ] {
-            let model = model(act, readout, 1.3, false);
+            let model = two_layer_model(act, 1.3, false, readout);
             let base = march(
                 &problem,
                 &model,
@@ -643,7 +630,7 @@ mod tests {
             (Readout::Trained, 0.7, true),
             (Readout::Frozen, 1.2, false),
         ] {
-            let model = model(Activation::Linear, readout, gamma0, centered);
+            let model = two_layer_model(Activation::Linear, gamma0, centered, readout);
             let (fl, shift) =
                 two_layer_mean_shift(&problem, &model, &schedule, &options, &|_| {}).unwrap();
             let (want_f, want_loss, want_test_loss) = moment_expansion(&problem, &model, &schedule);
@@ -692,7 +679,7 @@ mod tests {
             quadrature: 0,
             seed: 0,
         };
-        let model = model(Activation::Tanh, Readout::Trained, 1.0, false);
+        let model = two_layer_model(Activation::Tanh, 1.0, false, Readout::Trained);
         let largest = AtomicUsize::new(0);
         two_layer_mean_shift(&problem, &model, &schedule, &options, &|done| {
             largest.fetch_max(done, Ordering::Relaxed);

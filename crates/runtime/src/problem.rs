@@ -311,3 +311,22 @@ pub(crate) fn teacher_problem(p: usize, q: usize, dim: usize, seed: u64) -> Prob
     )
     .expect("a well-formed test problem")
 }
+
+/// The unit tests' two-layer μP network.
+#[cfg(test)]
+pub(crate) fn two_layer_model(
+    activation: crate::Activation,
+    gamma0: f64,
+    centered: bool,
+    readout: Readout,
+) -> Model {
+    Model {
+        depth: 1,
+        activation,
+        parameterization: Parameterization::Mup,
+        gamma0,
+        centered,
+        residual: None,
+        readout,
+    }
+}

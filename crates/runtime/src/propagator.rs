@@ -1424,7 +1424,7 @@ fn tangent_row<const FEEDS_H: bool, const FEEDS_Z: bool, const CURVED: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::problem::teacher_problem;
+    use crate::problem::{teacher_problem, two_layer_model};
 
     /// D_f by central differences of the whole march on common sites, open loop along Δ:
     /// an independent route to the same derivative of the site average.
@@ -1670,18 +1670,6 @@ mod tests {
         out
     }
 
-    fn model(activation: Activation, gamma0: f64, centered: bool, readout: Readout) -> Model {
-        Model {
-            depth: 1,
-            activation,
-            parameterization: Parameterization::Mup,
-            gamma0,
-            centered,
-            residual: None,
-            readout,
-        }
-    }
-
     #[test]
     fn kernel_means_and_tangents_match_an_independent_march() {
         // Same quadrature sites for both routes: the means agree to round-off (1e-12), the
@@ -1708,7 +1696,7 @@ mod tests {
             (Activation::Tanh, Readout::Frozen),
             (Activation::Linear, Readout::Trained),
         ] {
-            let model = model(act, 1.5, false, readout);
+            let model = two_layer_model(act, 1.5, false, readout);
             let base = march(
                 &problem,
                 &model,
@@ -1814,7 +1802,7 @@ mod tests {
             steps: 4,
             record_every: 2,
         };
-        let model = model(Activation::Linear, 1.0, false, Readout::Trained);
+        let model = two_layer_model(Activation::Linear, 1.0, false, Readout::Trained);
         let kv = kernel_variances_of(&model, &schedule, &problem, 4);
         let (p, n) = (problem.n_train(), problem.n_all());
         let kx = &problem.kx;
@@ -1853,7 +1841,7 @@ mod tests {
         let kx = &problem.kx;
         for act in [Activation::Linear, Activation::Tanh] {
             let departure = |gamma0: f64| {
-                let model = model(act, gamma0, true, Readout::Trained);
+                let model = two_layer_model(act, gamma0, true, Readout::Trained);
                 let var =
                     kernel_variances_of(&model, &schedule, &problem, 5).var_phi_kernel[0].clone();
                 let mut worst = 0.0f64;
