@@ -414,6 +414,22 @@ fn deep_linear_ensemble(
     width: usize,
     seeds: usize,
 ) -> f64 {
+    check_deep_linear(&deep_linear_run(depth, gamma0, residual, width, seeds))
+}
+
+/// The propagator and a seed ensemble of the deep linear cases above (for a residual network
+/// the seed mean is checked here), with the case's label.
+fn deep_linear_run(
+    depth: usize,
+    gamma0: f64,
+    residual: Option<f64>,
+    width: usize,
+    seeds: usize,
+) -> (
+    dmft_runtime::deep_linear_propagator::DeepLinearFluctuations,
+    EnsembleStats,
+    String,
+) {
     let data = dataset(3, 2, 16, 5);
     let problem = data.to_problem().unwrap();
     let schedule = Schedule {
@@ -461,15 +477,7 @@ fn deep_linear_ensemble(
         }
         println!("{label}: worst |mean − f∞| / tolerance = {worst:.2}");
     }
-    let worst = worst_prediction_ratio(
-        width,
-        &sim,
-        (&theory.var_f_train, &theory.var_f_test),
-        &label,
-    );
-    println!("{label}: worst |N·Var − Σ| / tolerance = {worst:.2}");
-    kernel_ratio(&problem, &theory, &sim, &label);
-    worst
+    (theory, sim, label)
 }
 
 /// The kernels of the same seeds as [`deep_linear_ensemble`]'s predictions: Φ^ℓ over all
@@ -568,6 +576,109 @@ fn slow_residual_propagator_matches_ensembles() {
     ] {
         deep_linear_ensemble(depth, gamma0, Some(beta), width, 1000);
     }
+}
+
+/// The plain deep linear grid beyond `cargo test` (README, slow validations), 2000 seeds per
+/// ensemble: L = 2 and 3 at γ₀ = 1.5, 0.5 and 0.01 (centered) at N = 2048, predictions and
+/// kernels as in [`deep_linear_ensemble`]; and L = 3 at N = 512, where the fitted train point
+/// late in training carries an O(1/N) excess (docs/fluctuations.md) that the direct check at
+/// N = 512 does not allow for. There the two widths test the theory as the N → ∞ limit it is:
+/// with N·Var(N) = Σ + b/N + O(1/N²), the Richardson intercept (4·v₂₀₄₈ − v₅₁₂)/3 of every
+/// entry must match Σ within max(z SE(a), 10 % of Σ). The intercept's SE is 1.4× the wide
+/// ensemble's, so the 10 % floor rarely applies and the 135 intercepts (3 γ₀ × 45
+/// entries) would fail a fixed 3 SE by chance in up to a third of runs; z is Bonferroni's
+/// for a family-wise false alarm of 1 % over them (3.96).
+#[test]
+#[ignore = "slow validation (≈ 35 min); run with --ignored (README, slow validations)"]
+fn slow_deep_linear_matches_ensembles() {
+    let gammas = [1.5, 0.5, 0.01];
+    for depth in [2, 3] {
+        for gamma0 in gammas {
+            let wide = deep_linear_run(depth, gamma0, None, 2048, 2000);
+            check_deep_linear(&wide);
+            if depth == 3 {
+                let narrow = deep_linear_run(depth, gamma0, None, 512, 2000);
+                let direct = direct_ratio(&narrow);
+                let entries = wide.0.var_f_train.len() + wide.0.var_f_test.len();
+                let z = bonferroni_z(0.01, gammas.len() * entries);
+                let worst = richardson_ratio(z, &narrow, &wide);
+                println!(
+                    "{}: direct worst {direct:.2} (not asserted), Richardson intercept with N = 2048 worst |a − Σ| / tolerance = {worst:.2}",
+                    narrow.2
+                );
+            }
+        }
+    }
+}
+
+type DeepLinearRun = (
+    dmft_runtime::deep_linear_propagator::DeepLinearFluctuations,
+    EnsembleStats,
+    String,
+);
+
+/// The assertions of [`deep_linear_ensemble`] on a finished run: predictions, then kernels.
+/// Returns the predictions' worst |N·Var − Σ| / tolerance.
+fn check_deep_linear((theory, sim, label): &DeepLinearRun) -> f64 {
+    let worst = worst_prediction_ratio(
+        sim.width,
+        sim,
+        (&theory.var_f_train, &theory.var_f_test),
+        label,
+    );
+    println!("{label}: worst |N·Var − Σ| / tolerance = {worst:.2}");
+    let problem = dataset(3, 2, 16, 5).to_problem().unwrap();
+    kernel_ratio(&problem, theory, sim, label);
+    worst
+}
+
+/// Worst |N·Var − Σ| / max(3 SE, 10 %) over train and test predictions, without asserting.
+fn direct_ratio((theory, sim, _): &DeepLinearRun) -> f64 {
+    let n = sim.width as f64;
+    let mut worst: f64 = 0.0;
+    for (moments, var) in [
+        (&sim.f_train, &theory.var_f_train),
+        (&sim.f_test, &theory.var_f_test),
+    ] {
+        for ((v, e), want) in moments.var.iter().zip(&moments.se_var()).zip(var) {
+            worst = worst.max((n * v - want).abs() / (3.0 * n * e).max(0.1 * want));
+        }
+    }
+    worst
+}
+
+/// Every train and test prediction's intercept a = (N₂v₂ − N₁v₁)/(N₂ − N₁) of
+/// v(N) = N·Var = a + b/N through two ensembles of the same case, against Σ within
+/// max(z SE(a), 10 %); SE(a) = √((N₂ se₂)² + (N₁ se₁)²)/(N₂ − N₁) from the independent seeds of
+/// the two widths. Returns the worst ratio.
+fn richardson_ratio(z: f64, narrow: &DeepLinearRun, wide: &DeepLinearRun) -> f64 {
+    let (theory, label) = (&wide.0, &narrow.2);
+    let (n1, n2) = (narrow.1.width as f64, wide.1.width as f64);
+    let mut worst: f64 = 0.0;
+    for (m1, m2, var, what) in [
+        (
+            &narrow.1.f_train,
+            &wide.1.f_train,
+            &theory.var_f_train,
+            "train",
+        ),
+        (&narrow.1.f_test, &wide.1.f_test, &theory.var_f_test, "test"),
+    ] {
+        let (se1, se2) = (m1.se_var(), m2.se_var());
+        let entries = m1.var.iter().zip(&se1).zip(m2.var.iter().zip(&se2));
+        for (i, (((var1, se1), (var2, se2)), want)) in entries.zip(var).enumerate() {
+            let (v1, v2, e1, e2) = (n1 * var1, n2 * var2, n1 * se1, n2 * se2);
+            let a = (n2 * v2 - n1 * v1) / (n2 - n1);
+            let se_a = (n2 * e2).hypot(n1 * e1) / (n2 - n1);
+            let tol = (z * se_a).max(0.1 * want);
+            worst = worst.max((a - want).abs() / tol);
+            assert!(
+                (a - want).abs() <= tol,
+                "{label} {what}, entry {i}: intercept {a} ± {se_a} (N·Var {v1} at N = {n1}, {v2} at N = {n2}) vs Σ {want}"
+            );
+        }
+    }
+    worst
 }
 
 /// The hidden layer's equal-time kernels against real networks: N·Var of every Φ(t,t)_ab

@@ -851,23 +851,27 @@ impl KernelEntries {
             var_top: Array1::zeros(t),
             gap: Array1::from_elem(t, f64::INFINITY),
         };
+        let len = depth * self.per_layer();
         for r in 0..t {
-            // K_μα and ∂K_μα/∂(kernel entries), dense over the entries.
+            // K_μα and ∂K_μα/∂(kernel entries), dense over the entries of step r only (the
+            // NTK of one step reads no other step's kernels).
+            let start = r * len;
+            let cov = cov.slice(s![start..start + len, start..start + len]);
             let mut kernel = Array2::<f64>::zeros((p, p));
             let mut grads = Vec::with_capacity(p * p);
             for mu in 0..p {
                 for al in 0..p {
-                    let mut c = Array1::<f64>::zeros(means.len());
+                    let mut c = Array1::<f64>::zeros(len);
                     let top = self.phi(r, depth, mu, al);
                     let first = self.grad(r, 1);
                     let mut k = means[top] + means[first] * problem.kx[[mu, al]];
-                    c[top] += 1.0;
-                    c[first] += problem.kx[[mu, al]];
+                    c[top - start] += 1.0;
+                    c[first - start] += problem.kx[[mu, al]];
                     for layer in 1..depth {
                         let (phi, grad) = (self.phi(r, layer, mu, al), self.grad(r, layer + 1));
                         k += a2 * means[grad] * means[phi];
-                        c[grad] += a2 * means[phi];
-                        c[phi] += a2 * means[grad];
+                        c[grad - start] += a2 * means[phi];
+                        c[phi - start] += a2 * means[grad];
                     }
                     kernel[[mu, al]] = k;
                     out.var[[r, mu, al]] = c.dot(&cov.dot(&c));
@@ -876,7 +880,7 @@ impl KernelEntries {
             }
             let (values, vectors) = crate::linalg::eigh(kernel.view())?;
             let v = vectors.column(p - 1);
-            let mut c_top = Array1::<f64>::zeros(means.len());
+            let mut c_top = Array1::<f64>::zeros(len);
             for mu in 0..p {
                 for al in 0..p {
                     c_top.scaled_add(v[mu] * v[al], &grads[mu * p + al]);
@@ -1439,8 +1443,13 @@ mod tests {
                 let err = (&fl.sigma - &two_layer.sigma)
                     .mapv(f64::abs)
                     .fold(0.0, |a: f64, &b| a.max(b));
+                // The L = 2, 3 Hessians differ from the depth-1 one, so the two solves agree
+                // to rounding amplified by their conditioning, which grows like 1/γ₀² towards
+                // the lazy limit: observed 2e-16 of the scale at γ₀ = 1.5 and 1.4e-10, 2.3e-10
+                // at γ₀ = 0.01 (OpenBLAS's AVX-512 kernels). A wrong J or coupling is O(1).
+                let tolerance = 1e-13 * scale / gamma0.powi(2).min(1.0);
                 assert!(
-                    err < 1e-10 * scale,
+                    err < tolerance,
                     "γ₀ = {gamma0}, {label}: Σ_f differs by {err} (scale {scale})"
                 );
             }
