@@ -41,14 +41,25 @@ fn worst_ratio_within<'a>(
     let mut worst: f64 = 0.0;
     for (i, ((v, e), &want)) in var.into_iter().zip(se).zip(predicted).enumerate() {
         let (nv, ne) = (v * n, e * n);
-        let tol = (z * ne).max(0.1 * want);
-        worst = worst.max((nv - want).abs() / tol);
+        let ratio = tolerance_ratio(z, nv, ne, want);
+        worst = worst.max(ratio);
         assert!(
-            (nv - want).abs() <= tol,
+            ratio <= 1.0,
             "{what}, entry {i}: N·Var {nv} ± {ne} vs predicted {want}"
         );
     }
     worst
+}
+
+/// |x − want| / max(z SE, 10 % of want): at most 1 within the tolerance; 0 for an exact
+/// match, which includes the zero-variance entries of a centered model at step 0.
+fn tolerance_ratio(z: f64, x: f64, se: f64, want: f64) -> f64 {
+    let miss = (x - want).abs();
+    if miss == 0.0 {
+        0.0
+    } else {
+        miss / (z * se).max(0.1 * want)
+    }
 }
 
 /// [`worst_ratio`] over the train and the test predictions of one ensemble.
@@ -641,7 +652,7 @@ fn direct_ratio((theory, sim, _): &DeepLinearRun) -> f64 {
         (&sim.f_test, &theory.var_f_test),
     ] {
         for ((v, e), want) in moments.var.iter().zip(&moments.se_var()).zip(var) {
-            worst = worst.max((n * v - want).abs() / (3.0 * n * e).max(0.1 * want));
+            worst = worst.max(tolerance_ratio(3.0, n * v, n * e, *want));
         }
     }
     worst
@@ -670,10 +681,10 @@ fn richardson_ratio(z: f64, narrow: &DeepLinearRun, wide: &DeepLinearRun) -> f64
             let (v1, v2, e1, e2) = (n1 * var1, n2 * var2, n1 * se1, n2 * se2);
             let a = (n2 * v2 - n1 * v1) / (n2 - n1);
             let se_a = (n2 * e2).hypot(n1 * e1) / (n2 - n1);
-            let tol = (z * se_a).max(0.1 * want);
-            worst = worst.max((a - want).abs() / tol);
+            let ratio = tolerance_ratio(z, a, se_a, *want);
+            worst = worst.max(ratio);
             assert!(
-                (a - want).abs() <= tol,
+                ratio <= 1.0,
                 "{label} {what}, entry {i}: intercept {a} ± {se_a} (N·Var {v1} at N = {n1}, {v2} at N = {n2}) vs Σ {want}"
             );
         }
