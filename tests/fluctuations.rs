@@ -16,6 +16,12 @@ use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule, Solve
 use dmft_sim::{Architecture, Dataset, EnsembleConfig, EnsembleStats, run_ensemble};
 use ndarray::Array2;
 
+/// The small task of the deep and lazy checks: P = 3 train and Q = 2 test points in 16
+/// dimensions, small enough for the dense deep linear propagator.
+fn small_task() -> Dataset {
+    dataset(3, 2, 16, 5)
+}
+
 /// Largest |N·Var − Σ| / max(3 SE, 10 % of Σ) over paired entries of an ensemble variance, its
 /// standard error and the prediction; panics naming `what` and the entry when one misses.
 fn worst_ratio<'a>(
@@ -190,7 +196,7 @@ fn feature_learning_reduces_the_final_variance() {
 /// ≈ 1 % on O(1) variances at 10⁵ sites, hence 4·10⁵.
 #[test]
 fn two_layer_grid_matches_ensembles() {
-    let data = dataset(3, 2, 16, 5);
+    let data = small_task();
     let schedule = Schedule {
         eta: 0.5,
         steps: 12,
@@ -229,7 +235,7 @@ fn two_layer_grid_matches_ensembles() {
 /// kernel's D_f is 19 % off it, and its D_K (a pure kink term with a frozen readout) 294 %.
 #[test]
 fn frozen_readout_grid_matches_ensembles() {
-    let data = dataset(3, 2, 16, 5);
+    let data = small_task();
     for (act, gamma0) in [(Activation::Relu, 0.5), (Activation::Tanh, 2.0)] {
         grid_point(&data, &SCHEDULE, &frozen(act, gamma0), false);
     }
@@ -240,7 +246,7 @@ fn frozen_readout_grid_matches_ensembles() {
 /// above `CROSSING_JUMP_LIMIT`, γ₀ = 0.5 below; smooth activations never raise it.
 #[test]
 fn crossing_jump_ratio_flags_the_known_relu_failure() {
-    let problem = dataset(3, 2, 16, 5).to_problem().unwrap();
+    let problem = small_task().to_problem().unwrap();
     let opts = SolverOptions {
         sites: 20_000,
         quadrature: 0,
@@ -264,7 +270,7 @@ fn crossing_jump_ratio_flags_the_known_relu_failure() {
 /// 0.683 ± 0.024 and 0.656 ± 0.021 against 0.589), while predictions and tanh pass.
 #[test]
 fn frozen_readout_top_eigenvalue_matches_ensembles() {
-    let isotropic = dataset(3, 2, 16, 5);
+    let isotropic = small_task();
     let data = Dataset::new(
         &isotropic.x_train() + 0.8,
         isotropic.y_train().to_owned(),
@@ -366,7 +372,7 @@ fn grid_point(data: &Dataset, schedule: &Schedule, model: &Model, separated_top:
 /// 0.01009, 0.00975 ± 0.0003 at N = 512, 2048, 8192 against 0.00972), as μP does at small N.
 #[test]
 fn ntk_parameterization_matches_the_lazy_universal_form() {
-    let data = dataset(3, 2, 16, 5);
+    let data = small_task();
     let problem = data.to_problem().unwrap();
     let schedule = Schedule {
         eta: 0.5,
@@ -441,7 +447,7 @@ fn deep_linear_run(
     EnsembleStats,
     String,
 ) {
-    let data = dataset(3, 2, 16, 5);
+    let data = small_task();
     let problem = data.to_problem().unwrap();
     let schedule = Schedule {
         eta: 0.5,
@@ -638,7 +644,7 @@ fn check_deep_linear((theory, sim, label): &DeepLinearRun) -> f64 {
         label,
     );
     println!("{label}: worst |N·Var − Σ| / tolerance = {worst:.2}");
-    let problem = dataset(3, 2, 16, 5).to_problem().unwrap();
+    let problem = small_task().to_problem().unwrap();
     kernel_ratio(&problem, theory, sim, label);
     worst
 }
@@ -713,7 +719,7 @@ fn slow_kernel_variances_match_ensembles() {
 }
 
 fn kernel_grid(width: usize) {
-    let data = dataset(3, 2, 16, 5);
+    let data = small_task();
     let problem = data.to_problem().unwrap();
     let opts = SolverOptions {
         sites: 400_000,
@@ -876,7 +882,7 @@ fn initial_ntk_samples(data: &Dataset, model: &Model, width: usize, seeds: usize
 /// Φ^L/γ₀², every distinct entry within max(3 SE, 10 %). Prints the worst ratio and the mean
 /// and rms of the z-scores (≈ 0 and ≈ 1 when the covariance is right and the SE honest).
 fn initial_ntk_case(model: &Model, width: usize, seeds: usize) -> f64 {
-    let data = dataset(3, 2, 16, 5);
+    let data = small_task();
     let problem = data.to_problem().unwrap();
     let opts = SolverOptions {
         sites: 400_000,
@@ -930,7 +936,7 @@ fn lazy_chain(depth: usize, activation: Activation, gamma0: f64, centered: bool)
 /// the lazy universal form with the chain's κ_K (γ₀ = 0.01, centered: √N f(0) has variance
 /// Φ^L/γ₀² there), within max(3 SE, 10 %).
 fn lazy_prediction_case(model: &Model, width: usize) -> f64 {
-    let data = dataset(3, 2, 16, 5);
+    let data = small_task();
     let problem = data.to_problem().unwrap();
     let opts = SolverOptions {
         sites: 400_000,

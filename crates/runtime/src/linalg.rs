@@ -132,6 +132,55 @@ pub fn solve_many(a: Array2<f64>, rhs: ArrayView2<f64>) -> Result<Array2<f64>> {
     Ok(solution)
 }
 
+/// Adds rowsᵀ·rows to the lower triangle of `sum` (BLAS syrk, half the work of a GEMM);
+/// the upper triangle is left as it was, so read the result through [`mirror_lower`].
+/// `rows` must have contiguous rows (any row stride), `sum` standard layout.
+pub fn add_gram_lower(rows: ArrayView2<f64>, sum: &mut Array2<f64>) {
+    let (k, n) = rows.dim();
+    assert_eq!(sum.dim(), (n, n), "add_gram_lower: sum is not {n} × {n}");
+    assert!(
+        sum.is_standard_layout(),
+        "add_gram_lower: sum is not row-major"
+    );
+    if k == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        rows.strides()[1] == 1 && rows.strides()[0] >= n as isize,
+        "add_gram_lower: rows are not contiguous"
+    );
+    let to_i32 = |v: usize| i32::try_from(v).expect("add_gram_lower: size exceeds BLAS's 32 bits");
+    let (order, depth, lda) = (to_i32(n), to_i32(k), to_i32(rows.strides()[0] as usize));
+    // Row-major `rows` (k × n) read as column-major is A = rowsᵀ (n × k, lda = row stride),
+    // so A·Aᵀ = rowsᵀ·rows; the column-major upper triangle of `sum` is its row-major lower one.
+    let (upper, no_transpose) = (b'U' as std::ffi::c_char, b'N' as std::ffi::c_char);
+    // SAFETY: `rows` spans (k − 1)·lda + n elements from its pointer and `sum` n·n
+    // contiguous ones, the sizes passed.
+    unsafe {
+        dsyrk_(
+            &upper,
+            &no_transpose,
+            &order,
+            &depth,
+            &1.0,
+            rows.as_ptr(),
+            &lda,
+            &1.0,
+            sum.as_mut_ptr(),
+            &order,
+        )
+    };
+}
+
+/// Copies the lower triangle of a square matrix onto its upper one.
+pub fn mirror_lower(a: &mut Array2<f64>) {
+    for i in 0..a.nrows() {
+        for j in 0..i {
+            a[[j, i]] = a[[i, j]];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +196,21 @@ mod tests {
         let back = f.dot(&f.t());
         // Exact up to LAPACK round-off on O(10) entries.
         assert!(fro((&back - &a).view()) < 1e-12 * fro(a.view()));
+    }
+
+    /// Against the plain product Aᵀ·A on a row slice with a row stride wider than a row.
+    #[test]
+    fn gram_update_matches_the_product() {
+        let mut rng = crate::sampling::replica_rng(4, 2);
+        let wide = crate::sampling::normal_matrix(&mut rng, 9, 7);
+        let rows = wide.slice(ndarray::s![..5, ..6]);
+        let start = crate::sampling::normal_matrix(&mut rng, 6, 6);
+        let mut sum = &start + &start.t();
+        add_gram_lower(rows, &mut sum);
+        mirror_lower(&mut sum);
+        let expected = &start + &start.t() + rows.t().dot(&rows);
+        // Round-off of 5-term sums of O(1) products.
+        assert!(fro((&sum - &expected).view()) < 1e-13 * fro(expected.view()));
     }
 
     /// Against ndarray-linalg's one-column LU solve on a random nonsymmetric system, and the
@@ -178,7 +242,7 @@ mod tests {
 unsafe extern "C" {
     fn openblas_get_num_threads() -> std::ffi::c_int;
     fn openblas_set_num_threads(threads: std::ffi::c_int);
-    // LAPACK, from the same OpenBLAS.
+    // BLAS and LAPACK, from the same OpenBLAS.
     fn dgetrf_(
         m: *const i32,
         n: *const i32,
@@ -186,6 +250,18 @@ unsafe extern "C" {
         lda: *const i32,
         ipiv: *mut i32,
         info: *mut i32,
+    );
+    fn dsyrk_(
+        uplo: *const std::ffi::c_char,
+        trans: *const std::ffi::c_char,
+        n: *const i32,
+        k: *const i32,
+        alpha: *const f64,
+        a: *const f64,
+        lda: *const i32,
+        beta: *const f64,
+        c: *mut f64,
+        ldc: *const i32,
     );
     fn dgetrs_(
         trans: *const std::ffi::c_char,

@@ -693,6 +693,7 @@ struct SiteSums {
     blocks: Vec<Range<usize>>,
     sensitivity: Vec<Vec<f64>>,
     first: Array1<f64>,
+    /// Σψψᵀ, lower triangle only (syrk).
     second: Array2<f64>,
     ntk_sensitivity: Vec<Vec<f64>>,
     ntk_first: Array1<f64>,
@@ -800,7 +801,7 @@ impl SiteSums {
         ntk: ArrayView2<f64>,
         kernels: Option<(ArrayView2<f64>, &[usize])>,
     ) {
-        general_mat_mul(1.0, &psi.t(), &psi, 1.0, &mut self.second);
+        crate::linalg::add_gram_lower(psi, &mut self.second);
         general_mat_mul(1.0, &psi.t(), &ntk, 1.0, &mut self.cross);
         let entries = self.ntk_second.shape()[1];
         for (r, mut block) in self.ntk_second.outer_iter_mut().enumerate() {
@@ -844,7 +845,9 @@ impl SiteSums {
     /// κ_f = ⟨ψψᵀ⟩ − ⟨ψ⟩⟨ψ⟩ᵀ (weights sum to 1).
     fn covariance(&self) -> Array2<f64> {
         let mean = self.first.view().insert_axis(Axis(1));
-        &self.second - &mean.dot(&mean.t())
+        let mut second = self.second.clone();
+        crate::linalg::mirror_lower(&mut second);
+        second - mean.dot(&mean.t())
     }
 }
 
