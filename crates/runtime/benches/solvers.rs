@@ -9,9 +9,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use dmft_runtime::Readout;
 use dmft_runtime::propagator::two_layer_prediction_fluctuations;
-use dmft_runtime::sampling::{normal_matrix, replica_rng};
 use dmft_runtime::*;
-use ndarray::{Array1, s};
 use std::time::Duration;
 
 fn problem(p: usize, dim: usize) -> Problem {
@@ -19,11 +17,7 @@ fn problem(p: usize, dim: usize) -> Problem {
 }
 
 fn problem_with_test(p: usize, q: usize, dim: usize) -> Problem {
-    let mut rng = replica_rng(7, 0);
-    let x = normal_matrix(&mut rng, p + q, dim);
-    let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
-    let y: Array1<f64> = x.slice(s![..p, ..]).dot(&beta) / (dim as f64).sqrt();
-    Problem::from_inputs(x.slice(s![..p, ..]), y, x.slice(s![p.., ..]), None).unwrap()
+    teacher_problem(p, q, dim, 7)
 }
 
 fn model(depth: usize, activation: Activation) -> Model {

@@ -8,9 +8,7 @@
 //! benchmarks).
 
 use dmft_runtime::Readout;
-use dmft_runtime::sampling::{normal_matrix, replica_rng};
 use dmft_runtime::*;
-use ndarray::s;
 
 fn main() {
     let arg = |i: usize, name: &str, default: f64| -> f64 {
@@ -26,12 +24,7 @@ fn main() {
         arg(5, "ETA", 0.5),
     );
     let dim = 16;
-    let mut rng = replica_rng(7, 0);
-    let x = normal_matrix(&mut rng, p + q, dim);
-    let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
-    let y = x.slice(s![..p, ..]).dot(&beta) / (dim as f64).sqrt();
-    let problem =
-        Problem::from_inputs(x.slice(s![..p, ..]), y, x.slice(s![p.., ..]), None).unwrap();
+    let problem = teacher_problem(p, q, dim, 7);
     let model = Model {
         depth,
         activation: Activation::Linear,

@@ -10,18 +10,11 @@ use dmft_runtime::Readout;
 use dmft_runtime::propagator::{
     PropagatorOptions, ReferenceSites, two_layer_prediction_fluctuations_observing,
 };
-use dmft_runtime::sampling::{normal_matrix, replica_rng};
 use dmft_runtime::*;
-use ndarray::s;
 
 fn main() {
     let (p, q, dim) = (10, 2, 16);
-    let mut rng = replica_rng(7, 0);
-    let x = normal_matrix(&mut rng, p + q, dim);
-    let beta = normal_matrix(&mut rng, dim, 1).column(0).to_owned();
-    let y = x.slice(s![..p, ..]).dot(&beta) / (dim as f64).sqrt();
-    let problem =
-        Problem::from_inputs(x.slice(s![..p, ..]), y, x.slice(s![p.., ..]), None).unwrap();
+    let problem = teacher_problem(p, q, dim, 7);
     let model = Model {
         depth: 1,
         activation: Activation::Relu,

@@ -293,10 +293,10 @@ pub type Progress<'a> = &'a (dyn Fn(usize) + Sync);
 
 pub fn no_progress(_: usize) {}
 
-/// The unit tests' small problem: P train and Q test points x ~ 𝒩(0, I_dim) from `seed`, with
-/// targets y = β·x/√dim of a Gaussian teacher β, on the test points too.
-#[cfg(test)]
-pub(crate) fn teacher_problem(p: usize, q: usize, dim: usize, seed: u64) -> Problem {
+/// The teacher task of the unit tests, benchmarks and examples: P train and Q test points
+/// x ~ 𝒩(0, I_dim) from `seed`, with targets y = β·x/√dim of a Gaussian teacher β, on the
+/// test points too.
+pub fn teacher_problem(p: usize, q: usize, dim: usize, seed: u64) -> Problem {
     use crate::sampling::{normal_matrix, replica_rng};
     let mut rng = replica_rng(seed, 0);
     let x = normal_matrix(&mut rng, p + q, dim);
