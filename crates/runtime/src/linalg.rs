@@ -198,6 +198,27 @@ mod tests {
         assert!(fro((&back - &a).view()) < 1e-12 * fro(a.view()));
     }
 
+    /// Guards opened and closed out of order on two threads: OpenBLAS stays serial until the
+    /// last one closes (the per-guard restore this replaced turned it back on under the
+    /// second guard).
+    #[test]
+    fn overlapping_serial_guards_keep_blas_serial() {
+        let threads = || unsafe { openblas_get_num_threads() };
+        let first = SerialBlas::new();
+        let (opened, close) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _second = SerialBlas::new();
+                opened.wait();
+                close.wait();
+                assert_eq!(threads(), 1, "OpenBLAS threaded under the second guard");
+            });
+            opened.wait();
+            drop(first);
+            close.wait();
+        });
+    }
+
     /// Against the plain product Aᵀ·A on a row slice with a row stride wider than a row.
     #[test]
     fn gram_update_matches_the_product() {
@@ -279,17 +300,34 @@ unsafe extern "C" {
 /// Keeps OpenBLAS on the calling thread while it lives. Inside rayon's site loops every
 /// worker calls BLAS on small matrices; OpenBLAS's own threads would then spin in
 /// `sched_yield` beside them (measured: 18 % of the propagator's CPU time and 25 % of its
-/// wall time on 2 cores).
+/// wall time on 2 cores), and its threaded level-3 drivers keep job tables on the caller's
+/// stack, which overflows the 2 MiB stacks of rayon and test threads.
 pub struct SerialBlas {
-    previous: std::ffi::c_int,
+    _guard: (),
+}
+
+/// Live [`SerialBlas`] guards and OpenBLAS's thread count before the first of them. Guards
+/// overlap (one per rayon task in the mean shift, parallel tests), so each restoring the
+/// count it saw would switch the threads back on under a guard still alive: only the last
+/// one restores.
+static SERIAL_GUARDS: std::sync::Mutex<(usize, std::ffi::c_int)> = std::sync::Mutex::new((0, 1));
+
+fn serial_guards() -> std::sync::MutexGuard<'static, (usize, std::ffi::c_int)> {
+    SERIAL_GUARDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl SerialBlas {
     pub fn new() -> Self {
-        // SAFETY: plain setters of OpenBLAS's global thread count, callable at any time.
-        let previous = unsafe { openblas_get_num_threads() };
-        unsafe { openblas_set_num_threads(1) };
-        SerialBlas { previous }
+        let mut guards = serial_guards();
+        if guards.0 == 0 {
+            // SAFETY: plain getter and setter of OpenBLAS's global thread count.
+            guards.1 = unsafe { openblas_get_num_threads() };
+            unsafe { openblas_set_num_threads(1) };
+        }
+        guards.0 += 1;
+        SerialBlas { _guard: () }
     }
 }
 
@@ -301,7 +339,11 @@ impl Default for SerialBlas {
 
 impl Drop for SerialBlas {
     fn drop(&mut self) {
-        // SAFETY: as in `new`.
-        unsafe { openblas_set_num_threads(self.previous) };
+        let mut guards = serial_guards();
+        guards.0 -= 1;
+        if guards.0 == 0 {
+            // SAFETY: as in `new`.
+            unsafe { openblas_set_num_threads(guards.1) };
+        }
     }
 }
