@@ -300,8 +300,9 @@ unsafe extern "C" {
 /// Keeps OpenBLAS on the calling thread while it lives. Inside rayon's site loops every
 /// worker calls BLAS on small matrices; OpenBLAS's own threads would then spin in
 /// `sched_yield` beside them (measured: 18 % of the propagator's CPU time and 25 % of its
-/// wall time on 2 cores), and its threaded level-3 drivers keep job tables on the caller's
-/// stack, which overflows the 2 MiB stacks of rayon and test threads.
+/// wall time on 2 cores), and its threaded LU keeps per-CPU job tables on the caller's
+/// stack, which overflows the 2 MiB stacks of rayon and test threads (measured: SIGSEGV in a
+/// test thread of the deep linear propagator).
 pub struct SerialBlas {
     _guard: (),
 }
