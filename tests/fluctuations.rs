@@ -16,7 +16,7 @@ use dmft_runtime::{Activation, Model, Parameterization, Readout, Schedule, Solve
 use dmft_sim::{Architecture, Dataset, EnsembleConfig, EnsembleStats, run_ensemble};
 use ndarray::Array2;
 
-/// The small task of the deep and lazy checks: P = 3 train and Q = 2 test points in 16
+/// The small task most checks here share: P = 3 train and Q = 2 test points in 16
 /// dimensions, small enough for the dense deep linear propagator.
 fn small_task() -> Dataset {
     dataset(3, 2, 16, 5)
