@@ -17,6 +17,9 @@
 //! Cost: O(M·P·T²·(3(P+Q) + P)) multiply-adds for relu and linear (a φ'' term adds
 //! O(P·(P+Q)) per direction and step for smooth activations), O(M·((P+Q)T)²) for κ, and
 //! memory O((P+Q)T·(P+Q+P)T) per site block; never a (PT)²×(PT)² object.
+//! Two tangent kernels do this pass: the portable row kernel below, and on CPUs with
+//! AVX-512 (P + Q ≤ 24) the register kernel of [`tiles`], which holds eight directions'
+//! state in registers and skips relu's directions born zero. They agree to round-off.
 //!
 //! The base march of one site, which records z, φ, φ', v and the curvature per step for the
 //! tangents, is the variant-specific part: the [`SiteRecorder`] trait, with
@@ -35,6 +38,9 @@ use ndarray_linalg::{Diag, SolveTriangular, UPLO};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tiles::{Entries, LANES, StepLayout, TileSite};
+
+mod tiles;
 
 /// Width-free prediction fluctuations: every variance is N·Var at width N.
 #[derive(Clone, Debug)]
@@ -227,7 +233,12 @@ fn propagate_observing<R: SiteRecorder>(
         schedule,
         &sites,
         delta_path.view(),
-        (recorder, CROSSING_WIDTH, observe.kernel_variances),
+        (
+            recorder,
+            TangentKernel::fastest(n),
+            CROSSING_WIDTH,
+            observe.kernel_variances,
+        ),
         progress,
     );
 
@@ -686,11 +697,13 @@ impl SiteRecorder for ReferenceSites {
     }
 }
 
-/// Site sums of one pass: D_f by blocks of source steps j (each [k][ν][(j − j₀)·P + α]),
-/// Σψ and Σψψᵀ; for the train NTK entries κ_e = φ_μφ_α + g_μg_α K^x_μα at the recorded
-/// steps (index r·E + e), D_K by the same blocks, Σκ, Σκκᵀ within each step and Σψκᵀ.
+/// Site sums of one pass: D_f by blocks of source steps j (each [k][ν][d], d = (j − j₀)·P + α,
+/// or α·L + j − j₀ for blocks of L steps under the register kernel), Σψ and Σψψᵀ; for the
+/// train NTK entries κ_e = φ_μφ_α + g_μg_α K^x_μα at the recorded steps (index r·E + e), D_K
+/// by the same blocks, Σκ, Σκκᵀ within each step and Σψκᵀ.
 struct SiteSums {
     blocks: Vec<Range<usize>>,
+    alpha_major: bool,
     sensitivity: Vec<Vec<f64>>,
     first: Array1<f64>,
     /// Σψψᵀ, lower triangle only (syrk).
@@ -737,7 +750,7 @@ impl SiteSums {
         rows: usize,
         ntk_rows: usize,
         p: usize,
-        blocks: &[Range<usize>],
+        (blocks, kernel): (&[Range<usize>], TangentKernel),
         kernel_rows: Option<(usize, usize)>,
     ) -> Self {
         let entries = ntk_pairs(p).len();
@@ -755,6 +768,7 @@ impl SiteSums {
                 cross: Array2::zeros((feedback, rows)),
             }),
             blocks: blocks.to_vec(),
+            alpha_major: kernel != TangentKernel::Rows,
             sensitivity: per_block(rows),
             first: Array1::zeros(rows),
             second: Array2::zeros((rows, rows)),
@@ -837,7 +851,14 @@ impl SiteSums {
             let width = block.len() * p;
             let cols = block.start * p..block.end * p;
             let values = ArrayView2::from_shape((rows, width), values).expect("block layout");
-            out.slice_mut(s![.., cols]).assign(&values);
+            if self.alpha_major {
+                for (d, column) in values.columns().into_iter().enumerate() {
+                    let (j, alpha) = (block.start + d % block.len(), d / block.len());
+                    out.column_mut(j * p + alpha).assign(&column);
+                }
+            } else {
+                out.slice_mut(s![.., cols]).assign(&values);
+            }
         }
         out
     }
@@ -851,10 +872,35 @@ impl SiteSums {
     }
 }
 
-/// Source steps 0..T in blocks whose accumulators fit [`TANGENT_BLOCK_BYTES`].
-fn direction_blocks(p: usize, n: usize, steps: usize) -> Vec<Range<usize>> {
+/// Which tangent kernel the pass runs: the row kernel (any CPU, any n) or the register
+/// kernel of [`tiles`] with its number of register rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TangentKernel {
+    Rows,
+    Registers(usize),
+}
+
+impl TangentKernel {
+    fn fastest(n: usize) -> Self {
+        tiles::register_rows(n).map_or(TangentKernel::Rows, TangentKernel::Registers)
+    }
+}
+
+/// Budget for one direction block's D_f accumulator under the register kernel, whose tiles
+/// need blocks of whole multiples of 8 steps (see [`direction_blocks`]); every site of a
+/// chunk sweeps the whole block.
+const REGISTER_BLOCK_BYTES: usize = 1024 * 1024;
+
+/// Source steps 0..T in blocks whose accumulators fit the kernel's budget. Under the
+/// register kernel the directions of a block are α-major and a block spans a multiple of 8
+/// steps, so that each tile holds one training point's consecutive steps.
+fn direction_blocks(p: usize, n: usize, steps: usize, kernel: TangentKernel) -> Vec<Range<usize>> {
     let per_step = 8 * (steps + 1) * n * p;
-    let len = (TANGENT_BLOCK_BYTES / per_step).max(1);
+    let (budget, unit) = match kernel {
+        TangentKernel::Rows => (TANGENT_BLOCK_BYTES, 1),
+        TangentKernel::Registers(_) => (REGISTER_BLOCK_BYTES, LANES),
+    };
+    let len = (budget / per_step / unit).max(1) * unit;
     (0..steps)
         .step_by(len)
         .map(|j| j..(j + len).min(steps))
@@ -878,7 +924,7 @@ fn site_sums<R: SiteRecorder>(
     schedule: &Schedule,
     sites: &SiteSet,
     delta_path: ArrayView2<f64>,
-    (recorder, crossing_width, with_kernels): (&R, f64, bool),
+    (recorder, kernel, crossing_width, with_kernels): (&R, TangentKernel, f64, bool),
     progress: Progress,
 ) -> SiteSums {
     let (p, n, nt) = (problem.n_train(), problem.n_all(), schedule.steps + 1);
@@ -890,7 +936,7 @@ fn site_sums<R: SiteRecorder>(
     let feedback = feedback_columns(p, n, schedule.steps);
     let kernel_sizes = kernel_rows.map(|rows| (rows, feedback.len()));
     let m = sites.r.len();
-    let blocks = direction_blocks(p, n, schedule.steps);
+    let blocks = direction_blocks(p, n, schedule.steps, kernel);
     let site_block = m.div_ceil(SITE_BLOCKS);
     let done = AtomicUsize::new(0);
     let _serial = crate::linalg::SerialBlas::new();
@@ -898,8 +944,15 @@ fn site_sums<R: SiteRecorder>(
         .into_par_iter()
         .map(|b| {
             let range = (b * site_block).min(m)..((b + 1) * site_block).min(m);
-            let mut sums = SiteSums::zeros(nt * n, ntk_rows, p, &blocks, kernel_sizes);
-            let mut march = SiteMarch::new(problem, model, schedule, delta_path, crossing_width);
+            let mut sums = SiteSums::zeros(nt * n, ntk_rows, p, (&blocks, kernel), kernel_sizes);
+            let mut march = SiteMarch::new(
+                problem,
+                model,
+                schedule,
+                delta_path,
+                (crossing_width, with_kernels),
+                kernel,
+            );
             // ψ and κ rows of up to KAPPA_BATCH sites, folded into the second moments by one
             // GEMM per batch: with one GEMM per 32-site chunk the pass re-streamed the
             // (T+1)n-square sum from memory for every chunk.
@@ -925,6 +978,7 @@ fn site_sums<R: SiteRecorder>(
                             kernel_sums,
                         );
                     }
+                    march.tabulate(i, sites.weight[site]);
                 }
                 filled += chunk.len();
                 if filled + SITE_CHUNK > KAPPA_BATCH || chunk.end == range.end {
@@ -956,7 +1010,7 @@ fn site_sums<R: SiteRecorder>(
             sums
         })
         .collect();
-    let mut total = SiteSums::zeros(nt * n, ntk_rows, p, &blocks, kernel_sizes);
+    let mut total = SiteSums::zeros(nt * n, ntk_rows, p, (&blocks, kernel), kernel_sizes);
     for part in &partial {
         total.add(part);
     }
@@ -995,6 +1049,50 @@ struct SiteMarch<'a> {
     /// The Φ (all points) and G (train points) entries of [`kernel_pairs`].
     phi_pairs: Vec<(usize, usize)>,
     grad_pairs: Vec<(usize, usize)>,
+    /// The register kernel's tables, when it runs.
+    tables: Option<RegisterTables>,
+}
+
+/// What the register kernel ([`tiles`]) reads of the sites of a chunk, tabulated once per
+/// site: per step the coefficients of [`StepLayout`], and per recorded step three
+/// coefficients per NTK entry and per Φ, G entry.
+struct RegisterTables {
+    layout: StepLayout,
+    steps: Vec<f64>,
+    ntk: Vec<f64>,
+    kernels: Option<Vec<f64>>,
+    /// The Φ entries then the G entries, as rows of the state.
+    kernel_rows: Vec<(usize, usize)>,
+    /// K^x_νβ at β·n + ν.
+    kx_columns: Vec<f64>,
+}
+
+impl RegisterTables {
+    fn new(
+        problem: &Problem,
+        (steps, recorded): (usize, usize),
+        rows: usize,
+        with_kernels: bool,
+    ) -> Self {
+        let (p, n) = (problem.n_train(), problem.n_all());
+        let layout = StepLayout { rows, p };
+        let (phi_pairs, grad_pairs) = kernel_pairs(p, n);
+        let kernel_rows: Vec<_> = phi_pairs.into_iter().chain(grad_pairs).collect();
+        let mut kx_columns = vec![0.0; n * rows];
+        for beta in 0..n {
+            for nu in 0..n {
+                kx_columns[beta * rows + nu] = problem.kx[[nu, beta]];
+            }
+        }
+        RegisterTables {
+            layout,
+            steps: vec![0.0; SITE_CHUNK * (steps + 1) * layout.len()],
+            ntk: vec![0.0; SITE_CHUNK * recorded * 3 * ntk_pairs(p).len()],
+            kernels: with_kernels.then(|| vec![0.0; SITE_CHUNK * recorded * 3 * kernel_rows.len()]),
+            kernel_rows,
+            kx_columns,
+        }
+    }
 }
 
 impl<'a> SiteMarch<'a> {
@@ -1003,16 +1101,30 @@ impl<'a> SiteMarch<'a> {
         model: &'a Model,
         schedule: &Schedule,
         delta_path: ArrayView2<'a, f64>,
-        crossing_width: f64,
+        (crossing_width, with_kernels): (f64, bool),
+        kernel: TangentKernel,
     ) -> Self {
         let (p, n) = (problem.n_train(), problem.n_all());
-        let width = direction_blocks(p, n, schedule.steps)
-            .iter()
-            .map(|b| b.len() * p)
-            .max()
-            .unwrap_or(0);
+        let width = match kernel {
+            TangentKernel::Rows => direction_blocks(p, n, schedule.steps, kernel)
+                .iter()
+                .map(|b| b.len() * p)
+                .max()
+                .unwrap_or(0),
+            TangentKernel::Registers(_) => 0,
+        };
         let record = record_len(n, p);
+        let recorded = schedule.recorded_steps().len();
         SiteMarch {
+            tables: match kernel {
+                TangentKernel::Rows => None,
+                TangentKernel::Registers(rows) => Some(RegisterTables::new(
+                    problem,
+                    (schedule.steps, recorded),
+                    rows,
+                    with_kernels,
+                )),
+            },
             problem,
             model,
             delta_path,
@@ -1172,6 +1284,91 @@ impl<'a> SiteMarch<'a> {
         );
     }
 
+    /// Fills the register kernel's tables of the cached site `slot` (nothing under the row
+    /// kernel): the coefficients of the fused pass, of the births, of the curvature terms and
+    /// of the NTK, Φ and G entries, the same products the row kernel forms on the fly.
+    fn tabulate(&mut self, slot: usize, weight: f64) {
+        let Some(tables) = &mut self.tables else {
+            return;
+        };
+        let (p, n) = (self.problem.n_train(), self.problem.n_all());
+        let layout = tables.layout;
+        let (len, c, gamma0) = (layout.len(), self.c, self.model.gamma0);
+        let weight_over_gamma = weight / gamma0;
+        let entries = self.pairs.len();
+        let kernel_entries = tables.kernel_rows.len();
+        let recorded_count = self.recorded.iter().flatten().count();
+        for k in 0..=self.steps {
+            let at = (slot * (self.steps + 1) + k) * self.record;
+            let rec = &self.trajectory[at..at + self.record];
+            let z = rec[0];
+            let (phi, rest) = rec[1..].split_at(n);
+            let (d1, rest) = rest.split_at(n);
+            let (v, curvature) = rest.split_at(n);
+            let last = k == self.steps;
+            let delta = self.delta_path.row(k);
+            let row = &mut tables.steps[(slot * (self.steps + 1) + k) * len..][..len];
+            row.fill(0.0);
+            for nu in 0..n {
+                row[layout.a() + nu] = weight_over_gamma * z * d1[nu];
+                row[layout.b() + nu] = weight_over_gamma * phi[nu];
+                if !last {
+                    row[layout.v() + nu] = v[nu];
+                    if nu < p && self.readout_trained {
+                        row[layout.slope() + nu] = c * delta[nu] * d1[nu];
+                    }
+                }
+            }
+            if !last {
+                let mut curved = 0;
+                for beta in 0..p {
+                    row[layout.birth_h() + beta] = c * d1[beta] * z;
+                    if self.readout_trained {
+                        row[layout.birth_z() + beta] = c * phi[beta];
+                    }
+                    let coef = c * delta[beta] * curvature[beta] * z;
+                    if coef != 0.0 {
+                        row[layout.curved() + 2 * curved] = beta as f64;
+                        row[layout.curved() + 2 * curved + 1] = coef;
+                        curved += 1;
+                    }
+                }
+                row[layout.curved_count()] = curved as f64;
+            }
+            let Some(r) = self.recorded[k] else {
+                continue;
+            };
+            let ntk = &mut tables.ntk[((slot * recorded_count + r) * entries) * 3..][..3 * entries];
+            for (&(mu, alpha), out) in self.pairs.iter().zip(ntk.chunks_exact_mut(3)) {
+                let k_ma = weight * self.kx[mu * n + alpha] * z;
+                let (phi_mu, phi_alpha) = if self.readout_trained {
+                    (weight * phi[mu], weight * phi[alpha])
+                } else {
+                    (0.0, 0.0)
+                };
+                out[0] = phi_alpha * d1[mu] + k_ma * d1[alpha] * curvature[mu] * z;
+                out[1] = phi_mu * d1[alpha] + k_ma * d1[mu] * curvature[alpha] * z;
+                out[2] = 2.0 * k_ma * d1[mu] * d1[alpha];
+            }
+            if let Some(kernels) = &mut tables.kernels {
+                let out = &mut kernels[((slot * recorded_count + r) * kernel_entries) * 3..]
+                    [..3 * kernel_entries];
+                let (phi_part, grad_part) = out.split_at_mut(3 * self.phi_pairs.len());
+                for (&(a, b), out) in self.phi_pairs.iter().zip(phi_part.chunks_exact_mut(3)) {
+                    out[0] = weight * d1[a] * phi[b];
+                    out[1] = weight * phi[a] * d1[b];
+                    out[2] = 0.0;
+                }
+                let w_zz = weight * z * z;
+                for (&(mu, nu), out) in self.grad_pairs.iter().zip(grad_part.chunks_exact_mut(3)) {
+                    out[0] = w_zz * d1[nu] * curvature[mu];
+                    out[1] = w_zz * d1[mu] * curvature[nu];
+                    out[2] = 2.0 * weight * z * d1[mu] * d1[nu];
+                }
+            }
+        }
+    }
+
     /// Adds w ∂ψ_ν(k)/∂Δ_α(j) for j in `block` to `acc` ([k][ν][(j − j₀)·P + α]), for the
     /// cached site `slot`.
     fn tangents(
@@ -1181,6 +1378,45 @@ impl<'a> SiteMarch<'a> {
         block: Range<usize>,
         accumulators: Accumulators,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(tables) = &self.tables {
+            let (acc, ntk_acc, kernel_acc) = accumulators;
+            let per_site = (self.steps + 1) * tables.layout.len();
+            let recorded_count = self.recorded.iter().flatten().count();
+            fn entry_table(table: &[f64], slot: usize, per_site: usize) -> &[f64] {
+                &table[slot * per_site..][..per_site]
+            }
+            let site = TileSite {
+                n: self.problem.n_all(),
+                steps: self.steps,
+                block,
+                layout: tables.layout,
+                table: &tables.steps[slot * per_site..][..per_site],
+                kx_columns: &tables.kx_columns,
+                recorded: &self.recorded,
+                ntk: Entries {
+                    rows: &self.pairs,
+                    coefficients: entry_table(
+                        &tables.ntk,
+                        slot,
+                        recorded_count * 3 * self.pairs.len(),
+                    ),
+                },
+                kernels: tables.kernels.as_ref().map(|k| Entries {
+                    rows: &tables.kernel_rows,
+                    coefficients: entry_table(
+                        k,
+                        slot,
+                        recorded_count * 3 * tables.kernel_rows.len(),
+                    ),
+                }),
+            };
+            // SAFETY: the tables exist only for TangentKernel::Registers, which
+            // tiles::register_rows gives on a CPU with AVX-512F.
+            return unsafe {
+                tiles::march_block(tables.layout.rows, &site, acc, ntk_acc, kernel_acc)
+            };
+        }
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has the features this copy is compiled for.
@@ -1508,6 +1744,7 @@ mod tests {
                     activation: act,
                     readout,
                 },
+                TangentKernel::fastest(problem.n_all()),
                 width,
                 false,
             ),
@@ -1674,6 +1911,83 @@ mod tests {
     }
 
     #[test]
+    fn register_kernel_matches_the_row_kernel() {
+        // The two tangent kernels on the same sites: the same sums in another order, with
+        // fused multiply-adds in the register kernel, so they agree to round-off (1e-12 of
+        // the largest entry; measured ≈ 1e-15). 13 steps make a block of 8 steps and one of
+        // 5, whose tiles straddle two training points; relu's dead tiles are skipped.
+        let Some(rows) = tiles::register_rows(7) else {
+            eprintln!("no AVX-512 on this CPU: the register kernel never runs here");
+            return;
+        };
+        let problem = teacher_problem(5, 2, 8, 3);
+        let schedule = Schedule {
+            eta: 0.5,
+            steps: 13,
+            record_every: 4,
+        };
+        let p = problem.n_train();
+        let cases = [
+            (Activation::Relu, Readout::Trained, 1.0),
+            (Activation::Relu, Readout::Frozen, 0.5),
+            (Activation::Tanh, Readout::Trained, 2.0),
+        ];
+        for (act, readout, gamma0) in cases {
+            let model = two_layer_model(act, gamma0, false, readout);
+            let sites = SiteSet::monte_carlo(problem.kx.view(), 3000, 5, 0).unwrap();
+            let base = march(
+                &problem,
+                &model,
+                &schedule,
+                &sites,
+                &Probe::default(),
+                &|_| {},
+            )
+            .unwrap();
+            let delta = &problem.y.view().insert_axis(Axis(0)) - &base.f_all.slice(s![.., ..p]);
+            let recorder = ReferenceSites {
+                activation: act,
+                readout,
+            };
+            let sums_of = |kernel| {
+                site_sums(
+                    &problem,
+                    &model,
+                    &schedule,
+                    &sites,
+                    delta.view(),
+                    (&recorder, kernel, CROSSING_WIDTH, true),
+                    &|_| {},
+                )
+            };
+            let (by_rows, by_registers) = (
+                sums_of(TangentKernel::Rows),
+                sums_of(TangentKernel::Registers(rows)),
+            );
+            let matrices = |sums: &SiteSums| {
+                let kernels = sums.kernels.as_ref().unwrap();
+                [
+                    sums.sensitivity_matrix(p),
+                    sums.ntk_sensitivity_matrix(p),
+                    sums.kernel_sensitivity_matrix(kernels, p),
+                ]
+            };
+            for (name, (want, got)) in ["D_f", "D_K", "D_Φ,G"]
+                .into_iter()
+                .zip(matrices(&by_rows).iter().zip(&matrices(&by_registers)))
+            {
+                let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let err = (want - got).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                assert!(scale > 1e-3, "{act} {readout}: {name} vanished");
+                assert!(
+                    err <= 1e-12 * scale,
+                    "{act} {readout}: {name} differs by {err:e} (scale {scale:e})"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn kernel_means_and_tangents_match_an_independent_march() {
         // Same quadrature sites for both routes: the means agree to round-off (1e-12), the
         // tangents to the O(step²) truncation of the central difference (≈ 1e-8 relative at
@@ -1720,7 +2034,12 @@ mod tests {
                 &schedule,
                 &sites,
                 delta.view(),
-                (&recorder, CROSSING_WIDTH, true),
+                (
+                    &recorder,
+                    TangentKernel::fastest(problem.n_all()),
+                    CROSSING_WIDTH,
+                    true,
+                ),
                 &|_| {},
             );
             let kernels = sums.kernels.as_ref().unwrap();
