@@ -273,12 +273,20 @@ fn propagate_observing<R: SiteRecorder>(
             .slice_mut(s![.., j * n..j * n + p])
             .assign(&ntk_sensitivity.slice(s![.., j * p..(j + 1) * p]));
     }
-    let kappa_fk = &sums.cross
+    // κ_fK over the causal rows only, as Σψκᵀ: D_K reads `driven` only before each entry's
+    // step, and the unit lower triangular solve fills those rows from those rows.
+    let mut kappa_fk = &sums.cross
         - &sums
             .first
             .view()
             .insert_axis(Axis(1))
             .dot(&sums.ntk_first.view().insert_axis(Axis(0)));
+    let entries = ntk_pairs(p).len();
+    for (r, &before) in sums.causal_rows.iter().enumerate() {
+        kappa_fk
+            .slice_mut(s![before.., r * entries..(r + 1) * entries])
+            .fill(0.0);
+    }
     let second_diagonal: Array1<f64> = sums
         .ntk_second
         .outer_iter()
@@ -712,7 +720,10 @@ struct SiteSums {
     ntk_first: Array1<f64>,
     /// Σκκᵀ within each recorded step, T_rec × E × E.
     ntk_second: Array3<f64>,
+    /// Σψκᵀ, only over the ψ rows before each recorded step (`causal_rows`, k_r·n): every
+    /// product that reads it goes through D_K and (I + D_f)⁻¹, both causal. Zero elsewhere.
     cross: Array2<f64>,
+    causal_rows: Vec<usize>,
     /// The hidden layer's Φ and G entries, when asked for.
     kernels: Option<KernelSums>,
 }
@@ -747,13 +758,13 @@ impl SiteSums {
     /// Zero sums; `kernel_rows` (T_rec · entries) adds the Φ and G sums with their
     /// covariance against the `feedback` ψ columns.
     fn zeros(
-        rows: usize,
-        ntk_rows: usize,
+        (rows, causal_rows): (usize, &[usize]),
         p: usize,
         (blocks, kernel): (&[Range<usize>], TangentKernel),
         kernel_rows: Option<(usize, usize)>,
     ) -> Self {
         let entries = ntk_pairs(p).len();
+        let ntk_rows = causal_rows.len() * entries;
         let per_block = |rows: usize| {
             blocks
                 .iter()
@@ -776,6 +787,7 @@ impl SiteSums {
             ntk_first: Array1::zeros(ntk_rows),
             ntk_second: Array3::zeros((ntk_rows / entries, entries, entries)),
             cross: Array2::zeros((rows, ntk_rows)),
+            causal_rows: causal_rows.to_vec(),
         }
     }
 
@@ -816,8 +828,17 @@ impl SiteSums {
         kernels: Option<(ArrayView2<f64>, &[usize])>,
     ) {
         crate::linalg::add_gram_lower(psi, &mut self.second);
-        general_mat_mul(1.0, &psi.t(), &ntk, 1.0, &mut self.cross);
         let entries = self.ntk_second.shape()[1];
+        for (r, &before) in self.causal_rows.iter().enumerate() {
+            let cols = r * entries..(r + 1) * entries;
+            general_mat_mul(
+                1.0,
+                &psi.slice(s![.., ..before]).t(),
+                &ntk.slice(s![.., cols.clone()]),
+                1.0,
+                &mut self.cross.slice_mut(s![..before, cols]),
+            );
+        }
         for (r, mut block) in self.ntk_second.outer_iter_mut().enumerate() {
             let at_step = ntk.slice(s![.., r * entries..(r + 1) * entries]);
             general_mat_mul(1.0, &at_step.t(), &at_step, 1.0, &mut block);
@@ -928,7 +949,8 @@ fn site_sums<R: SiteRecorder>(
     progress: Progress,
 ) -> SiteSums {
     let (p, n, nt) = (problem.n_train(), problem.n_all(), schedule.steps + 1);
-    let ntk_rows = schedule.recorded_steps().len() * ntk_pairs(p).len();
+    let causal_rows: Vec<usize> = schedule.recorded_steps().iter().map(|k| k * n).collect();
+    let ntk_rows = causal_rows.len() * ntk_pairs(p).len();
     let kernel_rows = with_kernels.then(|| {
         let (phi, grad) = kernel_pairs(p, n);
         schedule.recorded_steps().len() * (phi.len() + grad.len())
@@ -944,7 +966,8 @@ fn site_sums<R: SiteRecorder>(
         .into_par_iter()
         .map(|b| {
             let range = (b * site_block).min(m)..((b + 1) * site_block).min(m);
-            let mut sums = SiteSums::zeros(nt * n, ntk_rows, p, (&blocks, kernel), kernel_sizes);
+            let mut sums =
+                SiteSums::zeros((nt * n, &causal_rows), p, (&blocks, kernel), kernel_sizes);
             let mut march = SiteMarch::new(
                 problem,
                 model,
@@ -1010,7 +1033,7 @@ fn site_sums<R: SiteRecorder>(
             sums
         })
         .collect();
-    let mut total = SiteSums::zeros(nt * n, ntk_rows, p, (&blocks, kernel), kernel_sizes);
+    let mut total = SiteSums::zeros((nt * n, &causal_rows), p, (&blocks, kernel), kernel_sizes);
     for part in &partial {
         total.add(part);
     }
