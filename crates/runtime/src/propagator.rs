@@ -1937,25 +1937,28 @@ mod tests {
     fn register_kernel_matches_the_row_kernel() {
         // The two tangent kernels on the same sites: the same sums in another order, with
         // fused multiply-adds in the register kernel, so they agree to round-off (1e-12 of
-        // the largest entry; measured ≈ 1e-15). 13 steps make a block of 8 steps and one of
-        // 5, whose tiles straddle two training points; relu's dead tiles are skipped.
-        let Some(rows) = tiles::register_rows(7) else {
-            eprintln!("no AVX-512 on this CPU: the register kernel never runs here");
-            return;
-        };
-        let problem = teacher_problem(5, 2, 8, 3);
-        let schedule = Schedule {
-            eta: 0.5,
-            steps: 13,
-            record_every: 4,
-        };
-        let p = problem.n_train();
+        // the largest entry; measured 4e-16 to 1.7e-15). 13 steps make a block of 8 steps and
+        // one of 5, whose tiles straddle two training points; relu's dead tiles are skipped.
+        // Then the edges: one point (a single partial tile per block) and P + Q = 24, the
+        // most the registers hold.
         let cases = [
-            (Activation::Relu, Readout::Trained, 1.0),
-            (Activation::Relu, Readout::Frozen, 0.5),
-            (Activation::Tanh, Readout::Trained, 2.0),
+            ((5, 2, 13, 4), Activation::Relu, Readout::Trained, 1.0),
+            ((5, 2, 13, 4), Activation::Relu, Readout::Frozen, 0.5),
+            ((5, 2, 13, 4), Activation::Tanh, Readout::Trained, 2.0),
+            ((1, 0, 5, 1), Activation::Relu, Readout::Trained, 1.0),
+            ((20, 4, 9, 3), Activation::Relu, Readout::Trained, 1.0),
         ];
-        for (act, readout, gamma0) in cases {
+        for ((p, q, steps, record_every), act, readout, gamma0) in cases {
+            let Some(rows) = tiles::register_rows(p + q) else {
+                eprintln!("no AVX-512 on this CPU: the register kernel never runs here");
+                return;
+            };
+            let problem = teacher_problem(p, q, 8, 3);
+            let schedule = Schedule {
+                eta: 0.5,
+                steps,
+                record_every,
+            };
             let model = two_layer_model(act, gamma0, false, readout);
             let sites = SiteSet::monte_carlo(problem.kx.view(), 3000, 5, 0).unwrap();
             let base = march(
@@ -2001,10 +2004,15 @@ mod tests {
             {
                 let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
                 let err = (want - got).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                assert!(scale > 1e-3, "{act} {readout}: {name} vanished");
+                assert!(
+                    scale > 1e-3,
+                    "{act} {readout} n = {}: {name} vanished",
+                    p + q
+                );
                 assert!(
                     err <= 1e-12 * scale,
-                    "{act} {readout}: {name} differs by {err:e} (scale {scale:e})"
+                    "{act} {readout} n = {}: {name} differs by {err:e} (scale {scale:e})",
+                    p + q
                 );
             }
         }
