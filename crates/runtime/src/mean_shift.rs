@@ -528,17 +528,8 @@ mod tests {
             (Activation::Softplus, Readout::Trained),
         ] {
             let model = two_layer_model(act, 1.3, false, readout);
-            let base = march(
-                &problem,
-                &model,
-                &schedule,
-                &sites,
-                &Probe::default(),
-                &|_| {},
-            )
-            .unwrap();
-            let delta_path =
-                &problem.y.view().insert_axis(Axis(0)) - &base.f_all.slice(s![.., ..p]);
+            let (_, delta_path) =
+                crate::propagator::open_loop_path(&problem, &model, &schedule, &sites).unwrap();
             let mut rng = replica_rng(5, 1);
             let direction = normal_matrix(&mut rng, steps * p, 1);
             let shifted = |eps: f64| {

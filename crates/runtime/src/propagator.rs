@@ -89,6 +89,31 @@ pub struct PropagatorOptions {
 /// and every frozen relu case that matches its ensembles (γ₀ = 0.5) below it.
 pub const CROSSING_JUMP_LIMIT: f64 = 0.5;
 
+/// The infinite-width run on `sites`, f at every step on all points, and its Δ = y − f on the
+/// train points, (T + 1) × P: the path every site is marched along open loop.
+pub(crate) fn open_loop_path(
+    problem: &Problem,
+    model: &Model,
+    schedule: &Schedule,
+    sites: &SiteSet,
+) -> Result<(Array2<f64>, Array2<f64>)> {
+    let every_step = Schedule {
+        record_every: 1,
+        ..*schedule
+    };
+    let base = march(
+        problem,
+        model,
+        &every_step,
+        sites,
+        &Probe::default(),
+        &|_| {},
+    )?;
+    let p = problem.n_train();
+    let delta = &problem.y.view().insert_axis(Axis(0)) - &base.f_all.slice(s![.., ..p]);
+    Ok((base.f_all, delta))
+}
+
 /// See [`PredictionFluctuations::crossing_jump_ratio`].
 fn crossing_jump_ratio(
     problem: &Problem,
@@ -213,20 +238,8 @@ fn propagate_observing<R: SiteRecorder>(
         )));
     }
     let sites = SiteSet::from_options(problem.kx.view(), options)?;
-    let every_step = Schedule {
-        record_every: 1,
-        ..*schedule
-    };
     let (p, n, nt) = (problem.n_train(), problem.n_all(), schedule.steps + 1);
-    let base = march(
-        problem,
-        model,
-        &every_step,
-        &sites,
-        &Probe::default(),
-        &|_| {},
-    )?;
-    let delta_path = &problem.y.view().insert_axis(Axis(0)) - &base.f_all.slice(s![.., ..p]);
+    let (f_all, delta_path) = open_loop_path(problem, model, schedule, &sites)?;
     let sums = site_sums(
         problem,
         model,
@@ -380,7 +393,7 @@ fn propagate_observing<R: SiteRecorder>(
     Ok(Propagation {
         fluctuations,
         response,
-        f_all: base.f_all,
+        f_all,
         delta_path,
         sites,
     })
@@ -1195,9 +1208,8 @@ impl<'a> SiteMarch<'a> {
             let Some(r) = self.recorded[k] else {
                 continue;
             };
-            let at = (slot * (self.steps + 1) + k) * self.record;
-            let rec = &self.trajectory[at..at + self.record];
-            let (z, phi, d1) = (rec[0], &rec[1..1 + n], &rec[1 + n..1 + 2 * n]);
+            let (z, phi, d1, ..) =
+                cached_step(&self.trajectory, (self.record, n, self.steps), (slot, k));
             let phi_entries = self.phi_pairs.iter().map(|&(a, b)| phi[a] * phi[b]);
             let grad_entries = self
                 .grad_pairs
@@ -1322,12 +1334,8 @@ impl<'a> SiteMarch<'a> {
         let kernel_entries = tables.kernel_rows.len();
         let recorded_count = self.recorded.iter().flatten().count();
         for k in 0..=self.steps {
-            let at = (slot * (self.steps + 1) + k) * self.record;
-            let rec = &self.trajectory[at..at + self.record];
-            let z = rec[0];
-            let (phi, rest) = rec[1..].split_at(n);
-            let (d1, rest) = rest.split_at(n);
-            let (v, curvature) = rest.split_at(n);
+            let (z, phi, d1, v, curvature) =
+                cached_step(&self.trajectory, (self.record, n, self.steps), (slot, k));
             let last = k == self.steps;
             let delta = self.delta_path.row(k);
             let row = &mut tables.steps[(slot * (self.steps + 1) + k) * len..][..len];
@@ -1475,12 +1483,8 @@ impl<'a> SiteMarch<'a> {
         let entries = self.pairs.len();
         let (gamma0, c) = (self.model.gamma0, self.c);
         for k in block.start..=self.steps {
-            let at = (slot * (self.steps + 1) + k) * self.record;
-            let rec = &self.trajectory[at..at + self.record];
-            let z = rec[0];
-            let (phi, rest) = rec[1..].split_at(n);
-            let (d1, rest) = rest.split_at(n);
-            let (v, curvature) = rest.split_at(n);
+            let (z, phi, d1, v, curvature) =
+                cached_step(&self.trajectory, (self.record, n, self.steps), (slot, k));
             // Directions already born (block.start ≤ j < k).
             let active = (k.min(block.end) - block.start) * p;
             let last = k == self.steps;
@@ -1622,6 +1626,25 @@ impl<'a> SiteMarch<'a> {
     }
 }
 
+/// One step's record read back: z, φ (n), φ' (n), v (n) and the curvature slots (P).
+type StepView<'t> = (f64, &'t [f64], &'t [f64], &'t [f64], &'t [f64]);
+
+/// The record of site `slot` at step k in a chunk's cached trajectories (records of `len`
+/// values for n points over T + 1 steps per site), a free function so that the tangent pass
+/// can read it while it updates its own state.
+fn cached_step(
+    trajectory: &[f64],
+    (len, n, steps): (usize, usize, usize),
+    (slot, k): (usize, usize),
+) -> StepView<'_> {
+    let at = (slot * (steps + 1) + k) * len;
+    let rec = &trajectory[at..at + len];
+    let (phi, rest) = rec[1..].split_at(n);
+    let (d1, rest) = rest.split_at(n);
+    let (v, curvature) = rest.split_at(n);
+    (rec[0], phi, d1, v, curvature)
+}
+
 /// The tangent accumulators of one block of directions: D_f, D_K and, when asked for, D_Φ,G.
 type Accumulators<'a> = (&'a mut [f64], &'a mut [f64], Option<&'a mut [f64]>);
 
@@ -1745,17 +1768,7 @@ mod tests {
             record_every: 1,
         };
         let sites = sites_of(&problem);
-        let base = march(
-            &problem,
-            &model,
-            &schedule,
-            &sites,
-            &Probe::default(),
-            &|_| {},
-        )
-        .unwrap();
-        let p = problem.n_train();
-        let delta = &problem.y.view().insert_axis(Axis(0)) - &base.f_all.slice(s![.., ..p]);
+        let (_, delta) = open_loop_path(&problem, &model, &schedule, &sites).unwrap();
         let sums = site_sums(
             &problem,
             &model,
@@ -1773,7 +1786,7 @@ mod tests {
             ),
             &|_| {},
         );
-        let tangent = sums.sensitivity_matrix(p);
+        let tangent = sums.sensitivity_matrix(problem.n_train());
         let fd = finite_difference_response(&problem, &model, &schedule, &sites, &delta, step);
         (tangent, fd)
     }
@@ -1961,16 +1974,7 @@ mod tests {
             };
             let model = two_layer_model(act, gamma0, false, readout);
             let sites = SiteSet::monte_carlo(problem.kx.view(), 3000, 5, 0).unwrap();
-            let base = march(
-                &problem,
-                &model,
-                &schedule,
-                &sites,
-                &Probe::default(),
-                &|_| {},
-            )
-            .unwrap();
-            let delta = &problem.y.view().insert_axis(Axis(0)) - &base.f_all.slice(s![.., ..p]);
+            let (_, delta) = open_loop_path(&problem, &model, &schedule, &sites).unwrap();
             let recorder = ReferenceSites {
                 activation: act,
                 readout,
@@ -2045,16 +2049,7 @@ mod tests {
             (Activation::Linear, Readout::Trained),
         ] {
             let model = two_layer_model(act, 1.5, false, readout);
-            let base = march(
-                &problem,
-                &model,
-                &schedule,
-                &sites,
-                &Probe::default(),
-                &|_| {},
-            )
-            .unwrap();
-            let delta = &problem.y.view().insert_axis(Axis(0)) - &base.f_all.slice(s![.., ..p]);
+            let (_, delta) = open_loop_path(&problem, &model, &schedule, &sites).unwrap();
             let recorder = ReferenceSites {
                 activation: act,
                 readout,
