@@ -18,8 +18,9 @@
 //! O(P·(P+Q)) per direction and step for smooth activations), O(M·((P+Q)T)²) for κ, and
 //! memory O((P+Q)T·(P+Q+P)T) per site block; never a (PT)²×(PT)² object.
 //! Two tangent kernels do this pass: the portable row kernel below, and on CPUs with
-//! AVX-512 (P + Q ≤ 24) the register kernel of [`tiles`], which holds eight directions'
-//! state in registers and skips relu's directions born zero. They agree to round-off.
+//! AVX-512 (P + Q ≤ 24) or AVX2 (P + Q ≤ 12) the register kernel of [`tiles`], which holds a
+//! tile of directions' state in registers and skips relu's directions born zero. They agree
+//! to round-off.
 //!
 //! The base march of one site, which records z, φ, φ', v and the curvature per step for the
 //! tangents, is the variant-specific part: the [`SiteRecorder`] trait, with
@@ -38,7 +39,7 @@ use ndarray_linalg::{Diag, SolveTriangular, UPLO};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tiles::{Entries, LANES, StepLayout, TileSite};
+use tiles::{Entries, Isa, StepLayout, TileSite};
 
 mod tiles;
 
@@ -907,32 +908,34 @@ impl SiteSums {
 }
 
 /// Which tangent kernel the pass runs: the row kernel (any CPU, any n) or the register
-/// kernel of [`tiles`] with its number of register rows.
+/// kernel of [`tiles`] for an instruction set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TangentKernel {
     Rows,
-    Registers(usize),
+    Registers(Isa),
 }
 
 impl TangentKernel {
     fn fastest(n: usize) -> Self {
-        tiles::register_rows(n).map_or(TangentKernel::Rows, TangentKernel::Registers)
+        tiles::register_isas(n)
+            .first()
+            .map_or(TangentKernel::Rows, |&isa| TangentKernel::Registers(isa))
     }
 }
 
 /// Budget for one direction block's D_f accumulator under the register kernel, whose tiles
-/// need blocks of whole multiples of 8 steps (see [`direction_blocks`]); every site of a
-/// chunk sweeps the whole block.
+/// need blocks of whole multiples of 8 (or 4) steps (see [`direction_blocks`]); every site of
+/// a chunk sweeps the whole block.
 const REGISTER_BLOCK_BYTES: usize = 1024 * 1024;
 
 /// Source steps 0..T in blocks whose accumulators fit the kernel's budget. Under the
-/// register kernel the directions of a block are α-major and a block spans a multiple of 8
-/// steps, so that each tile holds one training point's consecutive steps.
+/// register kernel the directions of a block are α-major and a block spans a multiple of the
+/// tile's lanes in steps, so that each tile holds one training point's consecutive steps.
 fn direction_blocks(p: usize, n: usize, steps: usize, kernel: TangentKernel) -> Vec<Range<usize>> {
     let per_step = 8 * (steps + 1) * n * p;
     let (budget, unit) = match kernel {
         TangentKernel::Rows => (TANGENT_BLOCK_BYTES, 1),
-        TangentKernel::Registers(_) => (REGISTER_BLOCK_BYTES, LANES),
+        TangentKernel::Registers(isa) => (REGISTER_BLOCK_BYTES, isa.lanes()),
     };
     let len = (budget / per_step / unit).max(1) * unit;
     (0..steps)
@@ -1093,6 +1096,7 @@ struct SiteMarch<'a> {
 /// site: per step the coefficients of [`StepLayout`], and per recorded step three
 /// coefficients per NTK entry and per Φ, G entry.
 struct RegisterTables {
+    isa: Isa,
     layout: StepLayout,
     steps: Vec<f64>,
     ntk: Vec<f64>,
@@ -1107,20 +1111,21 @@ impl RegisterTables {
     fn new(
         problem: &Problem,
         (steps, recorded): (usize, usize),
-        rows: usize,
+        isa: Isa,
         with_kernels: bool,
     ) -> Self {
         let (p, n) = (problem.n_train(), problem.n_all());
-        let layout = StepLayout { rows, p };
+        let layout = StepLayout { rows: n, p };
         let (phi_pairs, grad_pairs) = kernel_pairs(p, n);
         let kernel_rows: Vec<_> = phi_pairs.into_iter().chain(grad_pairs).collect();
-        let mut kx_columns = vec![0.0; n * rows];
+        let mut kx_columns = vec![0.0; n * n];
         for beta in 0..n {
             for nu in 0..n {
-                kx_columns[beta * rows + nu] = problem.kx[[nu, beta]];
+                kx_columns[beta * n + nu] = problem.kx[[nu, beta]];
             }
         }
         RegisterTables {
+            isa,
             layout,
             steps: vec![0.0; SITE_CHUNK * (steps + 1) * layout.len()],
             ntk: vec![0.0; SITE_CHUNK * recorded * 3 * ntk_pairs(p).len()],
@@ -1154,10 +1159,10 @@ impl<'a> SiteMarch<'a> {
         SiteMarch {
             tables: match kernel {
                 TangentKernel::Rows => None,
-                TangentKernel::Registers(rows) => Some(RegisterTables::new(
+                TangentKernel::Registers(isa) => Some(RegisterTables::new(
                     problem,
                     (schedule.steps, recorded),
-                    rows,
+                    isa,
                     with_kernels,
                 )),
             },
@@ -1442,11 +1447,9 @@ impl<'a> SiteMarch<'a> {
                     ),
                 }),
             };
-            // SAFETY: the tables exist only for TangentKernel::Registers, which
-            // tiles::register_rows gives on a CPU with AVX-512F.
-            return unsafe {
-                tiles::march_block(tables.layout.rows, &site, acc, ntk_acc, kernel_acc)
-            };
+            // SAFETY: the tables exist only for TangentKernel::Registers, whose instruction
+            // set comes from tiles::register_isas on this CPU.
+            return unsafe { tiles::march_block(tables.isa, &site, acc, ntk_acc, kernel_acc) };
         }
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -1962,10 +1965,11 @@ mod tests {
             ((20, 4, 9, 3), Activation::Relu, Readout::Trained, 1.0),
         ];
         for ((p, q, steps, record_every), act, readout, gamma0) in cases {
-            let Some(rows) = tiles::register_rows(p + q) else {
-                eprintln!("no AVX-512 on this CPU: the register kernel never runs here");
+            let isas = tiles::register_isas(p + q);
+            if isas.is_empty() {
+                eprintln!("no AVX2 on this CPU: the register kernel never runs here");
                 return;
-            };
+            }
             let problem = teacher_problem(p, q, 8, 3);
             let schedule = Schedule {
                 eta: 0.5,
@@ -1990,10 +1994,6 @@ mod tests {
                     &|_| {},
                 )
             };
-            let (by_rows, by_registers) = (
-                sums_of(TangentKernel::Rows),
-                sums_of(TangentKernel::Registers(rows)),
-            );
             let matrices = |sums: &SiteSums| {
                 let kernels = sums.kernels.as_ref().unwrap();
                 [
@@ -2002,22 +2002,22 @@ mod tests {
                     sums.kernel_sensitivity_matrix(kernels, p),
                 ]
             };
-            for (name, (want, got)) in ["D_f", "D_K", "D_Φ,G"]
-                .into_iter()
-                .zip(matrices(&by_rows).iter().zip(&matrices(&by_registers)))
-            {
-                let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                let err = (want - got).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                assert!(
-                    scale > 1e-3,
-                    "{act} {readout} n = {}: {name} vanished",
-                    p + q
-                );
-                assert!(
-                    err <= 1e-12 * scale,
-                    "{act} {readout} n = {}: {name} differs by {err:e} (scale {scale:e})",
-                    p + q
-                );
+            let by_rows = matrices(&sums_of(TangentKernel::Rows));
+            for isa in isas {
+                let by_registers = matrices(&sums_of(TangentKernel::Registers(isa)));
+                for (name, (want, got)) in ["D_f", "D_K", "D_Φ,G"]
+                    .into_iter()
+                    .zip(by_rows.iter().zip(&by_registers))
+                {
+                    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    let err = (want - got).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    let case = format!("{act} {readout} n = {} {isa:?}: {name}", p + q);
+                    assert!(scale > 1e-3, "{case} vanished");
+                    assert!(
+                        err <= 1e-12 * scale,
+                        "{case} differs by {err:e} (scale {scale:e})"
+                    );
+                }
             }
         }
     }
