@@ -1105,6 +1105,8 @@ struct RegisterTables {
     kernel_rows: Vec<(usize, usize)>,
     /// K^x_νβ at β·n + ν.
     kx_columns: Vec<f64>,
+    /// Three coefficients per entry of one recorded step, before [`tiles::compact_entries`].
+    scratch: Vec<f64>,
 }
 
 impl RegisterTables {
@@ -1128,8 +1130,10 @@ impl RegisterTables {
             isa,
             layout,
             steps: vec![0.0; SITE_CHUNK * (steps + 1) * layout.len()],
-            ntk: vec![0.0; SITE_CHUNK * recorded * 3 * ntk_pairs(p).len()],
-            kernels: with_kernels.then(|| vec![0.0; SITE_CHUNK * recorded * 3 * kernel_rows.len()]),
+            ntk: vec![0.0; SITE_CHUNK * recorded * tiles::entries_len(ntk_pairs(p).len())],
+            kernels: with_kernels
+                .then(|| vec![0.0; SITE_CHUNK * recorded * tiles::entries_len(kernel_rows.len())]),
+            scratch: vec![0.0; 3 * ntk_pairs(p).len().max(kernel_rows.len())],
             kernel_rows,
             kx_columns,
         }
@@ -1374,7 +1378,7 @@ impl<'a> SiteMarch<'a> {
             let Some(r) = self.recorded[k] else {
                 continue;
             };
-            let ntk = &mut tables.ntk[((slot * recorded_count + r) * entries) * 3..][..3 * entries];
+            let ntk = &mut tables.scratch[..3 * entries];
             for (&(mu, alpha), out) in self.pairs.iter().zip(ntk.chunks_exact_mut(3)) {
                 let k_ma = weight * self.kx[mu * n + alpha] * z;
                 let (phi_mu, phi_alpha) = if self.readout_trained {
@@ -1386,9 +1390,11 @@ impl<'a> SiteMarch<'a> {
                 out[1] = phi_mu * d1[alpha] + k_ma * d1[mu] * curvature[alpha] * z;
                 out[2] = 2.0 * k_ma * d1[mu] * d1[alpha];
             }
+            let len = tiles::entries_len(entries);
+            let at = (slot * recorded_count + r) * len;
+            tiles::compact_entries(ntk, &mut tables.ntk[at..at + len]);
             if let Some(kernels) = &mut tables.kernels {
-                let out = &mut kernels[((slot * recorded_count + r) * kernel_entries) * 3..]
-                    [..3 * kernel_entries];
+                let out = &mut tables.scratch[..3 * kernel_entries];
                 let (phi_part, grad_part) = out.split_at_mut(3 * self.phi_pairs.len());
                 for (&(a, b), out) in self.phi_pairs.iter().zip(phi_part.chunks_exact_mut(3)) {
                     out[0] = weight * d1[a] * phi[b];
@@ -1401,6 +1407,9 @@ impl<'a> SiteMarch<'a> {
                     out[1] = w_zz * d1[mu] * curvature[nu];
                     out[2] = 2.0 * weight * z * d1[mu] * d1[nu];
                 }
+                let len = tiles::entries_len(kernel_entries);
+                let at = (slot * recorded_count + r) * len;
+                tiles::compact_entries(out, &mut kernels[at..at + len]);
             }
         }
     }
@@ -1435,7 +1444,7 @@ impl<'a> SiteMarch<'a> {
                     coefficients: entry_table(
                         &tables.ntk,
                         slot,
-                        recorded_count * 3 * self.pairs.len(),
+                        recorded_count * tiles::entries_len(self.pairs.len()),
                     ),
                 },
                 kernels: tables.kernels.as_ref().map(|k| Entries {
@@ -1443,7 +1452,7 @@ impl<'a> SiteMarch<'a> {
                     coefficients: entry_table(
                         k,
                         slot,
-                        recorded_count * 3 * tables.kernel_rows.len(),
+                        recorded_count * tiles::entries_len(tables.kernel_rows.len()),
                     ),
                 }),
             };
