@@ -321,7 +321,7 @@ pub(super) unsafe fn march_block(
 }
 
 /// The march, one copy per instruction set, each compiled with that set (a generic function
-/// without it would not inline the vector operations, nor would its closures: measured 6×
+/// without it would not inline the vector operations, nor would its closures: measured 7–8×
 /// slower).
 macro_rules! register_march {
     ($name:ident, $entries:ident, $features:literal, $S:ident) => {
