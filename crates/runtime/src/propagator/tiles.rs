@@ -11,7 +11,7 @@
 //! ([`StepLayout`]). Directions are α-major within a block, so a tile holds one training
 //! point's consecutive source steps and, for relu, often only directions born zero
 //! (h_α(j) ≤ 0): such tiles are skipped. Both together took the benchmark case from 28.8 s
-//! to 18.5 s (docs/performance.md).
+//! to 18.4 s (docs/performance.md).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
