@@ -39,7 +39,7 @@ use ndarray_linalg::{Diag, SolveTriangular, UPLO};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tiles::{Entries, Isa, StepLayout, TileSite};
+use tiles::{Isa, StepLayout};
 
 mod tiles;
 
@@ -1096,6 +1096,7 @@ struct SiteMarch<'a> {
 /// site: per step the coefficients of [`StepLayout`], and per recorded step three
 /// coefficients per NTK entry and per Φ, G entry.
 struct RegisterTables {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     isa: Isa,
     layout: StepLayout,
     steps: Vec<f64>,
@@ -1431,7 +1432,7 @@ impl<'a> SiteMarch<'a> {
             fn entry_table(table: &[f64], slot: usize, per_site: usize) -> &[f64] {
                 &table[slot * per_site..][..per_site]
             }
-            let site = TileSite {
+            let site = tiles::TileSite {
                 n: self.problem.n_all(),
                 steps: self.steps,
                 block,
@@ -1439,7 +1440,7 @@ impl<'a> SiteMarch<'a> {
                 table: &tables.steps[slot * per_site..][..per_site],
                 kx_columns: &tables.kx_columns,
                 recorded: &self.recorded,
-                ntk: Entries {
+                ntk: tiles::Entries {
                     rows: &self.pairs,
                     coefficients: entry_table(
                         &tables.ntk,
@@ -1447,7 +1448,7 @@ impl<'a> SiteMarch<'a> {
                         recorded_count * tiles::entries_len(self.pairs.len()),
                     ),
                 },
-                kernels: tables.kernels.as_ref().map(|k| Entries {
+                kernels: tables.kernels.as_ref().map(|k| tiles::Entries {
                     rows: &tables.kernel_rows,
                     coefficients: entry_table(
                         k,
